@@ -1,0 +1,51 @@
+"""Restate-style K/V state for Virtual Objects and Workflows, kept in Redis."""
+
+from .errors import (
+    CommitError,
+    InvalidNameError,
+    LeaseLostError,
+    LeaseTimeoutError,
+    ReadOnlySessionError,
+    ReplicationError,
+    SessionClosedError,
+    StateDecodeError,
+    StateEncodeError,
+    StateError,
+    StateTypeError,
+    StoreUnavailableError,
+    ValueTooLargeError,
+    WorkflowCompletedError,
+    WrongTypeError,
+)
+from .keyspace import Keyspace
+from .serde import BytesSerde, JsonSerde, MsgPackSerde, Serde
+from .session import Session
+from .store import RedisStateStore
+
+__all__ = [
+    # the store and its sessions
+    "RedisStateStore",
+    "Session",
+    "Keyspace",
+    # serdes
+    "Serde",
+    "MsgPackSerde",
+    "JsonSerde",
+    "BytesSerde",
+    # errors
+    "StateError",
+    "InvalidNameError",
+    "StateEncodeError",
+    "ValueTooLargeError",
+    "StateDecodeError",
+    "StateTypeError",
+    "ReadOnlySessionError",
+    "WrongTypeError",
+    "SessionClosedError",
+    "LeaseTimeoutError",
+    "LeaseLostError",
+    "WorkflowCompletedError",
+    "CommitError",
+    "ReplicationError",
+    "StoreUnavailableError",
+]

@@ -1,0 +1,157 @@
+"""Every Redis key this library writes, and the rule that keeps one object in one slot.
+
+Layout for namespace ``restate`` (the default) and an object ``Counter`` / ``alice``::
+
+    restate:{Counter:alice}:state   hash   the state: field = state key, value = serialized value
+    restate:{Counter:alice}:meta    hash   bookkeeping: v (version), b (stored bytes),
+                                           c (last commit id), wf (workflow status), rt (retention)
+    restate:{Counter:alice}:prev    hash   prior values of the last recorded commit (replays)
+    restate:{Counter:alice}:lease   string the exclusive lease: holder token, with a PX expiry
+    restate:{Counter:alice}:wake    list   release signal that wakes one lease waiter (BLPOP)
+
+Service names and object keys are percent-encoded (RFC 3986 unreserved characters stay as
+they are; everything else, including ``{ } : * ? [ ] \\ %``, spaces and non-ASCII, becomes
+``%XX`` of its UTF-8 bytes). The encoding is reversible, the encoded form never contains a
+brace, the separator or a glob character, and the whole ``{service:key}`` part is the Redis
+Cluster hash tag, so every key of one object lives in one slot and one script can change
+them together.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+from .errors import InvalidNameError
+
+DEFAULT_NAMESPACE = "restate"
+SEPARATOR = ":"
+
+STATE = "state"
+META = "meta"
+PREV = "prev"
+LEASE = "lease"
+WAKE = "wake"
+
+# Fields of the meta hash.
+META_VERSION = "v"
+META_BYTES = "b"
+META_COMMIT = "c"
+META_WORKFLOW = "wf"
+META_RETENTION = "rt"
+
+WORKFLOW_RUNNING = "running"
+WORKFLOW_COMPLETED = "completed"
+
+_GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
+
+
+def encode_name(name: str) -> str:
+    """Percent-encode a service name or object key for use inside a Redis key."""
+    return quote(name, safe="", encoding="utf-8", errors="strict")
+
+
+def decode_name(encoded: str) -> str:
+    """Invert :func:`encode_name`."""
+    return unquote(encoded, encoding="utf-8", errors="strict")
+
+
+def glob_escape(text: str) -> str:
+    """Escape ``text`` so a SCAN MATCH pattern matches it literally."""
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def check_namespace(namespace: str) -> str:
+    if not isinstance(namespace, str) or not namespace:
+        raise InvalidNameError(f"namespace must be a non-empty str, got {namespace!r}")
+    if any(ch in namespace for ch in "{}"):
+        raise InvalidNameError(f"namespace {namespace!r} must not contain '{{' or '}}'")
+    return namespace
+
+
+def check_service(service: object) -> str:
+    if not isinstance(service, str):
+        raise InvalidNameError(f"service name must be a str, got {type(service).__name__}")
+    if not service:
+        raise InvalidNameError("service name must not be empty")
+    _check_utf8(service, "service name")
+    return service
+
+
+def check_key(service: str, key: object, what: str = "object key") -> str:
+    if not isinstance(key, str):
+        raise InvalidNameError(
+            f"{what} of service {service!r} must be a str, got {type(key).__name__}"
+        )
+    _check_utf8(key, f"{what} of service {service!r}")
+    return key
+
+
+def _check_utf8(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidNameError(f"{what} {text!r} is not valid UTF-8: {exc.reason}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectKeys:
+    """The Redis keys of one object or workflow, all in one cluster slot."""
+
+    state: str
+    meta: str
+    prev: str
+    lease: str
+    wake: str
+
+    @property
+    def all(self) -> tuple[str, str, str, str, str]:
+        return (self.state, self.meta, self.prev, self.lease, self.wake)
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    """Builds and parses the Redis key names under one namespace."""
+
+    namespace: str = DEFAULT_NAMESPACE
+
+    def __post_init__(self) -> None:
+        check_namespace(self.namespace)
+
+    def tag(self, service: str, key: str) -> str:
+        return f"{{{encode_name(service)}{SEPARATOR}{encode_name(key)}}}"
+
+    def object_keys(self, service: str, key: str) -> ObjectKeys:
+        base = f"{self.namespace}{SEPARATOR}{self.tag(service, key)}{SEPARATOR}"
+        return ObjectKeys(base + STATE, base + META, base + PREV, base + LEASE, base + WAKE)
+
+    def object_pattern(self, service: str, prefix: str = "", suffix: str = META) -> str:
+        """SCAN pattern for the ``suffix`` keys of a service's objects whose key starts with
+        ``prefix``."""
+        ns = glob_escape(self.namespace)
+        return (
+            f"{ns}{SEPARATOR}{{{glob_escape(encode_name(service))}{SEPARATOR}"
+            f"{glob_escape(encode_name(prefix))}*}}{SEPARATOR}{suffix}"
+        )
+
+    def all_pattern(self, suffix: str = META) -> str:
+        """SCAN pattern for the ``suffix`` keys of every object in the namespace."""
+        return f"{glob_escape(self.namespace)}{SEPARATOR}{{*}}{SEPARATOR}{suffix}"
+
+    def parse(self, redis_key: str | bytes) -> tuple[str, str, str] | None:
+        """Split a key of this namespace into (service, object key, kind), or None."""
+        if isinstance(redis_key, bytes):
+            redis_key = redis_key.decode("utf-8", "replace")
+        head = f"{self.namespace}{SEPARATOR}{{"
+        if not redis_key.startswith(head):
+            return None
+        rest = redis_key[len(head) :]
+        close = rest.find("}")
+        if close < 0 or not rest[close + 1 :].startswith(SEPARATOR):
+            return None
+        inner, kind = rest[:close], rest[close + 2 :]
+        service, sep, key = inner.partition(SEPARATOR)
+        if not sep:
+            return None
+        return decode_name(service), decode_name(key), kind

@@ -1,0 +1,16 @@
+-- release.lua: give up the exclusive lease without writing, and wake one waiter.
+--
+-- KEYS[1] lease   string: the holder's token
+-- KEYS[2] wake    list: one element per release, popped by a waiter's BLPOP
+-- ARGV[1] token   the releasing session's token
+-- ARGV[2] wake ttl ms  how long an unclaimed release signal is kept
+--
+-- Reply: 1 released; 0 the lease was not held by token (expired or taken over)
+
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('RPUSH', KEYS[2], '1')
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1

@@ -1,0 +1,466 @@
+"""One invocation's view of an object's or workflow's state.
+
+Reads come from the snapshot taken when the session opened (eager), from one HGET per key on
+first use (lazy), or from a preloaded subset; writes are buffered and applied by one
+server-side script when the session ends without an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+
+from redis.exceptions import ResponseError
+
+from .errors import (
+    InvalidNameError,
+    LeaseLostError,
+    LeaseTimeoutError,
+    ReadOnlySessionError,
+    SessionClosedError,
+    StateDecodeError,
+    StateEncodeError,
+    StateError,
+    StateTypeError,
+    ValueTooLargeError,
+    WorkflowCompletedError,
+    WrongTypeError,
+    where,
+)
+from .serde import Serde, convert
+
+if TYPE_CHECKING:
+    from .store import RedisStateStore, StatePreload
+
+T = TypeVar("T")
+Kind = Literal["object", "workflow"]
+Mode = Literal["eager", "lazy", "preload"]
+
+log = logging.getLogger("restate_redis")
+
+_MISSING: Any = object()  # cached "this key does not exist"
+_WAIT_SLICE = 5.0  # longest single BLPOP, so client socket timeouts above it never fire
+
+
+class Session:
+    """The state of one object or workflow for the length of one ``async with`` block.
+
+    Created by :meth:`RedisStateStore.object` and :meth:`RedisStateStore.workflow`.
+    ``get`` and ``state_keys`` are awaited; ``set``, ``clear`` and ``clear_all`` are plain
+    calls that buffer the change. Leaving the block normally commits every change atomically
+    (or none); leaving it with an exception discards them.
+    """
+
+    def __init__(
+        self,
+        store: RedisStateStore,
+        kind: Kind,
+        service: str,
+        key: str,
+        *,
+        shared: bool,
+        state_preload: StatePreload,
+        expire: float | None,
+        commit_id: str | None,
+        record_prior: bool = False,
+    ) -> None:
+        self.store = store
+        self.kind: Kind = kind
+        self.service = service
+        self._key = key
+        self.shared = bool(shared)
+        self.mode: Mode
+        self._preload: tuple[str, ...] = ()
+        if state_preload is True:
+            self.mode = "eager"
+        elif state_preload is False:
+            self.mode = "lazy"
+        elif isinstance(state_preload, list | tuple):
+            self._preload = tuple(self._check_name(n) for n in state_preload)
+            self.mode = "preload"
+        else:
+            raise TypeError(
+                f"state_preload must be True, False or a list of state keys, got {state_preload!r}"
+            )
+        if commit_id is not None and (not isinstance(commit_id, str) or not commit_id):
+            raise InvalidNameError(f"commit_id must be a non-empty str, got {commit_id!r}")
+        self.commit_id = commit_id
+        self.record_prior = record_prior
+        self._expire = expire
+        self.keys = store.keyspace.object_keys(service, key)
+        self.version = 0
+        """The object's version when the session opened (commits since it was created)."""
+        self.workflow_status: str | None = None
+        """For workflows: None (never run), "running" or "completed"."""
+        self.replayed = False
+        """True when ``commit_id`` had already been committed: the session sees the state from
+        before that commit, and its own commit is recognised and not applied again."""
+        self.lease_wait = 0.0
+        """Seconds spent waiting for the exclusive lease."""
+        self._token = "" if self.shared else secrets.token_hex(16)
+        self._cache: dict[str, Any] = {}  # state key -> stored bytes, or _MISSING
+        self._complete = False  # _cache holds every stored key
+        self._stored_keys: list[str] | None = None
+        self._writes: dict[str, bytes | None] = {}  # None: clear
+        self._cleared_all = False
+        self._open = False
+        self._closed = False
+        self._lease_lost = False
+        self._renewer: asyncio.Task[None] | None = None
+
+    # -- the Restate API ---------------------------------------------------------------------
+
+    def key(self) -> str:
+        """The object key or workflow id."""
+        return self._key
+
+    @overload
+    async def get(self, name: str, serde: Serde[T] | None = ..., type_hint: None = ...) -> Any: ...
+    @overload
+    async def get(
+        self, name: str, serde: Serde[Any] | None = ..., *, type_hint: type[T]
+    ) -> T | None: ...
+
+    async def get(self, name: str, serde: Serde[Any] | None = None, type_hint: Any = None) -> Any:
+        """The value of state key ``name``, or None when it does not exist.
+
+        ``type_hint`` turns the decoded data into that type (int, dataclass, pydantic model,
+        msgspec Struct, datetime, ``list[X]``...).
+        """
+        self._check_usable()
+        name = self._check_name(name)
+        raw = await self._raw(name)
+        if raw is None:
+            return None
+        serde = serde if serde is not None else self.store.serde
+        try:
+            data = serde.deserialize(raw)
+        except Exception as exc:
+            raise StateDecodeError(
+                f"cannot decode {where(self.service, self._key, name)} "
+                f"with {type(serde).__name__}: {exc}"
+            ) from exc
+        if type_hint is None:
+            return data
+        try:
+            return convert(data, type_hint)
+        except (TypeError, ValueError) as exc:
+            raise StateTypeError(f"{where(self.service, self._key, name)}: {exc}") from exc
+
+    def set(self, name: str, value: Any, serde: Serde[Any] | None = None) -> None:
+        """Set state key ``name`` to ``value``; encoded now, so a bad value fails here."""
+        self._check_writable()
+        name = self._check_name(name)
+        serde = serde if serde is not None else self.store.serde
+        try:
+            buf = serde.serialize(value)
+        except Exception as exc:
+            raise StateEncodeError(
+                f"cannot encode value for {where(self.service, self._key, name)} "
+                f"with {type(serde).__name__}: {exc}"
+            ) from exc
+        if not isinstance(buf, bytes | bytearray | memoryview):
+            raise StateEncodeError(
+                f"{type(serde).__name__}.serialize returned {type(buf).__name__}, not bytes, "
+                f"for {where(self.service, self._key, name)}"
+            )
+        buf = bytes(buf)
+        if len(buf) > self.store.max_value_bytes:
+            raise ValueTooLargeError(
+                f"value for {where(self.service, self._key, name)} is {len(buf)} bytes "
+                f"encoded, over max_value_bytes={self.store.max_value_bytes}"
+            )
+        self._writes[name] = buf
+
+    def clear(self, name: str) -> None:
+        """Delete state key ``name``."""
+        self._check_writable()
+        self._writes[self._check_name(name)] = None
+
+    def clear_all(self) -> None:
+        """Delete every state key of this object or workflow."""
+        self._check_writable()
+        self._writes.clear()
+        self._cleared_all = True
+
+    async def state_keys(self) -> list[str]:
+        """The sorted names of the state keys, this session's own writes included."""
+        self._check_usable()
+        if self._cleared_all:
+            stored: set[str] = set()
+        elif self._complete:
+            stored = {k for k, v in self._cache.items() if v is not _MISSING}
+        else:
+            if self._stored_keys is None:
+                fields = await self._call("keys", lambda: self.store.client.hkeys(self.keys.state))
+                self._stored_keys = [self._field(f) for f in fields]
+            stored = set(self._stored_keys)
+        for name, buf in self._writes.items():
+            if buf is None:
+                stored.discard(name)
+            else:
+                stored.add(name)
+        return sorted(stored)
+
+    # -- extras --------------------------------------------------------------------------------
+
+    async def get_all(
+        self, serde: Serde[Any] | None = None, type_hint: Any = None
+    ) -> dict[str, Any]:
+        """Every state key and its value (loads whatever is not loaded yet in one HGETALL)."""
+        self._check_usable()
+        if not self._complete and not self._cleared_all:
+            data = await self._call("keys", lambda: self.store.client.hgetall(self.keys.state))
+            for f, v in data.items():
+                self._cache.setdefault(self._field(f), v)
+            self._complete = True
+        return {name: await self.get(name, serde, type_hint) for name in await self.state_keys()}
+
+    @property
+    def dirty(self) -> bool:
+        """True when the session has buffered writes."""
+        return bool(self._writes) or self._cleared_all
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Session:
+        if self._open or self._closed:
+            raise SessionClosedError(
+                f"a session on {where(self.service, self._key)} can be entered only once"
+            )
+        await self._open_session()
+        self._open = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._open = False
+        self._closed = True
+        await self._stop_renewer()
+        if self.shared:
+            return
+        if exc_type is not None:
+            with contextlib.suppress(Exception):
+                await self._release()
+            return
+        if self.dirty or (self.kind == "workflow" and not self.replayed):
+            await self._commit()
+        else:
+            await self._release()
+
+    async def _open_session(self) -> None:
+        store = self.store
+        run = "1" if self.kind == "workflow" and not self.shared else "0"
+        args: list[Any] = [
+            self._token,
+            int(store.lease_ttl * 1000),
+            self.mode,
+            store.eager_state_size_limit,
+            run,
+            self.commit_id or "",
+            *self._preload,
+        ]
+        keys = [self.keys.state, self.keys.meta, self.keys.lease, self.keys.prev]
+        started = time.monotonic()
+        deadline = started + store.acquire_timeout
+        while True:
+            reply = await self._call("open", lambda: store.scripts.open(keys, args))
+            status = int(reply[0])
+            if status == 1:
+                break
+            if status == -1:
+                raise self._wrong_type(reply[1])
+            if status == -2:
+                raise WorkflowCompletedError(
+                    f"workflow {where(self.service, self._key)} already completed its run; "
+                    f"its state is kept until the retention expires"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LeaseTimeoutError(
+                    f"could not acquire the lease of {where(self.service, self._key)} "
+                    f"within acquire_timeout={store.acquire_timeout:g}s: another session holds it"
+                )
+            pttl = int(reply[1])
+            wait = max(0.001, min(remaining, _WAIT_SLICE, pttl / 1000 + 0.001))
+            await self._call("wait", lambda w=wait: store.client.blpop([self.keys.wake], timeout=w))
+        self.lease_wait = time.monotonic() - started
+        self.version = int(reply[1])
+        self.workflow_status = self._text(reply[2]) or None
+        loaded = self._text(reply[3])
+        self.replayed = bool(int(reply[4]))
+        data = reply[5:]
+        if loaded == "eager":
+            self.mode = "eager" if self.mode == "eager" or self.replayed else self.mode
+            self._cache = {self._field(data[i]): data[i + 1] for i in range(0, len(data), 2)}
+            self._complete = True
+        elif loaded == "preload":
+            self._cache = {
+                n: _MISSING if v is None else v for n, v in zip(self._preload, data, strict=True)
+            }
+        else:
+            self.mode = "lazy"
+        if not self.shared:
+            self._renewer = asyncio.create_task(self._renew_loop())
+
+    async def _raw(self, name: str) -> bytes | None:
+        if name in self._writes:
+            return self._writes[name]
+        if self._cleared_all:
+            return None
+        cached = self._cache.get(name, _MISSING if self._complete else None)
+        if cached is None:
+            try:
+                value = await self._call(
+                    "get", lambda: self.store.client.hget(self.keys.state, name)
+                )
+            except ResponseError as exc:
+                if "WRONGTYPE" in str(exc):
+                    raise self._wrong_type(b"non-hash") from exc
+                raise
+            cached = _MISSING if value is None else value
+            self._cache[name] = cached
+        return None if cached is _MISSING else bytes(cached)
+
+    async def _commit(self) -> None:
+        store = self.store
+        if self._lease_lost:
+            raise self._lost()
+        deletes = [n for n, v in self._writes.items() if v is None]
+        args: list[Any] = [
+            self._token,
+            self.commit_id or "",
+            "1" if self._cleared_all else "0",
+            "1" if self.record_prior else "0",
+            int(self._expire * 1000) if self._expire else 0,
+            "1" if self.kind == "workflow" else "0",
+            int(store.lease_ttl * 1000),
+            len(deletes),
+            *deletes,
+        ]
+        for name, buf in self._writes.items():
+            if buf is not None:
+                args += (name, buf)
+        keys = [self.keys.state, self.keys.meta, self.keys.lease, self.keys.wake, self.keys.prev]
+        reply = await self._call("commit", lambda: store.scripts.commit(keys, args))
+        status = int(reply[0])
+        if status == -3:
+            raise self._lost()
+        if status == -1:
+            raise self._wrong_type(reply[1])
+        self.version = int(reply[1])
+
+    async def _release(self) -> None:
+        if self._lease_lost:
+            return
+        keys = [self.keys.lease, self.keys.wake]
+        args: list[Any] = [self._token, int(self.store.lease_ttl * 1000)]
+        await self._call("release", lambda: self.store.scripts.release(keys, args))
+
+    async def _renew_loop(self) -> None:
+        store = self.store
+        interval = store.lease_ttl / 3
+        keys = [self.keys.lease]
+        args: list[Any] = [self._token, int(store.lease_ttl * 1000)]
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                renewed = await self._call("renew", lambda: store.scripts.renew(keys, args))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep trying until the lease runs out
+                log.warning(
+                    "renewing the lease of %s failed: %s", where(self.service, self._key), exc
+                )
+                continue
+            if not renewed:
+                self._lease_lost = True
+                log.warning("the lease of %s was lost", where(self.service, self._key))
+                return
+
+    async def _stop_renewer(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    async def _call(self, op: Any, call: Any) -> Any:
+        return await self.store.roundtrip(op, self, call)
+
+    def _check_usable(self) -> None:
+        if not self._open:
+            raise SessionClosedError(
+                f"the session on {where(self.service, self._key)} is not open: "
+                f"use it inside its 'async with' block"
+            )
+
+    def _check_writable(self) -> None:
+        self._check_usable()
+        if self.shared:
+            raise ReadOnlySessionError(
+                f"{where(self.service, self._key)} is open in a shared session, "
+                f"which can only read; write from an exclusive session"
+            )
+
+    def _check_name(self, name: object) -> str:
+        if not isinstance(name, str):
+            raise InvalidNameError(
+                f"state key of {where(self.service, self._key)} must be a str, "
+                f"got {type(name).__name__}"
+            )
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidNameError(
+                f"state key {name!r} of {where(self.service, self._key)} is not valid UTF-8: "
+                f"{exc.reason}"
+            ) from None
+        return name
+
+    def _field(self, raw: bytes | str) -> str:
+        if isinstance(raw, str):
+            return raw
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise StateDecodeError(
+                f"{where(self.service, self._key)} has a state key that is not UTF-8: {raw!r}"
+            ) from exc
+
+    @staticmethod
+    def _text(raw: bytes | str | None) -> str:
+        if raw is None:
+            return ""
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def _wrong_type(self, found: bytes | str) -> WrongTypeError:
+        return WrongTypeError(
+            f"Redis key {self.keys.state!r} of {where(self.service, self._key)} holds a "
+            f"{self._text(found)}, not a hash; it was not written by restate-redis"
+        )
+
+    def _lost(self) -> LeaseLostError:
+        self._lease_lost = True
+        return LeaseLostError(
+            f"the lease of {where(self.service, self._key)} expired or was taken over before "
+            f"the commit (lease_ttl={self.store.lease_ttl:g}s); nothing was written"
+        )
+
+    def __repr__(self) -> str:
+        kind = "shared" if self.shared else "exclusive"
+        return f"<Session {self.kind} {self.service!r}/{self._key!r} {kind} {self.mode}>"
+
+
+__all__ = ["Session", "StateError"]

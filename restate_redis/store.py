@@ -1,0 +1,219 @@
+"""RedisStateStore: how to reach Redis, the store-wide options, and where sessions come from."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import redis.asyncio as aioredis
+
+from .errors import StateError
+from .keyspace import DEFAULT_NAMESPACE, Keyspace, check_key, check_service
+from .scripts import Scripts
+from .serde import MsgPackSerde, Serde
+
+if TYPE_CHECKING:
+    from .session import Session
+
+T = TypeVar("T")
+Duration = float | int | timedelta
+StatePreload = bool | list[str] | tuple[str, ...]
+
+MiB = 1024 * 1024
+DEFAULT_RETENTION = timedelta(days=1)
+
+
+def seconds(value: Duration, what: str, *, allow_zero: bool = False) -> float:
+    """A duration option as float seconds; a timedelta or a number of seconds."""
+    if isinstance(value, timedelta):
+        secs = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        secs = float(value)
+    else:
+        raise TypeError(f"{what} must be seconds or a timedelta, got {type(value).__name__}")
+    if secs < 0 or (secs == 0 and not allow_zero) or secs != secs:
+        raise ValueError(f"{what} must be positive, got {value!r}")
+    return secs
+
+
+def _positive_int(value: int, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{what} must be a positive int, got {value!r}")
+    return value
+
+
+class RedisStateStore:
+    """Restate-style K/V state for Virtual Objects and Workflows, kept in Redis.
+
+    ``RedisStateStore(client)`` wraps an existing ``redis.asyncio`` client (created with
+    ``decode_responses=False``); :meth:`from_url` creates one. Options:
+
+    - ``namespace``: prefix of every Redis key (default ``"restate"``).
+    - ``lease_ttl``: how long an exclusive session's lease lives without renewal; it is
+      renewed in the background every third of it (default 10 s).
+    - ``acquire_timeout``: how long an exclusive session waits for the lease (default 30 s).
+    - ``eager_state_size_limit``: an eager session whose stored state is larger falls back to
+      lazy reads (default 32 MiB, like Restate).
+    - ``max_value_bytes``: the largest encoded value ``set()`` accepts (default 32 MiB).
+    - ``serde``: the default serde (msgpack).
+    - ``workflow_retention``: how long a completed workflow's state is kept (default 1 day).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        lease_ttl: Duration = 10.0,
+        acquire_timeout: Duration = 30.0,
+        eager_state_size_limit: int = 32 * MiB,
+        max_value_bytes: int = 32 * MiB,
+        serde: Serde[Any] | None = None,
+        workflow_retention: Duration = DEFAULT_RETENTION,
+    ) -> None:
+        kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+        if kwargs is None:
+            kwargs = getattr(client, "connection_kwargs", {})
+        if kwargs.get("decode_responses"):
+            raise StateError(
+                "RedisStateStore needs a client created with decode_responses=False: "
+                "state values are bytes"
+            )
+        self.client = client
+        self.keyspace = Keyspace(namespace)
+        self.lease_ttl = seconds(lease_ttl, "lease_ttl")
+        self.acquire_timeout = seconds(acquire_timeout, "acquire_timeout", allow_zero=True)
+        self.eager_state_size_limit = _positive_int(
+            eager_state_size_limit, "eager_state_size_limit"
+        )
+        self.max_value_bytes = _positive_int(max_value_bytes, "max_value_bytes")
+        self.serde: Serde[Any] = serde if serde is not None else MsgPackSerde()
+        self.workflow_retention = seconds(workflow_retention, "workflow_retention")
+        self.scripts = Scripts.register(client)
+        self._owns_client = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        lease_ttl: Duration = 10.0,
+        acquire_timeout: Duration = 30.0,
+        eager_state_size_limit: int = 32 * MiB,
+        max_value_bytes: int = 32 * MiB,
+        serde: Serde[Any] | None = None,
+        workflow_retention: Duration = DEFAULT_RETENTION,
+        **redis_options: Any,
+    ) -> RedisStateStore:
+        """A store on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``).
+
+        Extra keyword arguments go to the redis-py client.
+        """
+        if not isinstance(url, str) or "://" not in url:
+            raise ValueError(f"not a Redis URL: {url!r} (expected e.g. redis://host:6379/0)")
+        redis_options["decode_responses"] = False
+        client = aioredis.Redis.from_url(url, **redis_options)
+        store = cls(
+            client,
+            namespace=namespace,
+            lease_ttl=lease_ttl,
+            acquire_timeout=acquire_timeout,
+            eager_state_size_limit=eager_state_size_limit,
+            max_value_bytes=max_value_bytes,
+            serde=serde,
+            workflow_retention=workflow_retention,
+        )
+        store._owns_client = True
+        return store
+
+    def object(
+        self,
+        service: str,
+        key: str,
+        *,
+        shared: bool = False,
+        state_preload: StatePreload = True,
+        ttl: Duration | None = None,
+        commit_id: str | None = None,
+    ) -> Session:
+        """A session on Virtual Object ``service``/``key``, used as ``async with``.
+
+        Exclusive by default (one at a time per object, across all workers); ``shared=True``
+        is a concurrent read-only session. ``state_preload``: ``True`` eager, ``False`` lazy,
+        a list of state keys to load up front with the rest lazy. ``ttl``: the object's keys
+        expire this long after its last commit (sliding). ``commit_id``: a unique id for this
+        session's commit, so that a repeated commit with the same id is not applied twice.
+        """
+        from .session import Session
+
+        return Session(
+            self,
+            "object",
+            check_service(service),
+            check_key(service, key),
+            shared=shared,
+            state_preload=state_preload,
+            expire=None if ttl is None else seconds(ttl, "ttl"),
+            commit_id=commit_id,
+        )
+
+    def workflow(
+        self,
+        service: str,
+        workflow_id: str,
+        *,
+        shared: bool = False,
+        state_preload: StatePreload = True,
+        retention: Duration | None = None,
+        commit_id: str | None = None,
+    ) -> Session:
+        """A session on workflow ``service``/``workflow_id``, used as ``async with``.
+
+        Exclusive (``shared=False``) is the workflow's run handler: it runs once; when it
+        commits the workflow is completed and all its keys expire after ``retention``
+        (default: the store's ``workflow_retention``). Opening it again for a completed
+        workflow raises :class:`~restate_redis.errors.WorkflowCompletedError`. Shared sessions
+        read the state until it expires.
+        """
+        from .session import Session
+
+        return Session(
+            self,
+            "workflow",
+            check_service(service),
+            check_key(service, workflow_id, "workflow id"),
+            shared=shared,
+            state_preload=state_preload,
+            expire=self.workflow_retention
+            if retention is None
+            else seconds(retention, "retention"),
+            commit_id=commit_id,
+        )
+
+    async def roundtrip(
+        self,
+        op: Literal["open", "get", "keys", "commit", "release", "renew", "wait"],
+        session: Session,
+        call: Callable[[], Awaitable[T]],
+    ) -> T:
+        """Every Redis round trip of a session passes here (one place for retries and tracing)."""
+        return await call()
+
+    async def aclose(self) -> None:
+        """Close the client if this store created it."""
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def __aenter__(self) -> RedisStateStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
