@@ -33,6 +33,7 @@ from .errors import (
     where,
 )
 from .serde import Serde, convert
+from .telemetry import ROUNDTRIP
 
 if TYPE_CHECKING:
     from .store import RedisStateStore, StatePreload
@@ -215,7 +216,9 @@ class Session:
         """Every state key and its value (loads whatever is not loaded yet in one HGETALL)."""
         self._check_usable()
         if not self._complete and not self._cleared_all:
-            data = await self._call("keys", lambda: self.store.client.hgetall(self.keys.state))
+            data = await self._call(
+                "keys", lambda: self.store.client.hgetall(self.keys.state), ("HGETALL", None)
+            )
             for f, v in data.items():
                 self._cache.setdefault(self._field(f), v)
             self._complete = True
@@ -273,6 +276,7 @@ class Session:
         started = time.monotonic()
         deadline = started + store.acquire_timeout
         while True:
+            self.lease_wait = time.monotonic() - started
             reply = await self._call("open", lambda: store.scripts.open(keys, args))
             status = int(reply[0])
             if status == 1:
@@ -286,6 +290,7 @@ class Session:
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                store.telemetry.record_lease_timeout(self)
                 raise LeaseTimeoutError(
                     f"could not acquire the lease of {where(self.service, self._key)} "
                     f"within acquire_timeout={store.acquire_timeout:g}s: another session holds it"
@@ -321,7 +326,7 @@ class Session:
         if cached is None:
             try:
                 value = await self._call(
-                    "get", lambda: self.store.client.hget(self.keys.state, name)
+                    "get", lambda: self.store.client.hget(self.keys.state, name), ("HGET", name)
                 )
             except ResponseError as exc:
                 if "WRONGTYPE" in str(exc):
@@ -396,8 +401,19 @@ class Session:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    async def _call(self, op: Any, call: Any) -> Any:
-        return await self.store.roundtrip(op, self, call)
+    async def _call(self, op: Any, call: Any, detail: tuple[str, str | None] | None = None) -> Any:
+        if detail is None:
+            return await self.store.roundtrip(op, self, call)
+        # (command, state key) for the round trip's span, where the op alone does not say
+        token = ROUNDTRIP.set(detail)
+        try:
+            return await self.store.roundtrip(op, self, call)
+        finally:
+            ROUNDTRIP.reset(token)
+
+    def _changes(self) -> tuple[int, int]:
+        """(state keys set or cleared, encoded bytes set) of the buffered writes."""
+        return len(self._writes), sum(len(v) for v in self._writes.values() if v is not None)
 
     def _check_usable(self) -> None:
         if not self._open:

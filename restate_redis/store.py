@@ -13,8 +13,12 @@ from .errors import StateError
 from .keyspace import DEFAULT_NAMESPACE, Keyspace, check_key, check_service
 from .scripts import Scripts
 from .serde import MsgPackSerde, Serde
+from .telemetry import ObjectKeyMode, Telemetry
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
     from .session import Session
 
 T = TypeVar("T")
@@ -59,6 +63,10 @@ class RedisStateStore:
     - ``max_value_bytes``: the largest encoded value ``set()`` accepts (default 32 MiB).
     - ``serde``: the default serde (msgpack).
     - ``workflow_retention``: how long a completed workflow's state is kept (default 1 day).
+    - ``trace_object_key``: how spans carry the object key or workflow id: ``"plain"``
+      (default), ``"hash"`` (a SHA-256 prefix) or ``"omit"``.
+    - ``tracer_provider`` / ``meter_provider``: OpenTelemetry providers for this store's spans
+      and metrics (default: the global ones; nothing is recorded when no SDK is configured).
     """
 
     def __init__(
@@ -72,6 +80,9 @@ class RedisStateStore:
         max_value_bytes: int = 32 * MiB,
         serde: Serde[Any] | None = None,
         workflow_retention: Duration = DEFAULT_RETENTION,
+        trace_object_key: ObjectKeyMode = "plain",
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
         if kwargs is None:
@@ -92,6 +103,12 @@ class RedisStateStore:
         self.serde: Serde[Any] = serde if serde is not None else MsgPackSerde()
         self.workflow_retention = seconds(workflow_retention, "workflow_retention")
         self.scripts = Scripts.register(client)
+        self.telemetry = Telemetry(
+            client,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            object_key=trace_object_key,
+        )
         self._owns_client = False
 
     @classmethod
@@ -106,6 +123,9 @@ class RedisStateStore:
         max_value_bytes: int = 32 * MiB,
         serde: Serde[Any] | None = None,
         workflow_retention: Duration = DEFAULT_RETENTION,
+        trace_object_key: ObjectKeyMode = "plain",
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
         **redis_options: Any,
     ) -> RedisStateStore:
         """A store on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``).
@@ -125,6 +145,9 @@ class RedisStateStore:
             max_value_bytes=max_value_bytes,
             serde=serde,
             workflow_retention=workflow_retention,
+            trace_object_key=trace_object_key,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
         )
         store._owns_client = True
         return store
@@ -200,7 +223,7 @@ class RedisStateStore:
         call: Callable[[], Awaitable[T]],
     ) -> T:
         """Every Redis round trip of a session passes here (one place for retries and tracing)."""
-        return await call()
+        return await self.telemetry.traced(op, session, call)
 
     async def aclose(self) -> None:
         """Close the client if this store created it."""

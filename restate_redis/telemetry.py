@@ -1,0 +1,459 @@
+"""OpenTelemetry spans and metrics for every Redis round trip of a session.
+
+Only the OpenTelemetry API is needed at run time. With no SDK configured (no global provider
+set and none passed to the store) :meth:`Telemetry.traced` just awaits the call: no span, no
+clock, no attribute is computed. With an SDK, each round trip is one span of kind CLIENT,
+named and attributed by the semantic conventions for database clients (Redis):
+
+- name ``"{db.operation.name} {target}"``: ``EVALSHA restate_redis.open`` for a script (the
+  target is ``db.stored_procedure.name``), ``HGET 127.0.0.1:6379`` for a plain command (the
+  target is ``server.address:server.port``, since the Redis key itself is not low-cardinality);
+- ``db.system.name`` "redis", ``db.operation.name``, ``db.stored_procedure.name``,
+  ``db.namespace`` (the database index given when the client was configured), ``server.address``,
+  ``server.port``; on failure ``error.type`` (the exception's qualified class name) and, for a
+  Redis error reply, ``db.response.status_code`` (its prefix, e.g. ``WRONGTYPE``);
+- this library's ``restate_redis.*`` attributes (see :data:`ATTRIBUTES`). Values never go into
+  spans; only sizes and counts do.
+
+A retry policy wraps :meth:`Telemetry.traced` from outside, so each attempt is its own span, and
+calls :meth:`Telemetry.record_retry` between attempts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.metrics import _internal as metrics_internal
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import Span, TracerProvider
+
+    from .session import Session
+
+T = TypeVar("T")
+ObjectKeyMode = Literal["plain", "hash", "omit"]
+
+SCOPE = "restate_redis"
+
+# Attribute names of this library (the db.* / server.* ones are the semantic conventions').
+OPERATION = "restate_redis.operation"  # open, get, keys, commit, release, renew, wait
+SERVICE = "restate_redis.service"
+OBJECT_KEY = "restate_redis.object_key"  # plain or "sha256:<16 hex>"; absent with "omit"
+WORKFLOW_ID = "restate_redis.workflow_id"  # same, for a workflow session
+MODE = "restate_redis.mode"  # eager, lazy, preload (what the session really loaded)
+SHARED = "restate_redis.shared"
+STATE_KEY = "restate_redis.state_key"  # the state key of a lazy get
+KEYS = "restate_redis.keys"  # state keys read (open, get, keys) or written (commit)
+BYTES_READ = "restate_redis.bytes_read"  # encoded value bytes received
+BYTES_WRITTEN = "restate_redis.bytes_written"  # encoded value bytes sent
+COMMIT_ID = "restate_redis.commit_id"
+LEASE_WAIT = "restate_redis.lease_wait"  # seconds waited for the lease before this attempt
+VERSION = "restate_redis.version"  # the object's version after open / commit
+OUTCOME = "restate_redis.outcome"  # ok, lease_busy, lease_lost, wrong_type, ... , error
+WOKEN = "restate_redis.woken"  # a lease wait ended by a release signal, not by its timeout
+
+ATTRIBUTES = (
+    OPERATION,
+    SERVICE,
+    OBJECT_KEY,
+    WORKFLOW_ID,
+    MODE,
+    SHARED,
+    STATE_KEY,
+    KEYS,
+    BYTES_READ,
+    BYTES_WRITTEN,
+    COMMIT_ID,
+    LEASE_WAIT,
+    VERSION,
+    OUTCOME,
+    WOKEN,
+)
+
+# op -> (Redis command, Lua script name or None)
+COMMANDS: dict[str, tuple[str, str | None]] = {
+    "open": ("EVALSHA", "restate_redis.open"),
+    "get": ("HGET", None),
+    "keys": ("HKEYS", None),
+    "commit": ("EVALSHA", "restate_redis.commit"),
+    "release": ("EVALSHA", "restate_redis.release"),
+    "renew": ("EVALSHA", "restate_redis.renew"),
+    "wait": ("BLPOP", None),
+}
+
+# Outcomes that mean the operation did not do what the session asked: span status ERROR.
+_FAILED = frozenset({"wrong_type", "workflow_completed", "lease_lost", "error"})
+
+# What the session is about to ask in this task's next round trip, when the op alone does not
+# say: (Redis command, state key). A context variable so concurrent tasks each see their own.
+ROUNDTRIP: ContextVar[tuple[str, str | None] | None] = ContextVar(
+    "restate_redis_roundtrip", default=None
+)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("restate-redis")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
+def _global_configured(module: Any, name: str) -> bool:
+    # The API keeps the provider set by set_tracer_provider / set_meter_provider in a module
+    # global. Reading it is the cheapest way to learn that no SDK is configured (the public
+    # getters look up os.environ on every call, about 3 us here). Should a future API rename
+    # it, assume an SDK: slower, never wrong.
+    return getattr(module, name, True) is not None
+
+
+def _server(client: Any) -> tuple[str | None, int | None, str | None]:
+    """(server.address, server.port, db.namespace) as the client was configured."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if kwargs is None:
+        kwargs = getattr(client, "connection_kwargs", None) or {}
+    host, port, db = kwargs.get("host"), kwargs.get("port"), kwargs.get("db")
+    if host is None and kwargs.get("path"):
+        host, port = kwargs["path"], None
+    if host is None:  # a cluster client: the first node it was configured with
+        nodes = getattr(getattr(client, "nodes_manager", None), "startup_nodes", None) or {}
+        for node in nodes.values():
+            host, port, db = node.host, node.port, 0
+            break
+    return (
+        None if host is None else str(host),
+        None if port is None else int(port),
+        None if db is None else str(db),
+    )
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _sizes(values: Any) -> tuple[int, int]:
+    """(values present, their total bytes) of a sequence of values or None/False."""
+    present = [v for v in values if v is not None and v is not False]
+    return len(present), sum(len(v) for v in present)
+
+
+class Telemetry:
+    """The spans and metrics of one store; built by :class:`~restate_redis.RedisStateStore`.
+
+    ``tracer_provider`` / ``meter_provider``: the providers to use; None (the default) uses the
+    global ones, resolved on each round trip, so an SDK configured after the store was created
+    is picked up. ``object_key``: how the object key or workflow id appears in spans:
+    ``"plain"``, ``"hash"`` (``sha256:`` and the first 16 hex digits of its SHA-256, enough to
+    correlate spans, not to anonymise a guessable key) or ``"omit"``.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        object_key: ObjectKeyMode = "plain",
+    ) -> None:
+        if object_key not in ("plain", "hash", "omit"):
+            raise ValueError(
+                f"trace_object_key must be 'plain', 'hash' or 'omit', got {object_key!r}"
+            )
+        self.object_key_mode: ObjectKeyMode = object_key
+        version = _version()
+        # None: follow the global provider (a proxy until an SDK sets one).
+        self._own_tracer = tracer_provider is not None
+        self._own_meter = meter_provider is not None
+        self._tracing_off = isinstance(tracer_provider, trace.NoOpTracerProvider)
+        self._metrics_off = isinstance(meter_provider, NoOpMeterProvider)
+        self.tracer = (
+            tracer_provider.get_tracer(SCOPE, version)
+            if tracer_provider is not None
+            else trace.get_tracer(SCOPE, version)
+        )
+        meter = (
+            meter_provider.get_meter(SCOPE, version)
+            if meter_provider is not None
+            else metrics.get_meter(SCOPE, version)
+        )
+        self._load = meter.create_histogram(
+            "restate_redis.load.duration", "s", "Duration of a session's open (snapshot load)"
+        )
+        self._get = meter.create_histogram(
+            "restate_redis.get.duration", "s", "Duration of a lazy state read (HGET)"
+        )
+        self._commit = meter.create_histogram(
+            "restate_redis.commit.duration", "s", "Duration of a commit"
+        )
+        self._lease_wait = meter.create_histogram(
+            "restate_redis.lease.wait", "s", "Time an exclusive session waited for its lease"
+        )
+        self._commits = meter.create_counter(
+            "restate_redis.commits", "{commit}", "Commit round trips, by outcome"
+        )
+        self._conflicts = meter.create_counter(
+            "restate_redis.lease.conflicts",
+            "{conflict}",
+            "Opens that found the lease held by another session and had to wait",
+        )
+        self._timeouts = meter.create_counter(
+            "restate_redis.lease.timeouts",
+            "{timeout}",
+            "Exclusive sessions that gave up waiting for the lease",
+        )
+        self._lost = meter.create_counter(
+            "restate_redis.lease.lost",
+            "{lease}",
+            "Leases found lost at renewal or commit (the commit was not applied)",
+        )
+        self._retries = meter.create_counter(
+            "restate_redis.retries", "{retry}", "Round trips retried after a transient error"
+        )
+        self._read = meter.create_counter(
+            "restate_redis.bytes.read", "By", "Encoded state value bytes read from Redis"
+        )
+        self._written = meter.create_counter(
+            "restate_redis.bytes.written", "By", "Encoded state value bytes written to Redis"
+        )
+
+        host, port, db = _server(client)
+        target = f"{host}:{port}" if host is not None and port is not None else host
+        base: dict[str, Any] = {"db.system.name": "redis"}
+        if db is not None:
+            base["db.namespace"] = db
+        if host is not None:
+            base["server.address"] = host
+        if port is not None:
+            base["server.port"] = port
+        self._target = target
+        self._base = base
+        # Span names and creation-time attributes, computed once per (command, script).
+        self._starts: dict[tuple[str, str | None], tuple[str, dict[str, Any]]] = {}
+        for command, script in COMMANDS.values():
+            self._start_of(command, script)
+        self._start_of("HGETALL", None)
+
+    def _start_of(self, command: str, script: str | None) -> tuple[str, dict[str, Any]]:
+        found = self._starts.get((command, script))
+        if found is None:
+            attrs = {**self._base, "db.operation.name": command}
+            if script is not None:
+                attrs["db.stored_procedure.name"] = script
+            target = script if script is not None else self._target
+            name = command if target is None else f"{command} {target}"
+            found = self._starts[(command, script)] = (name, attrs)
+        return found
+
+    # -- switches ---------------------------------------------------------------------------
+
+    def tracing(self) -> bool:
+        """True when a tracer provider that can record spans is configured."""
+        if self._own_tracer:
+            return not self._tracing_off
+        return _global_configured(trace, "_TRACER_PROVIDER")
+
+    def metering(self) -> bool:
+        """True when a meter provider that can record metrics is configured."""
+        if self._own_meter:
+            return not self._metrics_off
+        return _global_configured(metrics_internal, "_METER_PROVIDER")
+
+    # -- the hook ---------------------------------------------------------------------------
+
+    async def traced(self, op: str, session: Session, call: Callable[[], Awaitable[T]]) -> T:
+        """Await one round trip ``call`` of ``session`` inside its span, recording metrics."""
+        tracing = self.tracing()
+        metering = self.metering()
+        if not (tracing or metering):
+            return await call()
+        command, script = COMMANDS[op]
+        detail = ROUNDTRIP.get()
+        state_key: str | None = None
+        if detail is not None:
+            command, state_key = detail
+        span: Span = trace.INVALID_SPAN
+        if tracing:
+            name, attrs = self._start_of(command, script)
+            span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
+        recording = span.is_recording()
+        written = (0, 0)
+        if op == "commit":
+            written = session._changes()
+        token = None
+        if recording:
+            self._describe(span, op, session, state_key, written)
+            token = otel_context.attach(trace.set_span_in_context(span))
+        started = time.perf_counter()
+        try:
+            result = await call()
+        except BaseException as exc:
+            elapsed = time.perf_counter() - started
+            if recording:
+                self._failed(span, exc, session)
+            if metering:
+                self._measure(op, session, "error", elapsed, 0, written[1])
+            raise
+        else:
+            elapsed = time.perf_counter() - started
+            outcome, keys, read = self._result(op, result, span if recording else None)
+            if recording:
+                span.set_attribute(OUTCOME, outcome)
+                if op != "commit":
+                    span.set_attribute(KEYS, keys)
+                if read:
+                    span.set_attribute(BYTES_READ, read)
+                if outcome in _FAILED:
+                    span.set_attribute("error.type", outcome)
+                    span.set_status(Status(StatusCode.ERROR, outcome))
+            if metering:
+                self._measure(op, session, outcome, elapsed, read, written[1])
+            return result
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+            span.end()
+
+    def record_retry(self, op: str, session: Session) -> None:
+        """Count a retry of round trip ``op`` (called by the retry policy between attempts)."""
+        if self.metering():
+            self._retries.add(1, {SERVICE: session.service, OPERATION: op})
+
+    def record_lease_timeout(self, session: Session) -> None:
+        """Count an exclusive session that gave up waiting for its lease."""
+        if self.metering():
+            self._timeouts.add(1, {SERVICE: session.service, MODE: session.mode})
+
+    # -- details ----------------------------------------------------------------------------
+
+    def key_attribute(self, key: str) -> str | None:
+        """The object key as it appears in spans, per ``trace_object_key``."""
+        if self.object_key_mode == "plain":
+            return key
+        if self.object_key_mode == "hash":
+            return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+        return None
+
+    def _describe(
+        self,
+        span: Span,
+        op: str,
+        session: Session,
+        state_key: str | None,
+        written: tuple[int, int],
+    ) -> None:
+        span.set_attribute(OPERATION, op)
+        span.set_attribute(SERVICE, session.service)
+        key = self.key_attribute(session.key())
+        if key is not None:
+            span.set_attribute(OBJECT_KEY if session.kind == "object" else WORKFLOW_ID, key)
+        span.set_attribute(MODE, session.mode)
+        span.set_attribute(SHARED, session.shared)
+        if state_key is not None:
+            span.set_attribute(STATE_KEY, state_key)
+        if session.commit_id is not None and op in ("open", "commit"):
+            span.set_attribute(COMMIT_ID, session.commit_id)
+        if op == "open" and not session.shared:
+            span.set_attribute(LEASE_WAIT, session.lease_wait)
+        if op == "commit":
+            span.set_attribute(KEYS, written[0])
+            span.set_attribute(BYTES_WRITTEN, written[1])
+
+    def _result(self, op: str, result: Any, span: Span | None) -> tuple[str, int, int]:
+        """(outcome, state keys read, value bytes read) of a round trip's reply."""
+        if op == "open":
+            status = int(result[0])
+            if status != 1:
+                return (
+                    {0: "lease_busy", -1: "wrong_type", -2: "workflow_completed"}.get(
+                        status, "error"
+                    ),
+                    0,
+                    0,
+                )
+            loaded, data = _text(result[3]), result[5:]
+            if span is not None:
+                span.set_attribute(VERSION, int(result[1]))
+                span.set_attribute(MODE, loaded)
+            if loaded == "eager":
+                return "ok", len(data) // 2, sum(len(v) for v in data[1::2])
+            if loaded == "preload":
+                return "ok", *_sizes(data)
+            return "ok", 0, 0
+        if op == "get":
+            return "ok", *_sizes([result])
+        if op == "keys":
+            if isinstance(result, dict):
+                return "ok", *_sizes(result.values())
+            return "ok", len(result), 0
+        if op == "commit":
+            status = int(result[0])
+            if status == -3:
+                return "lease_lost", 0, 0
+            if status == -1:
+                return "wrong_type", 0, 0
+            if span is not None:
+                span.set_attribute(VERSION, int(result[1]))
+            return "ok", 0, 0
+        if op == "renew":
+            return ("ok" if result else "lease_lost"), 0, 0
+        if op == "wait" and span is not None:
+            span.set_attribute(WOKEN, result is not None)
+        return "ok", 0, 0
+
+    def _failed(self, span: Span, exc: BaseException, session: Session) -> None:
+        kind = type(exc)
+        span.set_attribute(OUTCOME, "error")
+        span.set_attribute("error.type", f"{kind.__module__}.{kind.__qualname__}")
+        message = self._scrub(str(exc), session)
+        first = message.split(" ", 1)[0]
+        if kind.__name__.endswith("ResponseError") and first.isupper():
+            span.set_attribute("db.response.status_code", first)
+        if message == str(exc):
+            span.record_exception(exc)
+        else:  # the key must not leak through the exception text either
+            stack = self._scrub("".join(traceback.format_exception(exc)), session)
+            span.record_exception(
+                exc, attributes={"exception.message": message, "exception.stacktrace": stack}
+            )
+        span.set_status(Status(StatusCode.ERROR, f"{kind.__name__}: {message}"))
+
+    def _scrub(self, text: str, session: Session) -> str:
+        key = session.key()
+        if self.object_key_mode == "plain" or not key:
+            return text
+        from .keyspace import encode_name
+
+        replacement = self.key_attribute(key) or "<key>"
+        return text.replace(key, replacement).replace(encode_name(key), replacement)
+
+    def _measure(
+        self, op: str, session: Session, outcome: str, elapsed: float, read: int, written: int
+    ) -> None:
+        attrs = {SERVICE: session.service, MODE: session.mode, OUTCOME: outcome}
+        if op == "open":
+            self._load.record(elapsed, attrs)
+            if outcome == "lease_busy":
+                self._conflicts.add(1, attrs)
+            elif outcome == "ok" and not session.shared:
+                self._lease_wait.record(session.lease_wait, attrs)
+        elif op == "get":
+            self._get.record(elapsed, attrs)
+        elif op == "commit":
+            self._commit.record(elapsed, attrs)
+            self._commits.add(1, attrs)
+            if written and outcome == "ok":
+                self._written.add(written, attrs)
+        if outcome == "lease_lost":
+            self._lost.add(1, attrs)
+        if read:
+            self._read.add(read, attrs)
