@@ -270,12 +270,21 @@ class Telemetry:
 
     # -- the hook ---------------------------------------------------------------------------
 
-    async def traced(self, op: str, session: Session, call: Callable[[], Awaitable[T]]) -> T:
-        """Await one round trip ``call`` of ``session`` inside its span, recording metrics."""
+    def traced(self, op: str, session: Session, call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        """Round trip ``call`` of ``session``, in its span and measured, as an awaitable.
+
+        With neither tracing nor metrics configured this is ``call()`` itself: not even a
+        coroutine frame is added.
+        """
         tracing = self.tracing()
+        if tracing or self.metering():
+            return self._traced(op, session, call, tracing)
+        return call()
+
+    async def _traced(
+        self, op: str, session: Session, call: Callable[[], Awaitable[T]], tracing: bool
+    ) -> T:
         metering = self.metering()
-        if not (tracing or metering):
-            return await call()
         command, script = COMMANDS[op]
         detail = ROUNDTRIP.get()
         state_key: str | None = None
@@ -286,12 +295,10 @@ class Telemetry:
             name, attrs = self._start_of(command, script)
             span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
         recording = span.is_recording()
-        written = (0, 0)
-        if op == "commit":
-            written = session._changes()
+        written = session._changes() if op == "commit" else (0, 0)
         token = None
         if recording:
-            self._describe(span, op, session, state_key, written)
+            span.set_attributes(self._describe(op, session, state_key, written))
             token = otel_context.attach(trace.set_span_in_context(span))
         started = time.perf_counter()
         try:
@@ -305,16 +312,18 @@ class Telemetry:
             raise
         else:
             elapsed = time.perf_counter() - started
-            outcome, keys, read = self._result(op, result, span if recording else None)
+            found: dict[str, Any] = {}
+            outcome, keys, read = self._result(op, result, found)
             if recording:
-                span.set_attribute(OUTCOME, outcome)
+                found[OUTCOME] = outcome
                 if op != "commit":
-                    span.set_attribute(KEYS, keys)
+                    found[KEYS] = keys
                 if read:
-                    span.set_attribute(BYTES_READ, read)
+                    found[BYTES_READ] = read
                 if outcome in _FAILED:
-                    span.set_attribute("error.type", outcome)
+                    found["error.type"] = outcome
                     span.set_status(Status(StatusCode.ERROR, outcome))
+                span.set_attributes(found)
             if metering:
                 self._measure(op, session, outcome, elapsed, read, written[1])
             return result
@@ -344,32 +353,30 @@ class Telemetry:
         return None
 
     def _describe(
-        self,
-        span: Span,
-        op: str,
-        session: Session,
-        state_key: str | None,
-        written: tuple[int, int],
-    ) -> None:
-        span.set_attribute(OPERATION, op)
-        span.set_attribute(SERVICE, session.service)
+        self, op: str, session: Session, state_key: str | None, written: tuple[int, int]
+    ) -> dict[str, Any]:
+        attrs: dict[str, Any] = {
+            OPERATION: op,
+            SERVICE: session.service,
+            MODE: session.mode,
+            SHARED: session.shared,
+        }
         key = self.key_attribute(session.key())
         if key is not None:
-            span.set_attribute(OBJECT_KEY if session.kind == "object" else WORKFLOW_ID, key)
-        span.set_attribute(MODE, session.mode)
-        span.set_attribute(SHARED, session.shared)
+            attrs[OBJECT_KEY if session.kind == "object" else WORKFLOW_ID] = key
         if state_key is not None:
-            span.set_attribute(STATE_KEY, state_key)
+            attrs[STATE_KEY] = state_key
         if session.commit_id is not None and op in ("open", "commit"):
-            span.set_attribute(COMMIT_ID, session.commit_id)
+            attrs[COMMIT_ID] = session.commit_id
         if op == "open" and not session.shared:
-            span.set_attribute(LEASE_WAIT, session.lease_wait)
+            attrs[LEASE_WAIT] = session.lease_wait
         if op == "commit":
-            span.set_attribute(KEYS, written[0])
-            span.set_attribute(BYTES_WRITTEN, written[1])
+            attrs[KEYS], attrs[BYTES_WRITTEN] = written
+        return attrs
 
-    def _result(self, op: str, result: Any, span: Span | None) -> tuple[str, int, int]:
-        """(outcome, state keys read, value bytes read) of a round trip's reply."""
+    def _result(self, op: str, result: Any, found: dict[str, Any]) -> tuple[str, int, int]:
+        """(outcome, state keys read, value bytes read) of a round trip's reply; other
+        attributes it shows go into ``found``."""
         if op == "open":
             status = int(result[0])
             if status != 1:
@@ -381,9 +388,8 @@ class Telemetry:
                     0,
                 )
             loaded, data = _text(result[3]), result[5:]
-            if span is not None:
-                span.set_attribute(VERSION, int(result[1]))
-                span.set_attribute(MODE, loaded)
+            found[VERSION] = int(result[1])
+            found[MODE] = loaded
             if loaded == "eager":
                 return "ok", len(data) // 2, sum(len(v) for v in data[1::2])
             if loaded == "preload":
@@ -401,13 +407,12 @@ class Telemetry:
                 return "lease_lost", 0, 0
             if status == -1:
                 return "wrong_type", 0, 0
-            if span is not None:
-                span.set_attribute(VERSION, int(result[1]))
+            found[VERSION] = int(result[1])
             return "ok", 0, 0
         if op == "renew":
             return ("ok" if result else "lease_lost"), 0, 0
-        if op == "wait" and span is not None:
-            span.set_attribute(WOKEN, result is not None)
+        if op == "wait":
+            found[WOKEN] = result is not None
         return "ok", 0, 0
 
     def _failed(self, span: Span, exc: BaseException, session: Session) -> None:
