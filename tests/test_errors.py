@@ -56,8 +56,12 @@ class Unencodable:
 
 @pytest.mark.parametrize(
     ("value", "serde"),
-    [(Unencodable(), None), ({1, Unencodable()}, None), (float("nan"), JsonSerde()),
-     ("not bytes", BytesSerde())],
+    [
+        (Unencodable(), None),
+        ({1, Unencodable()}, None),
+        (float("nan"), JsonSerde()),
+        ("not bytes", BytesSerde()),
+    ],
 )
 async def test_unencodable_value_fails_in_set(
     store: RedisStateStore, client: aioredis.Redis, seeded: Any, value: Any, serde: Any
@@ -129,8 +133,12 @@ async def test_state_key_must_be_str(
 
 @pytest.mark.parametrize(
     ("service", "key", "match"),
-    [("", "k", "must not be empty"), (1, "k", "service name must be a str"),
-     ("S", 7, "object key of service 'S' must be a str"), ("S", "\ud800", "not valid UTF-8")],
+    [
+        ("", "k", "must not be empty"),
+        (1, "k", "service name must be a str"),
+        ("S", 7, "object key of service 'S' must be a str"),
+        ("S", "\ud800", "not valid UTF-8"),
+    ],
 )
 def test_service_and_object_key_must_be_str(
     store: RedisStateStore, service: Any, key: Any, match: str
@@ -190,8 +198,13 @@ async def test_wrong_redis_type_on_lazy_get(store: RedisStateStore, client: aior
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("lease_ttl", 0), ("lease_ttl", "10"), ("acquire_timeout", -1),
-     ("max_value_bytes", 0), ("eager_state_size_limit", 1.5)],
+    [
+        ("lease_ttl", 0),
+        ("lease_ttl", "10"),
+        ("acquire_timeout", -1),
+        ("max_value_bytes", 0),
+        ("eager_state_size_limit", 1.5),
+    ],
 )
 def test_bad_store_options(client: aioredis.Redis, option: str, value: Any) -> None:
     with pytest.raises((TypeError, ValueError), match=option):

@@ -108,9 +108,7 @@ async def test_none_is_a_value_unlike_missing(
     assert await client.hget(state, "a") == b"\xc0"
 
 
-async def test_shared_session_reads_committed_state(
-    store: RedisStateStore, preload: Any
-) -> None:
+async def test_shared_session_reads_committed_state(store: RedisStateStore, preload: Any) -> None:
     async with store.object("Svc", "obj", shared=True, state_preload=preload) as ctx:
         assert await ctx.state_keys() == []
         assert await ctx.get("a") is None
