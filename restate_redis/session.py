@@ -329,7 +329,7 @@ class Session:
                 raise
             cached = _MISSING if value is None else value
             self._cache[name] = cached
-        return None if cached is _MISSING else bytes(cached)
+        return None if cached is _MISSING else cached
 
     async def _commit(self) -> None:
         store = self.store
