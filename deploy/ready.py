@@ -14,7 +14,7 @@ from restate_redis import RedisStateStore
 
 
 async def ping(url: str) -> None:
-    store = RedisStateStore.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    store = RedisStateStore.from_url(url)
     try:
         await store.client.ping()
     finally:
