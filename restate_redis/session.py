@@ -276,7 +276,6 @@ class Session:
         started = time.monotonic()
         deadline = started + store.acquire_timeout
         while True:
-            self.lease_wait = time.monotonic() - started
             reply = await self._call("open", lambda: store.scripts.open(keys, args))
             status = int(reply[0])
             if status == 1:
@@ -298,6 +297,7 @@ class Session:
             pttl = int(reply[1])
             wait = max(0.001, min(remaining, _WAIT_SLICE, pttl / 1000 + 0.001))
             await self._call("wait", lambda w=wait: store.client.blpop([self.keys.wake], timeout=w))
+            self.lease_wait = time.monotonic() - started  # so far, for the next open's span
         self.lease_wait = time.monotonic() - started
         self.version = int(reply[1])
         self.workflow_status = self._text(reply[2]) or None
