@@ -295,6 +295,19 @@ async def test_errors_set_status_and_record_the_exception(
     assert attrs(span)[tm.OUTCOME] == "wrong_type"
     assert span.status.status_code == StatusCode.ERROR
 
+    # a Redis error reply: its prefix is the response status code
+    otel.exporter.clear()
+    with pytest.raises(WrongTypeError):
+        async with store.object("Counter", "retyped", state_preload=False) as s:
+            await client.delete(s.keys.state)
+            await client.rpush(s.keys.state, "x")  # the hash became a list behind its back
+            await s.get("count")
+    get = next(sp for sp in otel.spans() if attrs(sp)[tm.OPERATION] == "get")
+    assert get.status.status_code == StatusCode.ERROR
+    assert attrs(get)["db.response.status_code"] == "WRONGTYPE"
+    assert attrs(get)["error.type"] == "redis.exceptions.ResponseError"
+    assert attrs(get)[tm.STATE_KEY] == "count"
+
     # a connection refused: the exception is recorded on the span
     otel.exporter.clear()
     dead = aioredis.Redis(port=free_port(), socket_connect_timeout=2)
@@ -318,7 +331,7 @@ async def test_errors_set_status_and_record_the_exception(
         assert event.attributes is not None
         assert event.attributes["exception.type"] == "redis.exceptions.ConnectionError"
     errors = otel.points("restate_redis.load.duration")
-    assert {p.attributes[tm.OUTCOME] for p in errors} == {"wrong_type", "error"}
+    assert {p.attributes[tm.OUTCOME] for p in errors} == {"wrong_type", "ok", "error"}
     await dead.aclose()
 
 
