@@ -60,7 +60,7 @@ BYTES_WRITTEN = "restate_redis.bytes_written"  # encoded value bytes sent
 COMMIT_ID = "restate_redis.commit_id"
 LEASE_WAIT = "restate_redis.lease_wait"  # seconds waited for the lease before this attempt
 VERSION = "restate_redis.version"  # the object's version after open / commit
-OUTCOME = "restate_redis.outcome"  # ok, lease_busy, lease_lost, wrong_type, ... , error
+OUTCOME = "restate_redis.outcome"  # ok, lease_busy, already_applied, lease_lost, ..., error
 WOKEN = "restate_redis.woken"  # a lease wait ended by a release signal, not by its timeout
 
 ATTRIBUTES = (
@@ -408,7 +408,8 @@ class Telemetry:
             if status == -1:
                 return "wrong_type", 0, 0
             found[VERSION] = int(result[1])
-            return "ok", 0, 0
+            # 2: this commit id was applied before (a retried invocation): nothing written now
+            return ("already_applied" if status == 2 else "ok"), 0, 0
         if op == "renew":
             return ("ok" if result else "lease_lost"), 0, 0
         if op == "wait":

@@ -379,6 +379,23 @@ async def test_object_key_hashed_or_omitted(
         RedisStateStore(client, trace_object_key="md5")  # type: ignore[arg-type]
 
 
+async def test_a_repeated_commit_id_is_not_counted_as_written(
+    traced_store: RedisStateStore, otel: Otel
+) -> None:
+    for _ in range(2):  # the same invocation twice, as after a retry
+        async with traced_store.object("Counter", "once", commit_id="inv-7") as s:
+            s.set("n", 1)
+    first, second = [sp for sp in otel.spans() if attrs(sp)[tm.OPERATION] == "commit"]
+    assert attrs(first)[tm.OUTCOME] == "ok"
+    assert attrs(second)[tm.OUTCOME] == "already_applied"
+    assert attrs(second)[tm.COMMIT_ID] == "inv-7"
+    assert second.status.status_code == StatusCode.UNSET
+    outcomes = {p.attributes[tm.OUTCOME]: p.value for p in otel.points("restate_redis.commits")}
+    assert outcomes == {"ok": 1, "already_applied": 1}
+    (written,) = otel.points("restate_redis.bytes.written")
+    assert written.value == len(enc(1))
+
+
 async def test_retries_are_counted(traced_store: RedisStateStore, otel: Otel) -> None:
     async with traced_store.object("Counter", "r", shared=True) as s:
         traced_store.telemetry.record_retry("get", s)
