@@ -24,13 +24,14 @@ from __future__ import annotations
 import hashlib
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from opentelemetry import context as otel_context
-from opentelemetry import metrics, trace
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.metrics import _internal as metrics_internal
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -331,6 +332,24 @@ class Telemetry:
             if token is not None:
                 otel_context.detach(token)
             span.end()
+
+    @contextmanager
+    def invocation(self, headers: Mapping[str, str]) -> Iterator[None]:
+        """Within this block, spans nest under the trace context that ``headers`` carry.
+
+        For a Restate handler, pass the attempt headers of its request
+        (``ctx.request().attempt_headers``): the Restate server sends the invocation's W3C
+        ``traceparent`` there, so the state spans join the invocation's trace. Nothing changes
+        when a span is already current or when tracing is off.
+        """
+        if not self.tracing() or trace.get_current_span().get_span_context().is_valid:
+            yield
+            return
+        token = otel_context.attach(propagate.extract(headers))
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
 
     def record_retry(self, op: str, session: Session) -> None:
         """Count a retry of round trip ``op`` (called by the retry policy between attempts)."""

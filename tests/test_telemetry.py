@@ -420,6 +420,33 @@ async def test_the_span_is_current_during_the_round_trip(
     assert trace.get_current_span() is trace.INVALID_SPAN  # detached afterwards
 
 
+async def test_spans_join_the_trace_restate_sent(traced_store: RedisStateStore, otel: Otel) -> None:
+    from opentelemetry.propagate import inject
+
+    headers: dict[str, str] = {}
+    with otel.tracer.start_as_current_span("restate invocation") as remote:
+        inject(headers)  # what the Restate server puts in the attempt headers
+    assert "traceparent" in headers
+    with traced_store.telemetry.invocation(headers):
+        async with traced_store.object("Counter", "joined", shared=True):
+            pass
+    (span,) = otel.spans()
+    assert span.context.trace_id == remote.get_span_context().trace_id
+    assert span.parent is not None and span.parent.span_id == remote.get_span_context().span_id
+    assert trace.get_current_span() is trace.INVALID_SPAN  # detached afterwards
+
+    # a current span wins over the headers
+    otel.exporter.clear()
+    with (
+        otel.tracer.start_as_current_span("handler") as local,
+        traced_store.telemetry.invocation(headers),
+    ):
+        async with traced_store.object("Counter", "joined", shared=True):
+            pass
+    (span,) = otel.spans()
+    assert span.parent is not None and span.parent.span_id == local.get_span_context().span_id
+
+
 async def test_no_span_when_tracing_is_off(
     client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
