@@ -22,6 +22,7 @@ calls :meth:`Telemetry.record_retry` between attempts.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -33,7 +34,6 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import NoOpMeterProvider
-from opentelemetry.metrics import _internal as metrics_internal
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 if TYPE_CHECKING:
@@ -41,6 +41,11 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, TracerProvider
 
     from .session import Session
+
+try:  # where set_meter_provider keeps the global provider (see _global_configured)
+    metrics_internal: Any = importlib.import_module("opentelemetry.metrics._internal")
+except ImportError:  # pragma: no cover - a future API without it: always take the full path
+    metrics_internal = None
 
 T = TypeVar("T")
 ObjectKeyMode = Literal["plain", "hash", "omit"]
