@@ -7,10 +7,12 @@ from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
-from .errors import StateError
+from .connection import connect, socket_timeout_of
+from .errors import ReplicationError, StateError
 from .keyspace import DEFAULT_NAMESPACE, Keyspace, check_key, check_service
+from .retry import RetryPolicy
 from .scripts import Scripts
 from .serde import MsgPackSerde, Serde
 
@@ -44,6 +46,21 @@ def _positive_int(value: int, what: str) -> int:
     return value
 
 
+def _is_cluster(client: Any) -> bool:
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+def _decodes_responses(client: Any) -> bool:
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if kwargs is None:
+        kwargs = getattr(client, "connection_kwargs", None)
+    if kwargs is None:
+        kwargs = getattr(getattr(client, "nodes_manager", None), "connection_kwargs", None)
+    return bool((kwargs or {}).get("decode_responses"))
+
+
 class RedisStateStore:
     """Restate-style K/V state for Virtual Objects and Workflows, kept in Redis.
 
@@ -59,6 +76,13 @@ class RedisStateStore:
     - ``max_value_bytes``: the largest encoded value ``set()`` accepts (default 32 MiB).
     - ``serde``: the default serde (msgpack).
     - ``workflow_retention``: how long a completed workflow's state is kept (default 1 day).
+    - ``retry_attempts``, ``retry_timeout``: every round trip is retried after transient errors
+      (connection lost, timeout, failover, cluster resharding) with exponential backoff and
+      jitter, at most this many attempts and this many seconds in all (default 10, 15 s);
+      1 turns retries off.
+    - ``min_replicas``: when > 0, a commit waits (WAIT, in the commit's round trip) until this
+      many replicas have it, up to ``replica_timeout`` (default 1 s), else
+      :class:`~restate_redis.errors.ReplicationError`.
     """
 
     def __init__(
@@ -72,11 +96,12 @@ class RedisStateStore:
         max_value_bytes: int = 32 * MiB,
         serde: Serde[Any] | None = None,
         workflow_retention: Duration = DEFAULT_RETENTION,
+        retry_attempts: int = 10,
+        retry_timeout: Duration = 15.0,
+        min_replicas: int = 0,
+        replica_timeout: Duration = 1.0,
     ) -> None:
-        kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
-        if kwargs is None:
-            kwargs = getattr(client, "connection_kwargs", {})
-        if kwargs.get("decode_responses"):
+        if _decodes_responses(client):
             raise StateError(
                 "RedisStateStore needs a client created with decode_responses=False: "
                 "state values are bytes"
@@ -92,6 +117,18 @@ class RedisStateStore:
         self.serde: Serde[Any] = serde if serde is not None else MsgPackSerde()
         self.workflow_retention = seconds(workflow_retention, "workflow_retention")
         self.scripts = Scripts.register(client)
+        self.retry = RetryPolicy(
+            attempts=_positive_int(retry_attempts, "retry_attempts"),
+            timeout=seconds(retry_timeout, "retry_timeout"),
+        )
+        if not isinstance(min_replicas, int) or isinstance(min_replicas, bool) or min_replicas < 0:
+            raise ValueError(f"min_replicas must be an int >= 0, got {min_replicas!r}")
+        self.min_replicas = min_replicas
+        self.replica_timeout = seconds(replica_timeout, "replica_timeout")
+        self.is_cluster = _is_cluster(client)
+        # Each BLPOP of a lease wait must end before the client's socket timeout fires.
+        timeout = socket_timeout_of(client)
+        self.wait_slice = 5.0 if timeout is None else max(0.01, min(5.0, timeout / 2))
         self._owns_client = False
 
     @classmethod
@@ -106,16 +143,20 @@ class RedisStateStore:
         max_value_bytes: int = 32 * MiB,
         serde: Serde[Any] | None = None,
         workflow_retention: Duration = DEFAULT_RETENTION,
+        retry_attempts: int = 10,
+        retry_timeout: Duration = 15.0,
+        min_replicas: int = 0,
+        replica_timeout: Duration = 1.0,
         **redis_options: Any,
     ) -> RedisStateStore:
-        """A store on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``).
+        """A store on a new client for ``url``.
 
-        Extra keyword arguments go to the redis-py client.
+        ``redis://``, ``rediss://`` (TLS), ``unix://``, ``redis+cluster://h:p,h:p,...`` and
+        ``redis+sentinel://h:p,h:p/service_name``, each with an optional ``user:password@``;
+        the full syntax is in :mod:`restate_redis.connection`. Extra keyword arguments go to
+        the redis-py client.
         """
-        if not isinstance(url, str) or "://" not in url:
-            raise ValueError(f"not a Redis URL: {url!r} (expected e.g. redis://host:6379/0)")
-        redis_options["decode_responses"] = False
-        client = aioredis.Redis.from_url(url, **redis_options)
+        client = connect(url, **redis_options)
         store = cls(
             client,
             namespace=namespace,
@@ -125,6 +166,10 @@ class RedisStateStore:
             max_value_bytes=max_value_bytes,
             serde=serde,
             workflow_retention=workflow_retention,
+            retry_attempts=retry_attempts,
+            retry_timeout=retry_timeout,
+            min_replicas=min_replicas,
+            replica_timeout=replica_timeout,
         )
         store._owns_client = True
         return store
@@ -199,8 +244,80 @@ class RedisStateStore:
         session: Session,
         call: Callable[[], Awaitable[T]],
     ) -> T:
-        """Every Redis round trip of a session passes here (one place for retries and tracing)."""
-        return await call()
+        """Every Redis round trip of a session passes here (one place for retries and tracing).
+
+        ``call`` can be called again: it is retried after transient errors (see retry.py).
+        """
+        return await self.retry.run(op, session.where, call)
+
+    async def run_commit(self, keys: list[str], args: list[Any], where: str) -> Any:
+        """Run commit.lua; with ``min_replicas``, WAIT for the replicas in the same round trip.
+
+        EVALSHA and WAIT are pipelined on one connection (no MULTI), so WAIT covers exactly
+        this commit's writes. Raises ReplicationError when too few replicas confirmed it.
+        """
+        if not self.min_replicas:
+            return await self.scripts.commit(keys, args)
+        if self.is_cluster:
+            reply, acked = await self._commit_and_wait_cluster(keys, args)
+        else:
+            reply, acked = await self._commit_and_wait(keys, args)
+        if int(reply[0]) in (1, 2) and acked < self.min_replicas:
+            raise ReplicationError(
+                f"the commit of {where} was applied on the primary, but only "
+                f"{acked} of min_replicas={self.min_replicas} replicas confirmed it within "
+                f"replica_timeout={self.replica_timeout:g}s; it can be lost on a failover"
+            )
+        return reply
+
+    async def _commit_and_wait(self, keys: list[str], args: list[Any]) -> tuple[Any, int]:
+        script = self.scripts.commit
+        wait_ms = max(1, int(self.replica_timeout * 1000))
+        for _ in range(2):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", self.min_replicas, wait_ms)
+                reply, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError):
+                await self.client.script_load(script.script)
+                continue
+            for result in (reply, acked):
+                if isinstance(result, BaseException):
+                    raise result
+            return reply, int(acked)
+        raise StateError("commit.lua could not be loaded on the server")
+
+    async def _commit_and_wait_cluster(self, keys: list[str], args: list[Any]) -> tuple[Any, int]:
+        # WAIT has no key, so a cluster pipeline would send it to some other node: hold one
+        # connection of the slot's primary for both commands instead.
+        node = self.client.get_node_from_key(keys[0])
+        script = self.scripts.commit
+        wait_ms = max(1, int(self.replica_timeout * 1000))
+        for _ in range(2):
+            conn = node.acquire_connection()
+            try:
+                await conn.send_packed_command(
+                    conn.pack_commands(
+                        [
+                            ("EVALSHA", script.sha, len(keys), *keys, *args),
+                            ("WAIT", self.min_replicas, wait_ms),
+                        ]
+                    )
+                )
+                try:
+                    reply = await conn.read_response()
+                except NoScriptError:
+                    await conn.read_response()
+                    await node.execute_command("SCRIPT", "LOAD", script.script)
+                    continue
+                acked = await conn.read_response()
+            except BaseException:
+                await conn.disconnect()
+                raise
+            finally:
+                node.release(conn)
+            return reply, int(acked)
+        raise StateError("commit.lua could not be loaded on the server")
 
     async def aclose(self) -> None:
         """Close the client if this store created it."""

@@ -6,6 +6,10 @@
 --   (the keyspace is described in open.lua and keyspace.py)
 -- ARGV[1] token        the session's lease token; "" for an unfenced commit
 -- ARGV[2] commit id    "" or a unique id; a second commit with the same id is not applied
+--                      while it is the last commit or one of the RECENT before it (meta r
+--                      keeps the first 16 hex digits of the SHA-1 of each of the last RECENT
+--                      ids), so a retry whose first attempt applied but lost its reply is
+--                      recognised even after other sessions committed in between
 -- ARGV[3] clear all    "1": delete every stored key before the sets
 -- ARGV[4] record       "1": keep the prior values of what changes in prev (for replays)
 -- ARGV[5] expire ms    > 0: every key of the object expires after this long
@@ -17,6 +21,8 @@
 --
 -- Reply: {1, version} applied; {2, version} this commit id was already applied;
 --        {-3} the lease is no longer held by token; {-1, type} state is not a hash
+--   A {2} reply rewrites meta v with its own value, so that a WAIT sent after it on the same
+--   connection also covers the earlier, applied attempt.
 
 local state, meta, lease, wake, prev = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, commit_id = ARGV[1], ARGV[2]
@@ -24,9 +30,21 @@ local clear_all, record = ARGV[3] == '1', ARGV[4] == '1'
 local expire_ms, wake_ttl = tonumber(ARGV[5]), ARGV[7]
 local n_del = tonumber(ARGV[8])
 local first_set = 9 + n_del
+local RECENT, TAG = 8, 16
 
-if commit_id ~= '' and redis.call('HGET', meta, 'c') == commit_id then
-  return {2, redis.call('HGET', meta, 'v')}
+local recent, tag = '', ''
+if commit_id ~= '' then
+  local m = redis.call('HMGET', meta, 'c', 'r', 'v')
+  recent, tag = m[2] or '', string.sub(redis.sha1hex(commit_id), 1, TAG)
+  local seen = m[1] == commit_id
+  for i = 1, #recent - TAG + 1, TAG do
+    if seen then break end
+    seen = string.sub(recent, i, i + TAG - 1) == tag
+  end
+  if seen then
+    redis.call('HSET', meta, 'v', m[3])
+    return {2, m[3]}
+  end
 end
 if token ~= '' and redis.call('GET', lease) ~= token then
   return {-3}
@@ -82,7 +100,9 @@ end
 
 local version = redis.call('HINCRBY', meta, 'v', 1)
 redis.call('HSET', meta, 'b', size, 'pf', clear_all and '1' or '0')
-if commit_id ~= '' then redis.call('HSET', meta, 'c', commit_id) end
+if commit_id ~= '' then
+  redis.call('HSET', meta, 'c', commit_id, 'r', tag .. string.sub(recent, 1, (RECENT - 1) * TAG))
+end
 if ARGV[6] == '1' then redis.call('HSET', meta, 'wf', 'completed') end
 if expire_ms > 0 then
   redis.call('PEXPIRE', state, expire_ms)
