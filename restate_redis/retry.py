@@ -23,7 +23,7 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from .errors import CommitError, StoreUnavailableError
@@ -84,7 +84,7 @@ class RetryPolicy:
             return await call()
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.attempts) | stop_after_delay(self.timeout),
-            wait=wait_exponential_jitter(initial=self.initial, max=self.max_wait),
+            wait=wait_random_exponential(multiplier=self.initial, max=self.max_wait),
             retry=retry_if_exception(is_transient),
             before_sleep=_log_retry(op, where),
         )
