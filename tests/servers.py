@@ -317,3 +317,32 @@ def start_sentinel_group(n_replicas: int = 2) -> SentinelGroup:
             srv.stop()
         raise
     return SentinelGroup(master, replicas, sentinel)
+
+
+def node_id(port: int) -> str:
+    with redis.Redis(port=port, socket_timeout=2) as c:
+        return str(c.execute_command("CLUSTER", "MYID").decode())
+
+
+def migrate_slot(cluster: Cluster, slot: int, src: Server, dst: Server) -> int:
+    """Move ``slot`` from ``src`` to ``dst`` key by key, the way a resharding does (clients
+    see ASK and TRYAGAIN meanwhile); returns the number of keys moved."""
+    src_id, dst_id = node_id(src.port), node_id(dst.port)
+    moved = 0
+    with (
+        redis.Redis(port=src.port, socket_timeout=5) as s,
+        redis.Redis(port=dst.port, socket_timeout=5) as d,
+    ):
+        d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        while True:
+            keys = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10)
+            if not keys:
+                break
+            for key in keys:  # one at a time: the window where an object is split stays open
+                s.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", key)
+                moved += 1
+        for srv in cluster.masters:
+            with redis.Redis(port=srv.port, socket_timeout=5) as c:
+                c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+    return moved
