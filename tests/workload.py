@@ -44,19 +44,30 @@ class Tally:
     acked: Counter[str] = field(default_factory=Counter)
     unknown: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
-    commits_seen: list[tuple[str, int]] = field(default_factory=list)
+    lease_waits: list[float] = field(default_factory=list)
 
     def add(self, other: Tally) -> None:
         self.acked.update(other.acked)
         self.unknown.update(other.unknown)
         self.errors.update(other.errors)
+        self.lease_waits += other.lease_waits
 
     def to_json(self) -> dict[str, Any]:
-        return {"acked": self.acked, "unknown": self.unknown, "errors": self.errors}
+        return {
+            "acked": self.acked,
+            "unknown": self.unknown,
+            "errors": self.errors,
+            "lease_waits": self.lease_waits,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Tally:
-        return cls(Counter(data["acked"]), Counter(data["unknown"]), Counter(data["errors"]))
+        return cls(
+            Counter(data["acked"]),
+            Counter(data["unknown"]),
+            Counter(data["errors"]),
+            list(data["lease_waits"]),
+        )
 
 
 def object_keys(n: int) -> list[str]:
@@ -75,6 +86,7 @@ async def increment(
     """One handler run on ``key``; its outcome is added to ``tally``."""
     try:
         async with store.object(SERVICE, key) as s:
+            tally.lease_waits.append(s.lease_wait)
             n = await s.get("n") or 0
             s.set("n", n + 1)
             if max_delay:
