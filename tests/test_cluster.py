@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from restate_redis import RedisStateStore
+from restate_redis import RedisStateStore, ReplicationError
 
 from .servers import Cluster, migrate_slot, start_cluster
 from .workload import SERVICE, Workers, object_keys, read_counts
@@ -80,6 +80,17 @@ async def test_every_operation_on_a_cluster(cstore: RedisStateStore) -> None:
     await asyncio.sleep(0)
     await holder.__aexit__(None, None, None)
     assert await asyncio.wait_for(task, 10) == 1
+
+
+async def test_min_replicas_waits_on_the_slot_master(cluster: Cluster) -> None:
+    """WAIT goes to the master of the object's slot, on the connection of the commit."""
+    async with RedisStateStore.from_url(cluster.url, min_replicas=1, replica_timeout=0.05) as store:
+        for key in object_keys(6):  # objects on every master
+            with pytest.raises(ReplicationError, match=r"only 0 of min_replicas=1"):
+                async with store.object(SERVICE, key) as s:
+                    s.set("n", 1)
+            async with store.object(SERVICE, key, shared=True) as s:
+                assert await s.get("n") == 1
 
 
 async def test_workers_exact_over_all_masters(

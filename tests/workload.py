@@ -166,6 +166,12 @@ class Workers:
             total.add(Tally.from_json(json.loads(out.strip().splitlines()[-1])))
         return total
 
+    def finish(self) -> None:
+        """Ask every worker to stop after its current increments (SIGTERM)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGTERM)
+
     def stop(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -194,6 +200,8 @@ async def _main(args: argparse.Namespace) -> None:
                 print("holding", flush=True)
                 await asyncio.Event().wait()
             return
+        stop = asyncio.Event()  # SIGTERM: finish the current increments, print the tally
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         tally = await run_increments(
             store,
             object_keys(args.objects),
@@ -202,7 +210,9 @@ async def _main(args: argparse.Namespace) -> None:
             tasks=args.tasks,
             fail_every=args.fail_every,
             max_delay=args.max_delay,
+            stop=stop,
         )
+
         print(json.dumps(tally.to_json()), flush=True)
 
 
