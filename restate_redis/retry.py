@@ -47,6 +47,8 @@ _TRANSIENT_REPLIES = (
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors a later attempt can succeed after (connection, timeout, failover)."""
+    if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError):
+        return False  # wrong credentials stay wrong
     if isinstance(exc, rex.ConnectionError | rex.TimeoutError | rex.MaxConnectionsError):
         return True  # includes BusyLoadingError and sentinel's MasterNotFoundError
     if isinstance(exc, rex.ClusterDownError | rex.TryAgainError | rex.ReadOnlyError):
