@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -18,7 +20,6 @@ from typing import TypeVar
 from redis import exceptions as rex
 from tenacity import (
     AsyncRetrying,
-    RetryCallState,
     RetryError,
     retry_if_exception,
     stop_after_attempt,
@@ -82,23 +83,32 @@ class RetryPolicy:
         A spent budget raises :class:`StoreUnavailableError`, or :class:`CommitError` for a
         commit (whose outcome is then unknown).
         """
-        if self.attempts <= 1:
+        started = time.monotonic()
+        try:  # the first attempt outside tenacity: no overhead while Redis is healthy
             return await call()
+        except Exception as exc:
+            if self.attempts <= 1 or not is_transient(exc):
+                raise
+            _log_retry(op, where)(exc, 1)
+        remaining = self.timeout - (time.monotonic() - started)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.timeout),
+            stop=stop_after_attempt(self.attempts - 1) | stop_after_delay(max(0.0, remaining)),
             wait=wait_random_exponential(multiplier=self.initial, max=self.max_wait),
             retry=retry_if_exception(is_transient),
-            before_sleep=_log_retry(op, where),
+            before_sleep=lambda state: _log_retry(op, where)(
+                state.outcome.exception() if state.outcome else None, state.attempt_number + 1
+            ),
         )
 
         async def attempt() -> T:  # tenacity awaits only what a coroutine function returns
             return await call()
 
         try:
+            await asyncio.sleep(random.uniform(0, self.initial))
             return await retrying(attempt)
         except RetryError as exc:
             last = exc.last_attempt.exception()
-            n = exc.last_attempt.attempt_number
+            n = exc.last_attempt.attempt_number + 1
             if op == "commit":
                 raise CommitError(
                     f"could not confirm the commit of {where}: Redis kept failing for {n} "
@@ -111,15 +121,8 @@ class RetryPolicy:
             ) from last
 
 
-def _log_retry(op: str, where: str) -> Callable[[RetryCallState], None]:
-    def before_sleep(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.info(
-            "retrying %s on %s after attempt %d failed: %r",
-            op,
-            where,
-            state.attempt_number,
-            exc,
-        )
+def _log_retry(op: str, where: str) -> Callable[[BaseException | None, int], None]:
+    def log_it(exc: BaseException | None, attempt: int) -> None:
+        log.info("retrying %s on %s after attempt %d failed: %r", op, where, attempt, exc)
 
-    return before_sleep
+    return log_it
