@@ -7,7 +7,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
 
 from .connection import connect, socket_timeout_of
 from .errors import ReplicationError, StateError
@@ -314,6 +314,15 @@ class RedisStateStore:
                     await conn.read_response()
                     await node.execute_command("SCRIPT", "LOAD", script.script)
                     continue
+                except MovedError as exc:
+                    # The slot moved (resharding, failover): note where, and let the retry
+                    # policy send the commit again to the new owner.
+                    await conn.read_response()
+                    await self.client.nodes_manager.move_slot(exc)
+                    raise TryAgainError(f"TRYAGAIN slot moved: {exc}") from exc
+                except AskError as exc:  # mid-migration: retried once the slot has moved
+                    await conn.read_response()
+                    raise TryAgainError(f"TRYAGAIN slot migrating: {exc}") from exc
                 acked = await conn.read_response()
             except BaseException:
                 await conn.disconnect()

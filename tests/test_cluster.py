@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import redis
 from redis.asyncio.cluster import RedisCluster
 
 from restate_redis import RedisStateStore, ReplicationError
@@ -91,6 +92,23 @@ async def test_min_replicas_waits_on_the_slot_master(cluster: Cluster) -> None:
                     s.set("n", 1)
             async with store.object(SERVICE, key, shared=True) as s:
                 assert await s.get("n") == 1
+        # The slot moves while a session is open, and the scripts are flushed: its commit
+        # follows MOVED to the new master and reloads the script there.
+        key = "obj-0"
+        by_port = {s.port: s for s in cluster.masters}
+        src = by_port[master_port_of(store, key)]
+        dst = next(s for s in cluster.masters if s is not src)
+        slot = store.client.keyslot(store.keyspace.object_keys(SERVICE, key).state)
+        with pytest.raises(ReplicationError, match=r"only 0 of min_replicas=1"):
+            async with store.object(SERVICE, key) as s:
+                s.set("n", 2)
+                assert await asyncio.to_thread(migrate_slot, cluster, slot, src, dst) > 0
+                for srv in cluster.masters:
+                    with redis.Redis(port=srv.port) as r:
+                        r.script_flush()
+        assert master_port_of(store, key) == dst.port
+        async with store.object(SERVICE, key, shared=True) as s:
+            assert await s.get("n") == 2
 
 
 async def test_workers_exact_over_all_masters(
