@@ -8,9 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from restate_redis import RedisStateStore, ReplicationError
 
+from .counting import CountingConnection
 from .servers import SentinelGroup, start_sentinel_group, wait_until
 from .workload import SERVICE, Workers, object_keys, read_counts
 
@@ -46,6 +48,25 @@ async def test_sentinel_url_commits_reach_the_replicas(group: SentinelGroup) -> 
         for srv in group.data_nodes:  # WAIT 2 returned: both replicas already have it
             with redis.Redis(port=srv.port) as r:
                 assert r.hget("restate:{Cart:a}:meta", "v") == b"1", srv.port
+
+
+async def test_min_replicas_keeps_two_round_trips(group: SentinelGroup) -> None:
+    """EVALSHA and WAIT go out in one write on one connection: still open + commit."""
+    pool = aioredis.ConnectionPool.from_url(group.master.url, connection_class=CountingConnection)
+    client = aioredis.Redis(connection_pool=pool)
+    store = RedisStateStore(client, min_replicas=2, replica_timeout=5)
+    try:
+        async with store.object("Cart", "warm") as s:  # loads the scripts
+            s.set("n", 0)
+        CountingConnection.sent.clear()
+        async with store.object("Cart", "c") as s:
+            s.set("n", 1)
+        assert CountingConnection.sent == ["EVALSHA", "EVALSHA"]
+        for srv in group.replicas:
+            with redis.Redis(port=srv.port) as r:
+                assert r.hget("restate:{Cart:c}:meta", "v") == b"1"
+    finally:
+        await client.aclose()
 
 
 async def test_too_few_replicas_is_a_replication_error(group: SentinelGroup) -> None:
