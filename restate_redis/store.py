@@ -126,9 +126,14 @@ class RedisStateStore:
         self.min_replicas = min_replicas
         self.replica_timeout = seconds(replica_timeout, "replica_timeout")
         self.is_cluster = _is_cluster(client)
-        # Each BLPOP of a lease wait must end before the client's socket timeout fires.
+        # Each BLPOP of a lease wait, and each WAIT, must end before the socket timeout fires.
         timeout = socket_timeout_of(client)
         self.wait_slice = 5.0 if timeout is None else max(0.01, min(5.0, timeout / 2))
+        if min_replicas and timeout is not None and self.replica_timeout >= timeout:
+            raise ValueError(
+                f"replica_timeout={self.replica_timeout:g}s must be shorter than the client's "
+                f"socket_timeout={timeout:g}s: WAIT blocks the connection that long"
+            )
         self._owns_client = False
 
     @classmethod

@@ -109,10 +109,28 @@ def test_decoding_cluster_client_is_refused() -> None:
         RedisStateStore(client)
 
 
-def test_lease_wait_fits_the_socket_timeout() -> None:
+def test_lease_wait_and_replica_wait_fit_the_socket_timeout() -> None:
     store = RedisStateStore.from_url("redis://127.0.0.1:1/0", socket_timeout=2)
     assert store.wait_slice == 1.0
     assert RedisStateStore.from_url("redis://127.0.0.1:1/0").wait_slice == 5.0
+    with pytest.raises(ValueError, match="replica_timeout=3s must be shorter"):
+        RedisStateStore.from_url(
+            "redis://127.0.0.1:1/0", socket_timeout=2, min_replicas=1, replica_timeout=3
+        )
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("retry_attempts", 0),
+        ("retry_timeout", -1),
+        ("min_replicas", -1),
+        ("replica_timeout", 0),
+    ],
+)
+def test_bad_store_options_are_refused(option: str, value: int) -> None:
+    with pytest.raises(ValueError, match=option):
+        RedisStateStore.from_url("redis://127.0.0.1:1/0", **{option: value})
 
 
 # -- real servers -------------------------------------------------------------------------------
