@@ -115,7 +115,10 @@ def test_failover_mid_run_loses_no_acknowledged_commit(
     wait_until("more commits on the promoted replica", lambda: versions(new_port, keys) >= more)
     workers.finish()
     tally = workers.collect()
-    assert set(tally.errors) <= {"HandlerFailed", "ReplicationError", "CommitError"}, tally.errors
+    # Unknown outcomes (ReplicationError, CommitError) are bounded below; LeaseLostError: a
+    # session whose lease ran out during the failover, nothing written.
+    allowed = {"HandlerFailed", "ReplicationError", "CommitError", "LeaseLostError"}
+    assert set(tally.errors) <= allowed, tally.errors
     counts = asyncio.run(final_counts(group.url, keys))
     for key in keys:  # every acknowledged increment survived; none was applied twice
         assert tally.acked[key] <= counts[key] <= tally.acked[key] + tally.unknown[key], key
