@@ -7,11 +7,10 @@ from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
-
 from .connection import connect, socket_timeout_of
-from .errors import ReplicationError, StateError
+from .errors import StateError
 from .keyspace import DEFAULT_NAMESPACE, Keyspace, check_key, check_service
+from .replication import commit_and_wait
 from .retry import RetryPolicy
 from .scripts import Scripts
 from .serde import MsgPackSerde, Serde
@@ -64,8 +63,9 @@ def _decodes_responses(client: Any) -> bool:
 class RedisStateStore:
     """Restate-style K/V state for Virtual Objects and Workflows, kept in Redis.
 
-    ``RedisStateStore(client)`` wraps an existing ``redis.asyncio`` client (created with
-    ``decode_responses=False``); :meth:`from_url` creates one. Options:
+    ``RedisStateStore(client)`` wraps an existing ``redis.asyncio`` client: a ``Redis``
+    (also a Sentinel ``master_for`` one) or a ``RedisCluster``, created with
+    ``decode_responses=False``; :meth:`from_url` creates one. Options:
 
     - ``namespace``: prefix of every Redis key (default ``"restate"``).
     - ``lease_ttl``: how long an exclusive session's lease lives without renewal; it is
@@ -260,82 +260,10 @@ class RedisStateStore:
         return await self.retry.run(op, session.where, call)
 
     async def run_commit(self, keys: list[str], args: list[Any], where: str) -> Any:
-        """Run commit.lua; with ``min_replicas``, WAIT for the replicas in the same round trip.
-
-        EVALSHA and WAIT are pipelined on one connection (no MULTI), so WAIT covers exactly
-        this commit's writes. Raises ReplicationError when too few replicas confirmed it.
-        """
+        """Run commit.lua once; with ``min_replicas``, WAIT in the same round trip."""
         if not self.min_replicas:
             return await self.scripts.commit(keys, args)
-        if self.is_cluster:
-            reply, acked = await self._commit_and_wait_cluster(keys, args)
-        else:
-            reply, acked = await self._commit_and_wait(keys, args)
-        if int(reply[0]) in (1, 2) and acked < self.min_replicas:
-            raise ReplicationError(
-                f"the commit of {where} was applied on the primary, but only "
-                f"{acked} of min_replicas={self.min_replicas} replicas confirmed it within "
-                f"replica_timeout={self.replica_timeout:g}s; it can be lost on a failover"
-            )
-        return reply
-
-    async def _commit_and_wait(self, keys: list[str], args: list[Any]) -> tuple[Any, int]:
-        script = self.scripts.commit
-        wait_ms = max(1, int(self.replica_timeout * 1000))
-        for _ in range(2):
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                pipe.execute_command("WAIT", self.min_replicas, wait_ms)
-                reply, acked = await pipe.execute(raise_on_error=False)
-            if isinstance(reply, NoScriptError):
-                await self.client.script_load(script.script)
-                continue
-            for result in (reply, acked):
-                if isinstance(result, BaseException):
-                    raise result
-            return reply, int(acked)
-        raise StateError("commit.lua could not be loaded on the server")
-
-    async def _commit_and_wait_cluster(self, keys: list[str], args: list[Any]) -> tuple[Any, int]:
-        # WAIT has no key, so a cluster pipeline would send it to some other node: hold one
-        # connection of the slot's primary for both commands instead.
-        node = self.client.get_node_from_key(keys[0])
-        script = self.scripts.commit
-        wait_ms = max(1, int(self.replica_timeout * 1000))
-        for _ in range(2):
-            conn = node.acquire_connection()
-            try:
-                await conn.send_packed_command(
-                    conn.pack_commands(
-                        [
-                            ("EVALSHA", script.sha, len(keys), *keys, *args),
-                            ("WAIT", self.min_replicas, wait_ms),
-                        ]
-                    )
-                )
-                try:
-                    reply = await conn.read_response()
-                except NoScriptError:
-                    await conn.read_response()
-                    await node.execute_command("SCRIPT", "LOAD", script.script)
-                    continue
-                except MovedError as exc:
-                    # The slot moved (resharding, failover): note where, and let the retry
-                    # policy send the commit again to the new owner.
-                    await conn.read_response()
-                    await self.client.nodes_manager.move_slot(exc)
-                    raise TryAgainError(f"TRYAGAIN slot moved: {exc}") from exc
-                except AskError as exc:  # mid-migration: retried once the slot has moved
-                    await conn.read_response()
-                    raise TryAgainError(f"TRYAGAIN slot migrating: {exc}") from exc
-                acked = await conn.read_response()
-            except BaseException:
-                await conn.disconnect()
-                raise
-            finally:
-                node.release(conn)
-            return reply, int(acked)
-        raise StateError("commit.lua could not be loaded on the server")
+        return await commit_and_wait(self, keys, args, where)
 
     async def aclose(self) -> None:
         """Close the client if this store created it."""

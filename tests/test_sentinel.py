@@ -69,6 +69,18 @@ async def test_min_replicas_keeps_two_round_trips(group: SentinelGroup) -> None:
         await client.aclose()
 
 
+async def test_min_replicas_reloads_a_flushed_script(group: SentinelGroup) -> None:
+    async with RedisStateStore.from_url(group.url, min_replicas=2, replica_timeout=5) as store:
+        async with store.object("Cart", "d") as s:
+            s.set("n", 1)
+        with redis.Redis(port=group.master.port) as r:
+            r.script_flush()
+        async with store.object("Cart", "d") as s:
+            s.set("n", await s.get("n") + 1)
+        with redis.Redis(port=group.replicas[0].port) as r:
+            assert r.hget("restate:{Cart:d}:meta", "v") == b"2"
+
+
 async def test_too_few_replicas_is_a_replication_error(group: SentinelGroup) -> None:
     async with RedisStateStore.from_url(group.url, min_replicas=3, replica_timeout=0.2) as store:
         with pytest.raises(ReplicationError, match=r"only [012] of min_replicas=3"):
