@@ -49,8 +49,10 @@ if commit_id ~= '' then
   if seen then
     if token ~= '' and redis.call('GET', lease) == token then
       release()
-    else
-      redis.call('HSET', meta, 'v', m[2] or '0')  -- a write, so that a WAIT after it covers the commit
+    elseif m[2] then  -- a write, so that a WAIT after it covers the applied attempt too
+      redis.call('HSET', meta, 'v', m[2])
+    elseif commits then
+      redis.call('PEXPIRE', commits, RECENT_MS)
     end
     return {2, m[2]}
   end
