@@ -84,6 +84,23 @@ async def test_lost_commit_reply_is_retried_and_recognised(
         assert s.version == 2  # two commits, neither applied twice
 
 
+async def test_every_commit_reply_lost_is_a_commit_error_applied_once(
+    redis_server: Server, direct: RedisStateStore
+) -> None:
+    """No reply ever comes back: after the retry budget the user gets CommitError (outcome
+    unknown); Redis holds the commit exactly once."""
+    marker = commit_sha(direct)
+    with proxy_to(redis_server, cut_commit_reply=1.0, marker=marker) as proxy:
+        async with RedisStateStore.from_url(proxy.url, retry_attempts=4) as store:
+            with pytest.raises(CommitError, match="may or may not have been applied"):
+                async with store.object(SERVICE, "lost") as s:
+                    s.set("n", 1)
+    assert proxy.stats["cut_commit_reply"] == 4
+    async with direct.object(SERVICE, "lost", shared=True) as s:
+        assert await s.get("n") == 1
+        assert s.version == 1
+
+
 async def test_retried_commit_recognised_after_other_commits(direct: RedisStateStore) -> None:
     """A retry that lands after other sessions committed is still recognised (for the last
     1000 commits within 60 s); past that it is a fencing rejection, never a second
@@ -319,7 +336,3 @@ async def test_restart_with_aof_loses_nothing_acknowledged(workers: Workers) -> 
     finally:
         srv.stop()
         shutil.rmtree(srv.dir, ignore_errors=True)
-
-
-def test_commit_error_is_a_state_error() -> None:
-    assert issubclass(CommitError, Exception)
