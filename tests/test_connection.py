@@ -113,6 +113,8 @@ def test_lease_wait_and_replica_wait_fit_the_socket_timeout() -> None:
     store = RedisStateStore.from_url("redis://127.0.0.1:1/0", socket_timeout=2)
     assert store.wait_slice == 1.0
     assert RedisStateStore.from_url("redis://127.0.0.1:1/0").wait_slice == 5.0
+    for url in ("redis+cluster://127.0.0.1:1", "redis+sentinel://127.0.0.1:1/m"):
+        assert RedisStateStore.from_url(url, socket_timeout=3).wait_slice == 1.5
     with pytest.raises(ValueError, match="replica_timeout=3s must be shorter"):
         RedisStateStore.from_url(
             "redis://127.0.0.1:1/0", socket_timeout=2, min_replicas=1, replica_timeout=3
