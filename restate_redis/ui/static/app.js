@@ -5,10 +5,12 @@
 const TOKEN_KEY = "restate-redis-token";
 let token = sessionStorage.getItem(TOKEN_KEY) || "";
 
-// A #token=... fragment logs in once and is then removed from the address bar.
-if (location.hash.startsWith("#token=")) {
+// A #token=... fragment logs in and is then removed from the address bar.
+function takeToken() {
+  if (!location.hash.startsWith("#token=")) return;
   token = decodeURIComponent(location.hash.slice(7));
   sessionStorage.setItem(TOKEN_KEY, token);
+  document.getElementById("token-form").hidden = true;
   history.replaceState(null, "", location.pathname + "#/");
 }
 
@@ -241,7 +243,7 @@ async function stateView(service, key) {
       api("DELETE", "/api/value", { service, key, name: entry.name, version })
         .then(done(`Deleted ${entry.name}`)).catch(failed);
     });
-    row.append(el("td", { className: "name" }, entry.name), el("td", { className: "size" }, bytes(entry.size)), cell, el("td", {}, edit, del));
+    row.append(el("td", { className: "name" }, entry.name), el("td", { className: "size" }, bytes(entry.size)), cell, el("td", { className: "actions" }, edit, del));
     return row;
   });
 
@@ -316,6 +318,7 @@ async function stateView(service, key) {
 // -- routing ---------------------------------------------------------------------------------------
 
 async function route(keepMessage) {
+  takeToken();
   if (!keepMessage) message("");
   const parts = location.hash.replace(/^#\/?/, "").split("/");
   try {
