@@ -34,6 +34,7 @@ from typing import Any
 from .errors import (
     InvalidPatchError,
     StateEncodeError,
+    StateError,
     UnknownObjectError,
     VersionConflictError,
     where,
@@ -423,7 +424,9 @@ class Admin:
     async def clear_service(self, service: str, *, concurrency: int = 16) -> int:
         """Clear the state of every object of ``service``; returns how many held state.
 
-        Each object is cleared in its own exclusive session (its own lease and commit).
+        Each object is cleared in its own exclusive session (its own lease and commit), up to
+        ``concurrency`` at a time. When some fail (a handler held one past the timeout) the
+        others are still cleared, then a StateError tells how many failed and why.
         """
         limit = asyncio.Semaphore(concurrency)
 
@@ -434,11 +437,19 @@ class Admin:
                 session.clear_all()
                 return True
 
-        tasks: list[asyncio.Task[bool]] = []
-        async with asyncio.TaskGroup() as group:
-            async for key in self.iter_objects(service):
-                tasks.append(group.create_task(one(key)))
-        return sum(task.result() for task in tasks)
+        keys = [key async for key in self.iter_objects(service)]
+        results = await asyncio.gather(*(one(key) for key in keys), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        cleared = sum(r is True for r in results)
+        if failures:
+            first = failures[0]
+            if not isinstance(first, Exception):
+                raise first
+            raise StateError(
+                f"cleared {cleared} of the {len(keys)} objects of service {service!r}; "
+                f"{len(failures)} failed, the first with: {first}"
+            ) from first
+        return cleared
 
     # helpers
 

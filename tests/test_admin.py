@@ -14,6 +14,7 @@ from restate_redis import (
     LeaseTimeoutError,
     RedisStateStore,
     StateEncodeError,
+    StateError,
     UnknownObjectError,
     VersionConflictError,
 )
@@ -217,6 +218,19 @@ async def test_clear_service_leaves_other_services(
         assert await stored(client, store, "Counter", f"k{i}") == {}
     assert await stored(client, store, "Keep", "k1") == {"n": 1}
     assert await admin.clear_service("Counter") == 0
+
+
+async def test_clear_service_clears_the_rest_when_one_object_is_busy(
+    store: RedisStateStore, client: aioredis.Redis
+) -> None:
+    for i in range(5):
+        await put(store, "Counter", f"k{i}", n=i)
+    impatient = Admin(RedisStateStore(client, acquire_timeout=0.2))
+    async with store.object("Counter", "k3"):  # a running handler
+        with pytest.raises(StateError, match=r"cleared 4 of the 5 objects.*1 failed.*'k3'"):
+            await impatient.clear_service("Counter")
+    for i in range(5):
+        assert await stored(client, store, "Counter", f"k{i}") == ({"n": 3} if i == 3 else {})
 
 
 async def test_workflow_status_retention_survives_edit(
