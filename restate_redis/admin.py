@@ -329,8 +329,8 @@ class Admin:
         if not isinstance(state, Mapping):
             raise TypeError(f"the state must be a JSON object, got {type(state).__name__}")
 
-        async def change(session: Session, current: dict[str, bytes]) -> None:
-            self._write(session, current, state)
+        async def change(session: Session) -> None:
+            self._write(session, await session.get_all(serde=_RAW), state)
 
         return await self._edit(service, key, expected_version, must_exist, change)
 
@@ -346,10 +346,10 @@ class Admin:
     ) -> int:
         """Set one state key to JSON data ``value``; creates the object when needed."""
 
-        async def change(session: Session, current: dict[str, bytes]) -> None:
+        async def change(session: Session) -> None:
             self._put(session, name, value)
 
-        return await self._edit(service, key, expected_version, must_exist, change)
+        return await self._edit(service, key, expected_version, must_exist, change, eager=False)
 
     async def patch(
         self,
@@ -379,7 +379,8 @@ class Admin:
         if not isinstance(compiled.patch, list):
             raise InvalidPatchError("invalid JSON Patch: it must be a JSON array of operations")
 
-        async def change(session: Session, current: dict[str, bytes]) -> None:
+        async def change(session: Session) -> None:
+            current: dict[str, bytes] = await session.get_all(serde=_RAW)
             doc = {n: decode_value(self.store.serde, buf) for n, buf in current.items()}
             try:
                 result = compiled.apply(doc)
@@ -403,23 +404,23 @@ class Admin:
     ) -> int:
         """Delete one state key; UnknownObjectError when it is not stored."""
 
-        async def change(session: Session, current: dict[str, bytes]) -> None:
-            if name not in current:
+        async def change(session: Session) -> None:
+            if name not in await session.state_keys():
                 raise UnknownObjectError(f"{where(service, key, name)} does not exist")
             session.clear(name)
 
-        return await self._edit(service, key, expected_version, True, change)
+        return await self._edit(service, key, expected_version, True, change, eager=False)
 
     async def clear_all(
         self, service: str, key: str, *, expected_version: int | None = None
     ) -> int:
         """Delete every state key of one object or workflow."""
 
-        async def change(session: Session, current: dict[str, bytes]) -> None:
-            if current:
+        async def change(session: Session) -> None:
+            if await session.state_keys():
                 session.clear_all()
 
-        return await self._edit(service, key, expected_version, True, change)
+        return await self._edit(service, key, expected_version, True, change, eager=False)
 
     async def clear_service(self, service: str, *, concurrency: int = 16) -> int:
         """Clear the state of every object of ``service``; returns how many held state.
@@ -431,7 +432,7 @@ class Admin:
         limit = asyncio.Semaphore(concurrency)
 
         async def one(key: str) -> bool:
-            async with limit, self.store.object(service, key) as session:
+            async with limit, self.store.object(service, key, state_preload=False) as session:
                 if not await session.state_keys():
                     return False
                 session.clear_all()
@@ -459,9 +460,15 @@ class Admin:
         key: str,
         expected_version: int | None,
         must_exist: bool,
-        change: Callable[[Session, dict[str, bytes]], Awaitable[None]],
+        change: Callable[[Session], Awaitable[None]],
+        *,
+        eager: bool = True,
     ) -> int:
-        """Run ``change`` in an exclusive session after the existence and version checks."""
+        """Run ``change`` in an exclusive session after the existence and version checks.
+
+        ``eager=False`` for changes that never read values (set, clear): the session then
+        loads nothing up front.
+        """
         check_service(service)
         check_key(service, key)
         keys = self.keyspace.object_keys(service, key)
@@ -470,7 +477,7 @@ class Admin:
             # A completed workflow's keys expire: pass the remaining time on, so the
             # commit keeps it (and a recreated state hash gets it too).
             ttl = ttl_ms / 1000 if ttl_ms > 0 else None
-            async with self.store.object(service, key, ttl=ttl) as session:
+            async with self.store.object(service, key, ttl=ttl, state_preload=eager) as session:
                 exists, now_ms = await self._meta(keys)
                 if not exists and must_exist:
                     raise UnknownObjectError(
@@ -487,8 +494,7 @@ class Admin:
                 if moved and attempt < _EXPIRY_ATTEMPTS - 1:
                     ttl_ms = now_ms
                     continue  # nothing buffered yet: leaving the block releases the lease
-                current: dict[str, bytes] = await session.get_all(serde=_RAW)
-                await change(session, current)
+                await change(session)
             return session.version
         raise AssertionError("unreachable")  # pragma: no cover
 

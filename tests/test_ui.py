@@ -114,7 +114,13 @@ def browser() -> Iterator[Any]:
             pytest.fail(reason + " (required in CI)")
         print(f"skipping the browser tests: {reason}", file=sys.stderr)
         pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        reason = "the playwright package is missing: pip install -e '.[dev]'"
+        if IN_CI:
+            pytest.fail(reason + " (required in CI)")
+        pytest.skip(reason)
 
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -195,6 +201,7 @@ def test_browse_to_an_object_edit_a_value_and_screenshot(
     page.wait_for_selector('tr[data-key="count"]')
     assert page.locator("#title").text_content() == "Cart / alice"
     assert "version 1" in page.locator("#info").text_content()
+    assert page.locator("#namespace").text_content() == "namespace restate"
     edit(page, "count", "2")
     page.wait_for_selector("#message.ok")
     assert "Saved count (version 2)" in page.locator("#message").text_content()
@@ -379,6 +386,7 @@ def test_api_errors_are_clear(ui: UI, rc: redis.Redis, server: Server) -> None:
     assert state(rc, "Cart", "ivy") == {"a": 1}
     listing = httpx.get(ui.base + "/api/objects", params={"service": "Cart"}, timeout=10)
     assert listing.json() == {
+        "namespace": "restate",
         "objects": [
             {"key": "ivy", "kind": "object", "workflow_status": None, "retention_ms": None}
         ],

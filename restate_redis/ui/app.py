@@ -4,10 +4,11 @@ The API (every answer is JSON; errors are ``{"error": message, "code": code}``):
 
     GET    /api/services                            {"namespace", "services": [{"name", "objects"}]}
     GET    /api/objects?service=S&prefix=P&cursor=C&limit=N
-                                                    {"objects": [{"key", "kind",
+                                                    {"namespace", "objects": [{"key", "kind",
                                                       "workflow_status", "retention_ms"}],
                                                      "cursor": "0" when complete}
-    GET    /api/state?service=S&key=K               {"service", "key", "exists", "version",
+    GET    /api/state?service=S&key=K               {"namespace", "service", "key", "exists",
+                                                     "version",
                                                      "kind", "workflow_status", "retention_ms",
                                                      "keys": [{"name", "size", "value" |
                                                        "preview" + "truncated": true}]}
@@ -169,6 +170,7 @@ async def objects(request: Request) -> Response:
     )
     return JSONResponse(
         {
+            "namespace": _admin(request).keyspace.namespace,
             "objects": [
                 {
                     "key": o.key,
@@ -196,6 +198,7 @@ async def state(request: Request) -> Response:
     sizes = found.sizes
     return JSONResponse(
         {
+            "namespace": _admin(request).keyspace.namespace,
             "service": found.service,
             "key": found.key,
             "exists": found.exists,

@@ -100,6 +100,9 @@ async function api(method, path, body) {
   }
   if (response.status === 401) document.getElementById("token-form").hidden = false;
   if (!response.ok) throw new ApiError(data.error || response.statusText, response.status, data.code);
+  if (typeof data.namespace === "string") {
+    document.getElementById("namespace").textContent = `namespace ${data.namespace}`;
+  }
   return data;
 }
 
@@ -127,7 +130,6 @@ function crumbs(service, key) {
 async function servicesView() {
   crumbs();
   const data = await api("GET", "/api/services");
-  document.getElementById("namespace").textContent = `namespace ${data.namespace}`;
   const items = data.services.map((s) =>
     el("li", {},
       el("a", { href: `#/s/${encodeURIComponent(s.name)}`, className: "service" }, s.name),
@@ -310,8 +312,10 @@ async function stateView(service, key) {
   const table = el("table", { id: "state" },
     el("thead", {}, el("tr", {}, el("th", {}, "key"), el("th", {}, "size"), el("th", {}, "value"), el("th", {}, ""))),
     el("tbody", {}, rows));
+  const note = el("div", { className: "muted note" },
+    "Changes take the object's lease: they wait for a running handler to finish, and are refused if the object changed since this page loaded it.");
   show(el("h2", { id: "title" }, `${service} / ${key}`), infoLine, toolbar, panel,
-    rows.length ? table : el("p", { className: "muted", id: "empty" }, "No state."));
+    rows.length ? table : el("p", { className: "muted", id: "empty" }, "No state."), note);
   view().dataset.version = String(version);
 }
 
