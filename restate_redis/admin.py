@@ -257,7 +257,7 @@ class Admin:
         pattern = self.keyspace.object_pattern(service, prefix)
         found: dict[str, bytes] = {}
         for _ in range(100):  # bounded: a sparse keyspace returns empty batches
-            cursor, batch = await self.client.scan(cursor, match=pattern, count=max(limit, 200))
+            cursor, batch = await self.client.scan(cursor, match=pattern, count=max(limit, 100))
             for redis_key in batch:
                 parsed = self.keyspace.parse(redis_key)
                 if parsed is not None:

@@ -274,6 +274,61 @@ def test_large_values_show_a_preview_and_a_download_link(
     assert len(state(rc, "Cart", "erin")["big"]) == len(big)
 
 
+def test_objects_are_paginated_and_searchable_by_prefix(
+    ui: UI, page: Any, rc: redis.Redis, server: Server
+) -> None:
+    names = [f"{'ab' if i % 3 else 'zz'}-{i:03d}" for i in range(150)]
+
+    async def fill() -> None:
+        async with RedisStateStore.from_url(server.url) as store:
+            for name in names:
+                async with store.object("Many", name) as s:
+                    s.set("n", 1)
+
+    run_async(fill)
+    page.goto(ui.base + "/#/s/Many")
+    links = page.locator("#objects a.object")
+    loaded = page.locator("#objects:not([data-loading])")  # no page request in flight
+    links.first.wait_for()
+    loaded.wait_for()
+    assert 50 <= links.count() < 150  # one page, not everything
+    for _ in range(20):  # bounded: each click loads one more page
+        if page.locator("#more").is_hidden():
+            break
+        page.locator("#more").click()
+        loaded.wait_for()
+    assert page.locator("#more").is_hidden()
+    assert sorted(set(links.all_text_contents())) == sorted(names)
+    page.locator("#prefix").fill("zz-")
+    page.locator("#prefix").press("Enter")
+    loaded.wait_for()
+    for _ in range(20):
+        if page.locator("#more").is_hidden():
+            break
+        page.locator("#more").click()
+        loaded.wait_for()
+    assert sorted(set(links.all_text_contents())) == sorted(n for n in names if n[:3] == "zz-")
+
+
+def test_add_and_delete_a_key(ui: UI, page: Any, rc: redis.Redis, server: Server) -> None:
+    seed(server, "Cart", "kim", a=1, b=2)
+    page.goto(object_url(ui, "Cart", "kim"))
+    page.wait_for_selector('tr[data-key="a"]')
+    page.locator("#add-key").click()
+    page.locator("#new-name").fill("c")
+    page.locator("#new-value").fill('{"deep": [1, "two"]}')
+    page.locator("#add-save").click()
+    page.wait_for_selector('tr[data-key="c"]')
+    assert state(rc, "Cart", "kim") == {"a": 1, "b": 2, "c": {"deep": [1, "two"]}}
+    delete = page.locator('tr[data-key="a"] button.delete')
+    delete.click()
+    assert delete.text_content() == "Really delete?"
+    assert state(rc, "Cart", "kim")["a"] == 1  # one click only arms it
+    delete.click()
+    page.wait_for_selector('tr[data-key="a"]', state="detached")
+    assert state(rc, "Cart", "kim") == {"b": 2, "c": {"deep": [1, "two"]}}
+
+
 def test_replace_the_whole_state_then_clear_all_with_typed_confirmation(
     ui: UI, page: Any, rc: redis.Redis, server: Server
 ) -> None:

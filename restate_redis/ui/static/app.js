@@ -155,7 +155,14 @@ async function objectsView(service) {
       list.replaceChildren();
       cursor = "0";
     }
-    const data = await api("GET", `/api/objects?${q({ service, prefix, cursor, limit: 50 })}`);
+    more.hidden = true; // until this page says whether there is another
+    list.dataset.loading = "1";
+    let data;
+    try {
+      data = await api("GET", `/api/objects?${q({ service, prefix, cursor, limit: 50 })}`);
+    } finally {
+      delete list.dataset.loading;
+    }
     for (const o of data.objects) {
       list.append(el("li", {},
         el("a", { href: `#/s/${encodeURIComponent(service)}/o/${encodeURIComponent(o.key)}`, className: "object" }, o.key === "" ? "(empty key)" : o.key),
