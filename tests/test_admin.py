@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from typing import Any
 
 import msgpack
 import pytest
@@ -29,8 +30,11 @@ async def put(store: RedisStateStore, service: str, key: str, **values: object) 
     return s.version
 
 
-async def stored(client: aioredis.Redis, store: RedisStateStore, service: str, key: str) -> dict:
-    raw = await client.hgetall(store.keyspace.object_keys(service, key).state)
+async def stored(
+    client: aioredis.Redis, store: RedisStateStore, service: str, key: str
+) -> dict[str, Any]:
+    state_key = store.keyspace.object_keys(service, key).state
+    raw: dict[bytes, bytes] = await client.hgetall(state_key)  # type: ignore[assignment]
     return {k.decode(): msgpack.unpackb(v, raw=False) for k, v in raw.items()}
 
 

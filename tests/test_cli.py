@@ -7,8 +7,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -33,8 +34,11 @@ def rc(server: Server) -> Iterator[redis.Redis]:
     c.close()
 
 
+Cli = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
 @pytest.fixture
-def cli(server: Server, rc: redis.Redis):  # type: ignore[no-untyped-def]
+def cli(server: Server, rc: redis.Redis) -> Cli:
     """Run the console script against the test server; returns the CompletedProcess."""
 
     def run(*args: str, input: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
@@ -63,8 +67,8 @@ def seed(server: Server, service: str, key: str, **values: object) -> None:
     asyncio.run(write())
 
 
-def state(rc: redis.Redis, service: str, key: str, namespace: str = "restate") -> dict:
-    raw = rc.hgetall(f"{namespace}:{{{service}:{key}}}:state")
+def state(rc: redis.Redis, service: str, key: str, namespace: str = "restate") -> dict[str, Any]:
+    raw: dict[bytes, bytes] = rc.hgetall(f"{namespace}:{{{service}:{key}}}:state")  # type: ignore[assignment]
     return {k.decode(): msgpack.unpackb(v, raw=False) for k, v in raw.items()}
 
 
@@ -82,7 +86,7 @@ def ok(proc: subprocess.CompletedProcess[str]) -> str:
     return proc.stdout
 
 
-def test_set_then_get_plain_and_table(cli, rc: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_set_then_get_plain_and_table(cli: Cli, rc: redis.Redis) -> None:
     ok(cli("kv", "set", "Cart", "alice", "items", '["a", {"n": 2}]'))
     ok(cli("kv", "set", "Cart", "alice", "note", '"[bold]<b>not markup</b>"'))
     assert state(rc, "Cart", "alice") == {
@@ -97,7 +101,7 @@ def test_set_then_get_plain_and_table(cli, rc: redis.Redis) -> None:  # type: ig
     assert "[bold]<b>not markup</b>" in table and '"n": 2' in table
 
 
-def test_get_plain_of_an_object_without_state(cli, rc: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_get_plain_of_an_object_without_state(cli: Cli, rc: redis.Redis) -> None:
     proc = cli("kv", "get", "Cart", "nobody", "--plain")
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "{}\n", "")
     ok(cli("kv", "set", "Cart", "emptied", "a", "1"))
@@ -105,7 +109,7 @@ def test_get_plain_of_an_object_without_state(cli, rc: redis.Redis) -> None:  # 
     assert ok(cli("kv", "get", "Cart", "emptied", "--plain")) == "{}\n"
 
 
-def test_namespace_option_and_env(cli, rc: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_namespace_option_and_env(cli: Cli, rc: redis.Redis) -> None:
     ok(cli("kv", "set", "Cart", "x", "a", "1", "--namespace", "other"))
     assert state(rc, "Cart", "x", namespace="other") == {"a": 1}
     assert state(rc, "Cart", "x") == {}
@@ -113,7 +117,7 @@ def test_namespace_option_and_env(cli, rc: redis.Redis) -> None:  # type: ignore
     assert json.loads(env_plain) == {"a": 1}
 
 
-def test_list_and_services(cli, rc: redis.Redis, server: Server) -> None:  # type: ignore[no-untyped-def]
+def test_list_and_services(cli: Cli, rc: redis.Redis, server: Server) -> None:
     for key in ("apple", "apricot", "banana"):
         seed(server, "Fruit", key, n=1)
     seed(server, "Veg", "leek", n=1)
@@ -144,7 +148,7 @@ def test_list_and_services(cli, rc: redis.Redis, server: Server) -> None:  # typ
     assert "workflow completed, state expires in 23h 59m" in shown
 
 
-def test_patch(cli, rc: redis.Redis, server: Server) -> None:  # type: ignore[no-untyped-def]
+def test_patch(cli: Cli, rc: redis.Redis, server: Server) -> None:
     seed(server, "Cart", "bob", items=["a"])
     seed(server, "Cart", "bob", gone=True)
     patch = '[{"op": "add", "path": "/items/-", "value": "b"}, {"op": "remove", "path": "/gone"}]'
@@ -168,8 +172,8 @@ def editor(tmp_path: Path, body: str) -> str:
 
 
 def test_edit_replaces_the_whole_state(
-    cli, rc: redis.Redis, tmp_path: Path, server: Server
-) -> None:  # type: ignore[no-untyped-def]
+    cli: Cli, rc: redis.Redis, tmp_path: Path, server: Server
+) -> None:
     seed(server, "Cart", "carol", a=1)
     seed(server, "Cart", "carol", b={"x": 1})
     body = """
@@ -194,8 +198,8 @@ json.dump(doc, open(path, "w"))
     assert state(rc, "Cart", "carol") == {"a": 2, "c": "<script>"}
 
 
-def test_edit_refuses_when_the_object_changed_meanwhile(  # type: ignore[no-untyped-def]
-    cli, rc: redis.Redis, tmp_path: Path
+def test_edit_refuses_when_the_object_changed_meanwhile(
+    cli: Cli, rc: redis.Redis, tmp_path: Path
 ) -> None:
     ok(cli("kv", "set", "Cart", "dave", "n", "1"))
     # while the editor is open, another writer changes the object
@@ -211,7 +215,7 @@ json.dump({{"n": 2}}, open(path, "w"))
     assert state(rc, "Cart", "dave") == {"n": 2}
 
 
-def test_clear_key_object_and_service(cli, rc: redis.Redis, server: Server) -> None:  # type: ignore[no-untyped-def]
+def test_clear_key_object_and_service(cli: Cli, rc: redis.Redis, server: Server) -> None:
     for key in ("k1", "k2", "k3"):
         seed(server, "Counter", key, n=1, m=2)
     seed(server, "Keep", "k1", n=1)
@@ -230,7 +234,7 @@ def test_clear_key_object_and_service(cli, rc: redis.Redis, server: Server) -> N
     assert state(rc, "Keep", "k1") == {"n": 1}
 
 
-def test_unknown_objects_and_state_keys(cli, rc: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_objects_and_state_keys(cli: Cli, rc: redis.Redis) -> None:
     for args in (
         ("kv", "clear", "Cart/nobody"),
         ("kv", "clear", "Cart/nobody", "a"),
@@ -244,7 +248,7 @@ def test_unknown_objects_and_state_keys(cli, rc: redis.Redis) -> None:  # type: 
     assert rc.exists("restate:{Cart:nobody}:state", "restate:{Cart:nobody}:meta") == 0
 
 
-def test_bad_json_and_version_conflict(cli, rc: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_bad_json_and_version_conflict(cli: Cli, rc: redis.Redis) -> None:
     assert "bad JSON for state key 'a'" in one_line_error(cli("kv", "set", "Cart", "f", "a", "{x"))
     assert rc.keys("*") == []
     ok(cli("kv", "set", "Cart", "f", "a", "1"))
@@ -256,7 +260,7 @@ def test_bad_json_and_version_conflict(cli, rc: redis.Redis) -> None:  # type: i
     assert state(rc, "Cart", "f") == {"a": 2}
 
 
-def test_unreachable_redis_and_bad_urls_never_show_the_password(cli) -> None:  # type: ignore[no-untyped-def]
+def test_unreachable_redis_and_bad_urls_never_show_the_password(cli: Cli) -> None:
     dead = f"redis://admin:pw-s3cr3t@127.0.0.1:{free_port()}/0"
     for args in (("kv", "get", "Cart", "a"), ("services",), ("kv", "set", "C", "k", "n", "1")):
         err = one_line_error(cli(*args, "--url", dead))
@@ -268,7 +272,7 @@ def test_unreachable_redis_and_bad_urls_never_show_the_password(cli) -> None:  #
         assert "pw-s3cr3t" not in err and "URL" in err
 
 
-def test_a_change_waits_for_a_running_handler_then_times_out(cli, rc: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_a_change_waits_for_a_running_handler_then_times_out(cli: Cli, rc: redis.Redis) -> None:
     ok(cli("kv", "set", "Cart", "busy", "n", "1"))
     rc.set("restate:{Cart:busy}:lease", "a-running-handler", px=60_000)
     err = one_line_error(cli("kv", "set", "Cart", "busy", "n", "2", "--acquire-timeout", "0.3"))

@@ -136,7 +136,12 @@ def page(browser: Any) -> Iterator[Any]:
     tab = context.new_page()
     tab.set_default_timeout(15_000)
     dialogs: list[str] = []
-    tab.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+    def dismiss(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    tab.on("dialog", dismiss)
     yield tab
     context.close()
     assert dialogs == [], f"the page opened dialogs: {dialogs}"
@@ -163,7 +168,7 @@ def seed(server: Server, service: str, key: str, **values: object) -> int:
 
 
 def state(rc: redis.Redis, service: str, key: str) -> dict[str, Any]:
-    raw = rc.hgetall(f"restate:{{{service}:{key}}}:state")
+    raw: dict[bytes, bytes] = rc.hgetall(f"restate:{{{service}:{key}}}:state")  # type: ignore[assignment]
     return {k.decode(): msgpack.unpackb(v, raw=False) for k, v in raw.items()}
 
 
