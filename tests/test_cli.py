@@ -281,3 +281,17 @@ def test_a_change_waits_for_a_running_handler_then_times_out(cli: Cli, rc: redis
     rc.delete("restate:{Cart:busy}:lease")
     ok(cli("kv", "set", "Cart", "busy", "n", "2", "--acquire-timeout", "0.3"))
     assert state(rc, "Cart", "busy") == {"n": 2}
+
+
+def test_bytes_undecodable_values_and_other_serdes(cli: Cli, rc: redis.Redis) -> None:
+    ok(cli("kv", "set", "Cart", "kit", "blob", '{"$base64": "AAH/"}'))
+    assert state(rc, "Cart", "kit") == {"blob": b"\x00\x01\xff"}
+    rc.hset("restate:{Cart:kit}:state", "odd", b"\xc1")  # not msgpack
+    shown = json.loads(ok(cli("kv", "get", "Cart", "kit", "--plain")))
+    assert shown == {"blob": {"$base64": "AAH/"}, "odd": {"$raw": "wQ=="}}
+    ok(cli("kv", "patch", "Cart", "kit", "--patch", '[{"op": "add", "path": "/n", "value": 1}]'))
+    assert rc.hget("restate:{Cart:kit}:state", "odd") == b"\xc1"  # left exactly as it was
+    ok(cli("kv", "set", "Cart", "js", "doc", '{"a": [1]}', "--serde", "json"))
+    assert rc.hget("restate:{Cart:js}:state", "doc") == b'{"a":[1]}'
+    as_json = ok(cli("kv", "get", "Cart", "js", "--plain", RESTATE_REDIS_SERDE="json"))
+    assert json.loads(as_json) == {"doc": {"a": [1]}}
