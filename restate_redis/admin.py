@@ -304,7 +304,7 @@ class Admin:
 
     async def read_value(self, service: str, key: str, name: str) -> Any:
         """One state key's value as JSON data; UnknownObjectError when it is not stored."""
-        async with self.store.object(service, key, shared=True) as session:
+        async with self.store.object(service, key, shared=True, state_preload=[name]) as session:
             raw = await session.get(name, serde=_RAW)
         if raw is None:
             raise UnknownObjectError(f"{where(service, key, name)} does not exist")
