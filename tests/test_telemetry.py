@@ -506,3 +506,51 @@ async def test_unsampled_spans_record_nothing(client: aioredis.Redis) -> None:
         assert await s.get("n") == 1
     assert exporter.get_finished_spans() == ()
     provider.shutdown()
+
+
+async def test_cluster_and_sentinel_clients(otel: Otel) -> None:
+    """server.* are the first seed node of a cluster; a sentinel client has no fixed server."""
+    from .servers import start_cluster, start_sentinel_group
+
+    cluster = start_cluster(3)
+    try:
+        store = RedisStateStore.from_url(
+            cluster.url, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider
+        )
+        async with store.object("Counter", "c1") as s:
+            s.set("n", 1)
+        await store.aclose()
+    finally:
+        cluster.stop()
+    first = cluster.masters[0].port
+    open_, commit = otel.spans()
+    for span in (open_, commit):
+        a = attrs(span)
+        assert (a["server.address"], a["server.port"], a["db.namespace"]) == (
+            "127.0.0.1",
+            first,
+            "0",
+        )
+        assert a[tm.OUTCOME] == "ok"
+    assert attrs(commit)[tm.VERSION] == 1
+
+    otel.exporter.clear()
+    group = start_sentinel_group(0)
+    try:
+        store = RedisStateStore.from_url(
+            group.url, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider
+        )
+        async with store.object("Counter", "s1", state_preload=False) as s:
+            assert await s.get("n") is None
+        await store.aclose()
+    finally:
+        group.stop()
+    spans = otel.spans()
+    assert [sp.name for sp in spans] == [
+        "EVALSHA restate_redis.open",
+        "HGET",  # no server.address:server.port to name as the target
+        "EVALSHA restate_redis.release",
+    ]
+    for span in spans:
+        assert "server.address" not in attrs(span)
+        assert attrs(span)[tm.OUTCOME] == "ok"
