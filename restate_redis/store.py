@@ -15,6 +15,7 @@ from .scripts import Scripts
 from .serde import MsgPackSerde, Serde
 
 if TYPE_CHECKING:
+    from .restate_sdk import RestateState
     from .session import Session
 
 T = TypeVar("T")
@@ -196,6 +197,21 @@ class RedisStateStore:
             commit_id=commit_id,
             record_prior=commit_id is not None,
         )
+
+    def restate_state(self, **options: Any) -> RestateState:
+        """A decorator that keeps a restate-sdk handler's K/V state in this store.
+
+        Put it under the SDK's ``@obj.handler()`` / ``@wf.main()``; the handler's
+        ``ctx.get / set / clear / clear_all / state_keys`` then use Redis. Applied to a
+        ``VirtualObject`` or ``Workflow`` (``store.restate_state()(obj)``) it switches every
+        handler defined so far. Options: ``state_preload`` (``True`` eager, ``False`` lazy, or
+        a list of state keys), ``workflow_retention`` (default: the handler's own, else the
+        store's), ``ttl`` (Virtual Objects: expire state this long after the last commit).
+        Needs ``pip install 'restate-redis[restate]'``.
+        """
+        from .restate_sdk import RestateState
+
+        return RestateState(self, **options)
 
     async def roundtrip(
         self,
