@@ -83,6 +83,7 @@ class _Options:
 class _Target:
     """What one invocation's session is about, read from the SDK's handler description."""
 
+    of: Any  # the SDK's Handler
     service: str
     handler: str
     workflow: bool
@@ -186,8 +187,14 @@ class RestateState:
 _TERMINAL_TYPES = tuple(t for t, _ in _TERMINAL)
 
 
+_targets: dict[int, _Target] = {}  # id(SDK handler) -> what it is about; handlers live forever
+
+
 def _target_of(ctx: Any) -> _Target:
     handler = getattr(ctx, "handler", None)
+    target = _targets.get(id(handler))
+    if target is not None and target.of is handler:
+        return target
     tag = getattr(handler, "service_tag", None)
     if handler is None or tag is None:
         raise TypeError(
@@ -201,7 +208,8 @@ def _target_of(ctx: Any) -> _Target:
     retention = handler.workflow_retention
     if isinstance(retention, timedelta):
         retention = retention.total_seconds() or None
-    return _Target(
+    target = _Target(
+        of=handler,
         service=tag.name,
         handler=handler.name,
         workflow=tag.kind == "workflow",
@@ -209,11 +217,20 @@ def _target_of(ctx: Any) -> _Target:
         shared=handler.kind == "shared" or (tag.kind == "workflow" and handler.kind != "workflow"),
         retention=retention,
     )
+    _targets[id(handler)] = target
+    return target
+
+
+def _invocation_id(ctx: Any) -> str:
+    invocation = getattr(ctx, "invocation", None)  # ServerInvocationContext: skip building
+    if invocation is not None:  # a whole Request (headers copied) for one string
+        return str(invocation.invocation_id)
+    return str(ctx.request().id)
 
 
 def _open(store: RedisStateStore, options: _Options, target: _Target, ctx: Any) -> Session:
     key = ctx.key()
-    commit_id = None if target.shared else ctx.request().id
+    commit_id = None if target.shared else _invocation_id(ctx)
     preload: StatePreload = (
         list(options.state_preload)
         if isinstance(options.state_preload, tuple)
