@@ -37,6 +37,7 @@ from .store import Duration, StatePreload, seconds
 
 try:
     from restate.exceptions import TerminalError
+    from restate.handler import RESTATE_UNIQUE_HANDLER_SYMBOL
     from restate.serde import DefaultSerde as _SdkDefaultSerde
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -134,6 +135,11 @@ class RestateState:
         handlers = getattr(target, "handlers", None)
         if isinstance(handlers, dict) and hasattr(target, "service_tag"):
             return self._switch_service(target, handlers)
+        registered = vars(target).get(RESTATE_UNIQUE_HANDLER_SYMBOL) if callable(target) else None
+        if registered is not None:
+            # Put above @obj.handler() instead of under it: switch the registered handler.
+            registered.fn = self._wrap(registered.fn)
+            return target
         if not inspect.iscoroutinefunction(target):
             raise TypeError(
                 "restate_state() decorates an 'async def' handler or switches a "
@@ -159,8 +165,8 @@ class RestateState:
         @functools.wraps(fn)
         async def handler(ctx: Any, *args: Any, **kwargs: Any) -> Any:
             target = _target_of(ctx)
-            session = _open(store, options, target, ctx)
             try:
+                session = _open(store, options, target, ctx)
                 async with session:
                     return await fn(RestateStateContext(ctx, session), *args, **kwargs)
             except _TERMINAL_TYPES as exc:
@@ -168,7 +174,7 @@ class RestateState:
                 if isinstance(exc, ReadOnlySessionError):
                     message = (
                         f"shared handler {target.service}/{target.handler} tried to change the "
-                        f"state of key {session.key()!r}: shared handlers can only read state; "
+                        f"state of key {ctx.key()!r}: shared handlers can only read state; "
                         f"change it from an exclusive handler"
                     )
                 else:

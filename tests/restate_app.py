@@ -83,6 +83,11 @@ def make_counter(mode: str) -> restate.VirtualObject:
     async def add(ctx: ObjectContext, delta: int) -> int:
         return await add_to_count(ctx, delta)
 
+    @state  # above the SDK's decorator works too
+    @counter.handler()
+    async def add_reversed(ctx: ObjectContext, delta: int) -> int:
+        return await add_to_count(ctx, delta)
+
     @counter.handler(kind="shared")
     @state
     async def get(ctx: ObjectSharedContext) -> int:

@@ -229,6 +229,15 @@ async def test_workflow_state_is_per_id_and_expires_after_retention(
     assert await call(ingress, f"/{service}/{wf_id}/status") is None
 
 
+async def test_the_decorator_also_works_above_the_sdk_decorator(
+    ingress: httpx.AsyncClient, r: aioredis.Redis
+) -> None:
+    key = new_key()
+    assert await call(ingress, f"/Counter_eager/{key}/add_reversed", 4) == 4
+    assert await call(ingress, f"/Counter_eager/{key}/add", 1) == 5
+    assert await stored(r, "Counter_eager", key) == {"count": 5, "last": 1}
+
+
 async def test_decorator_and_service_switch_reject_what_they_cannot_handle() -> None:
     import restate
 
