@@ -21,6 +21,8 @@ async def counted(server: Server) -> AsyncIterator[RedisStateStore]:
     store = RedisStateStore(client)
     async with store.object("Warm", "up") as ctx:  # load the scripts once
         ctx.set("k", 1)
+    async with store.object("Warm", "up"):
+        pass
     for i in range(10):
         async with store.object("Svc", "obj") as ctx:
             ctx.set(f"k{i}", "x" * 100)
@@ -94,3 +96,11 @@ async def test_eager_state_over_the_size_limit_falls_back_to_lazy(server: Server
         assert await ctx.get("k") == b"x" * 100
     assert CountingConnection.sent == ["EVALSHA", "HGET", "EVALSHA"]
     await client.aclose()
+
+
+async def test_lazy_get_after_state_keys_skips_absent_keys(counted: RedisStateStore) -> None:
+    async with counted.object("Svc", "obj", state_preload=False, shared=True) as ctx:
+        await ctx.state_keys()
+        assert await ctx.get("absent") is None
+        assert await ctx.get("k1") == "x" * 100
+    assert CountingConnection.sent == ["EVALSHA", "HKEYS", "HGET"]
