@@ -136,12 +136,14 @@ def main() -> None:
             )
         return results
 
+    load_before = os.getloadavg()[0]
     if args.ingress:
         results = asyncio.run(run_all(args.ingress))
     else:
         with local_stack() as ingress:
             results = asyncio.run(run_all(ingress))
-    print(f"machine: {machine()}")
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    print(f"machine: {machine()}; {load}")
     print(table(results))
 
 

@@ -12,6 +12,7 @@ import functools
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from restate.context import (
     WorkflowSharedContext,
 )
 from restate.exceptions import TerminalError
+from restate.serde import JsonSerde
 
 from restate_redis import RedisStateStore
 
@@ -37,6 +39,12 @@ store = RedisStateStore.from_url(URL, namespace=NAMESPACE, lease_ttl=120, acquir
 hooks = aioredis.Redis.from_url(URL)
 
 MODES: dict[str, bool | list[str]] = {"eager": True, "lazy": False, "preload": ["count"]}
+
+
+@dataclass
+class Profile:
+    name: str
+    visits: int
 
 
 async def attempt(ctx: Any, tag: str) -> int:
@@ -87,6 +95,18 @@ def make_counter(mode: str) -> restate.VirtualObject:
     @counter.handler()
     async def add_reversed(ctx: ObjectContext, delta: int) -> int:
         return await add_to_count(ctx, delta)
+
+    @counter.handler()
+    @state
+    async def profile(ctx: ObjectContext, name: str) -> dict[str, Any]:
+        """A dataclass with the default serde, a dict with the SDK's JsonSerde."""
+        before = await ctx.get("profile", type_hint=Profile)
+        visits = before.visits + 1 if before else 1
+        ctx.set("profile", Profile(name, visits))
+        ctx.set("json", {"name": name}, serde=JsonSerde())
+        after = await ctx.get("profile", type_hint=Profile)
+        raw = await ctx.get("json", serde=JsonSerde())
+        return {"visits": after.visits if after else None, "json": raw, "is": type(after).__name__}
 
     @counter.handler(kind="shared")
     @state

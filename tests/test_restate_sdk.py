@@ -229,6 +229,19 @@ async def test_workflow_state_is_per_id_and_expires_after_retention(
     assert await call(ingress, f"/{service}/{wf_id}/status") is None
 
 
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_sdk_default_serde_means_the_store_serde_and_others_are_used_as_given(
+    mode: str, ingress: httpx.AsyncClient, r: aioredis.Redis
+) -> None:
+    service, key = f"Counter_{mode}", new_key()
+    first = await call(ingress, f"/{service}/{key}/profile", "ann")
+    assert first == {"visits": 1, "json": {"name": "ann"}, "is": "Profile"}
+    assert (await call(ingress, f"/{service}/{key}/profile", "ann"))["visits"] == 2
+    state = keyspace.object_keys(service, key).state
+    assert msgpack.unpackb(await r.hget(state, "profile")) == {"name": "ann", "visits": 2}
+    assert await r.hget(state, "json") == b'{"name": "ann"}'  # the SDK's JsonSerde bytes
+
+
 async def test_the_decorator_also_works_above_the_sdk_decorator(
     ingress: httpx.AsyncClient, r: aioredis.Redis
 ) -> None:
