@@ -81,6 +81,9 @@ def make_counter(mode: str) -> restate.VirtualObject:
     state = store.restate_state(state_preload=MODES[mode])
 
     async def add_to_count(ctx: ObjectContext, delta: int) -> int:
+        await hooks.incr(f"rrtest:add-attempts:{counter.name}")
+        if ctx.session.replayed:  # type: ignore[attr-defined]
+            await hooks.incr(f"rrtest:add-replays:{counter.name}")
         n: int = await ctx.get("count", type_hint=int) or 0
         ctx.set("count", n + delta)
         ctx.set("last", delta)

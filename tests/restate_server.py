@@ -123,6 +123,7 @@ class RestateServer:
     ingress_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     node_port: int = field(default_factory=free_port)
+    extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -151,6 +152,7 @@ class RestateServer:
             RESTATE_DEFAULT_RETRY_POLICY__MAX_INTERVAL="1s",
             RESTATE_CLI_CONFIG_HOME=str(self.dir / "cli"),
         )
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 60.0) -> RestateServer:
@@ -213,6 +215,7 @@ class Deployment:
 
     app: str
     env: dict[str, str]
+    args: tuple[str, ...] = ()  # more hypercorn options
     port: int = field(default_factory=free_port)
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rr-hypercorn-")))
     proc: subprocess.Popen[bytes] | None = None
@@ -234,6 +237,7 @@ class Deployment:
         env.update(self.env)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         args = [sys.executable, "-m", "hypercorn", self.app, "--bind", f"127.0.0.1:{self.port}"]
+        args += self.args
         with open(self.log, "ab") as log:
             return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -300,12 +304,21 @@ class RestateStack:
         shutil.rmtree(self.deployment.dir, ignore_errors=True)
 
 
-def start_stack(app: str, env: dict[str, str]) -> RestateStack:
-    """Install if needed, start restate-server and ``hypercorn app``, register the deployment."""
+def start_stack(
+    app: str,
+    env: dict[str, str],
+    hypercorn_args: tuple[str, ...] = (),
+    server_env: dict[str, str] | None = None,
+) -> RestateStack:
+    """Install if needed, start restate-server and ``hypercorn app``, register the deployment.
+
+    ``env`` is the deployment's extra environment, ``server_env`` the server's (config
+    overrides such as ``RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT``).
+    """
     binary, cli = restate_binaries()
-    server = RestateServer(binary, cli).start()
+    server = RestateServer(binary, cli, extra_env=server_env or {}).start()
     try:
-        deployment = Deployment(app, env).start()
+        deployment = Deployment(app, env, hypercorn_args).start()
     except BaseException:
         server.stop()
         raise

@@ -49,6 +49,21 @@ def stack(redis_server: Server) -> Iterator[RestateStack]:
     s.stop()
 
 
+@pytest.fixture(scope="module")
+def churning_stack(
+    redis_server: Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RestateStack]:
+    """hypercorn closing each connection after 20 requests (its default is 1,000), cutting
+    off invocations in flight; Restate retries them after a 2 s inactivity timeout."""
+    config = tmp_path_factory.mktemp("hypercorn") / "hypercorn.toml"
+    config.write_text("keep_alive_max_requests = 20\n")
+    env = {"RESTATE_REDIS_URL": redis_server.url, "RESTATE_REDIS_NAMESPACE": NAMESPACE}
+    server_env = {"RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT": "2s"}
+    s = start_stack("tests.restate_app:app", env, ("--config", str(config)), server_env)
+    yield s
+    s.stop()
+
+
 @pytest.fixture
 async def r(redis_server: Server) -> AsyncIterator[aioredis.Redis]:
     c = aioredis.Redis.from_url(redis_server.url)
@@ -96,6 +111,26 @@ async def test_concurrent_increments_are_exact(
         assert await stored(r, service, key) == {"count": per_key, "last": 1}
         assert await call(ingress, f"/{service}/{key}/get") == per_key  # a shared handler
         assert not await r.exists(keyspace.object_keys(service, key).lease)
+
+
+async def test_increments_stay_exact_while_hypercorn_cuts_connections(
+    churning_stack: RestateStack, r: aioredis.Redis
+) -> None:
+    service, keys, per_key = "Counter_lazy", [new_key() for _ in range(3)], 100
+    await r.delete(f"rrtest:add-attempts:{service}", f"rrtest:add-replays:{service}")
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    async with httpx.AsyncClient(base_url=churning_stack.ingress, timeout=90, limits=limits) as c:
+        jobs = [k for _ in range(per_key) for k in keys]
+        results = await asyncio.gather(*(call(c, f"/{service}/{k}/add", 1) for k in jobs))
+    for key in keys:
+        assert sorted(v for k, v in zip(jobs, results, strict=True) if k == key) == list(
+            range(1, per_key + 1)
+        )
+        assert await stored(r, service, key) == {"count": per_key, "last": 1}
+    tries = int(await r.get(f"rrtest:add-attempts:{service}") or 0)
+    replays = int(await r.get(f"rrtest:add-replays:{service}") or 0)
+    print(f"{len(jobs)} invocations, {tries} attempts, {replays} replays of applied commits")
+    assert tries > len(jobs)  # connections were cut and invocations retried
 
 
 @pytest.mark.parametrize("mode", MODES)
