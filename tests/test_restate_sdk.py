@@ -26,7 +26,6 @@ from .servers import Server, start_server
 NAMESPACE = "rrt"
 MODES = ["eager", "lazy", "preload"]
 keyspace = Keyspace(NAMESPACE)
-pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
