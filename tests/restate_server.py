@@ -37,7 +37,8 @@ NPM_CACHE = Path(
 def _unavailable(message: str) -> None:
     if IN_CI:
         pytest.fail(message + " (required in CI)")
-    print(f"\nskipping: {message}", file=sys.stderr)  # the reason, where -q hides skip reasons
+    # Past pytest's capture, so that the reason shows even where -q hides skip reasons.
+    print(f"\nskipping the Restate tests: {message}", file=sys.__stderr__)
     pytest.skip(message)
 
 
