@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
+    from .restate_sdk import RestateState
     from .session import Session
 
 T = TypeVar("T")
@@ -269,6 +270,21 @@ class RedisStateStore:
             commit_id=commit_id,
             record_prior=commit_id is not None,
         )
+
+    def restate_state(self, **options: Any) -> RestateState:
+        """A decorator that keeps a restate-sdk handler's K/V state in this store.
+
+        Put it under the SDK's ``@obj.handler()`` / ``@wf.main()``; the handler's
+        ``ctx.get / set / clear / clear_all / state_keys`` then use Redis. Applied to a
+        ``VirtualObject`` or ``Workflow`` (``store.restate_state()(obj)``) it switches every
+        handler defined so far. Options: ``state_preload`` (``True`` eager, ``False`` lazy, or
+        a list of state keys), ``workflow_retention`` (default: the handler's own, else the
+        store's), ``ttl`` (Virtual Objects: expire state this long after the last commit).
+        Needs ``pip install 'restate-redis[restate]'``.
+        """
+        from .restate_sdk import RestateState
+
+        return RestateState(self, **options)
 
     async def roundtrip(
         self,
