@@ -25,7 +25,6 @@ import threading
 import time
 import tomllib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +33,7 @@ import pytest
 import redis
 import yaml
 
+from .otlp import OtlpReceiver
 from .servers import IN_CI, Server, free_port, server_binary, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -360,70 +360,6 @@ def test_readiness_probe_runs_as_written(redis_server: Server) -> None:
     assert down.returncode == 1 and "not reachable" in down.stderr
     unset = probe()
     assert unset.returncode == 1 and "RESTATE_REDIS_URL is not set" in unset.stderr
-
-
-class OtlpReceiver(ThreadingHTTPServer):
-    """An OTLP/HTTP endpoint on loopback that keeps the export requests it receives."""
-
-    def __init__(self) -> None:
-        self.requests: dict[str, list[bytes]] = {}
-        self.received = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.setdefault(self.path, []).append(body)
-                receiver.received.set()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def spans(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-        """(span name, span attributes, resource attributes) of every span received."""
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-            ExportTraceServiceRequest,
-        )
-
-        found = []
-        for body in self.requests.get("/v1/traces", []):
-            request = ExportTraceServiceRequest()
-            request.ParseFromString(body)
-            for rs in request.resource_spans:
-                resource = {a.key: _any(a.value) for a in rs.resource.attributes}
-                for ss in rs.scope_spans:
-                    for span in ss.spans:
-                        attrs = {a.key: _any(a.value) for a in span.attributes}
-                        found.append((span.name, attrs, resource))
-        return found
-
-    def metric_names(self) -> set[str]:
-        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-            ExportMetricsServiceRequest,
-        )
-
-        names = set()
-        for body in self.requests.get("/v1/metrics", []):
-            request = ExportMetricsServiceRequest()
-            request.ParseFromString(body)
-            for rm in request.resource_metrics:
-                for sm in rm.scope_metrics:
-                    names.update(m.name for m in sm.metrics)
-        return names
-
-
-def _any(value: Any) -> Any:
-    return getattr(value, value.WhichOneof("value"))
 
 
 @pytest.fixture

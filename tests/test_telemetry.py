@@ -554,3 +554,49 @@ async def test_cluster_and_sentinel_clients(otel: Otel) -> None:
     for span in spans:
         assert "server.address" not in attrs(span)
         assert attrs(span)[tm.OUTCOME] == "ok"
+
+
+def test_state_spans_join_a_real_restate_invocation_trace() -> None:
+    """A Restate server with tracing on sends a traceparent; invocation() nests the spans."""
+    import shutil
+    import threading
+
+    import httpx
+
+    from .otlp import OtlpReceiver
+    from .restate_server import start_stack
+    from .servers import start_server
+
+    srv = start_server("redis")
+    receiver = OtlpReceiver()
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    env = {
+        "RESTATE_REDIS_URL": srv.url,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_SERVICE_NAME": "traced-test",
+    }
+    # nothing listens there: Restate only needs tracing on to send the trace context
+    server_env = {"RESTATE_TRACING_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    try:
+        stack = start_stack("tests.traced_app:app", env, server_env=server_env)
+        try:
+            reply = httpx.post(f"{stack.ingress}/Traced/k1/bump", timeout=60)
+            assert reply.status_code == 200, reply.text
+            traceparent = reply.json()
+        finally:
+            stack.stop()
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+        thread.join(10)
+        srv.stop()
+        shutil.rmtree(srv.dir, ignore_errors=True)
+    version, trace_id, parent_id, _flags = traceparent.split("-")
+    assert version == "00"
+    links = receiver.trace_links()
+    assert [name for name, _, _ in links] == [
+        "EVALSHA restate_redis.open",
+        "EVALSHA restate_redis.commit",
+    ]
+    assert all((t, p) == (trace_id, parent_id) for _, t, p in links)
