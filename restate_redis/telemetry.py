@@ -7,7 +7,8 @@ named and attributed by the semantic conventions for database clients (Redis):
 
 - name ``"{db.operation.name} {target}"``: ``EVALSHA restate_redis.open`` for a script (the
   target is ``db.stored_procedure.name``), ``HGET 127.0.0.1:6379`` for a plain command (the
-  target is ``server.address:server.port``, since the Redis key itself is not low-cardinality);
+  target is ``server.address:server.port``, since the Redis key itself is not low-cardinality),
+  ``PIPELINE restate_redis.commit`` for a commit sent with its WAIT (``min_replicas``);
 - ``db.system.name`` "redis", ``db.operation.name``, ``db.stored_procedure.name``,
   ``db.namespace`` (the database index given when the client was configured), ``server.address``,
   ``server.port``; on failure ``error.type`` (the exception's qualified class name) and, for a
@@ -255,6 +256,8 @@ class Telemetry:
             attrs = {**self._base, "db.operation.name": command}
             if script is not None:
                 attrs["db.stored_procedure.name"] = script
+            if command == "PIPELINE":
+                attrs["db.operation.batch.size"] = 2
             target = script if script is not None else self._target
             name = command if target is None else f"{command} {target}"
             found = self._starts[(command, script)] = (name, attrs)
@@ -292,6 +295,8 @@ class Telemetry:
     ) -> T:
         metering = self.metering()
         command, script = COMMANDS[op]
+        if op == "commit" and session.store.min_replicas:
+            command = "PIPELINE"  # EVALSHA and WAIT in one round trip (replication.py)
         detail = ROUNDTRIP.get()
         state_key: str | None = None
         if detail is not None:

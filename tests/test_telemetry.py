@@ -408,6 +408,30 @@ async def test_a_repeated_commit_id_is_not_counted_as_written(
     assert written.value == len(enc(1))
 
 
+async def test_a_commit_waiting_for_replicas_is_a_pipeline(
+    client: aioredis.Redis, otel: Otel
+) -> None:
+    from restate_redis import ReplicationError
+
+    store = RedisStateStore(
+        client,
+        min_replicas=1,
+        replica_timeout=0.1,
+        tracer_provider=otel.tracer_provider,
+        meter_provider=otel.meter_provider,
+    )
+    with pytest.raises(ReplicationError):  # no replica confirms it: the server has none
+        async with store.object("Counter", "durable") as s:
+            s.set("n", 1)
+    commit = otel.spans()[-1]
+    assert commit.name == "PIPELINE restate_redis.commit"
+    a = attrs(commit)
+    assert a["db.operation.name"] == "PIPELINE"
+    assert a["db.operation.batch.size"] == 2
+    assert a["error.type"] == "restate_redis.errors.ReplicationError"
+    assert commit.status.status_code == StatusCode.ERROR
+
+
 async def test_retries_are_counted(traced_store: RedisStateStore, otel: Otel) -> None:
     async with traced_store.object("Counter", "r", shared=True) as s:
         traced_store.telemetry.record_retry("get", s)
