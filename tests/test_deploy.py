@@ -168,6 +168,19 @@ def test_dockerfile_copies_what_exists_and_installs_the_extras_it_runs() -> None
     assert "restate-redis[cli]" in installed or "click" in installed  # restate-redis ui
 
 
+def test_dockerignore_keeps_what_the_image_copies() -> None:
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".venv", ".git"} <= ignored  # the build context stays small
+    for line in re.findall(r"^COPY (.+)$", DOCKERFILE.read_text(), re.M):
+        *sources, _dest = line.split()
+        for source in sources:
+            assert source.split("/")[0] not in ignored, source
+
+
 def test_commands_of_our_containers_exist() -> None:
     compose = load(COMPOSE)
     scripts = pyproject()["project"]["scripts"]
