@@ -1,9 +1,10 @@
 """OpenTelemetry spans and metrics for every Redis round trip of a session.
 
 Only the OpenTelemetry API is needed at run time. With no SDK configured (no global provider
-set and none passed to the store) :meth:`Telemetry.traced` just awaits the call: no span, no
-clock, no attribute is computed. With an SDK, each round trip is one span of kind CLIENT,
-named and attributed by the semantic conventions for database clients (Redis):
+set and none passed to the store) :meth:`Telemetry.traced` hands back the call's own
+awaitable: no span, no clock, no attribute is computed. With an SDK, each round trip is one
+span of kind CLIENT, named and attributed by the semantic conventions for database clients
+(Redis):
 
 - name ``"{db.operation.name} {target}"``: ``EVALSHA restate_redis.open`` for a script (the
   target is ``db.stored_procedure.name``), ``HGET 127.0.0.1:6379`` for a plain command (the
@@ -16,8 +17,10 @@ named and attributed by the semantic conventions for database clients (Redis):
 - this library's ``restate_redis.*`` attributes (see :data:`ATTRIBUTES`). Values never go into
   spans; only sizes and counts do.
 
-A retry policy wraps :meth:`Telemetry.traced` from outside, so each attempt is its own span, and
-calls :meth:`Telemetry.record_retry` between attempts.
+The store's retry policy wraps :meth:`Telemetry.traced` from outside
+(``RedisStateStore.roundtrip``), so each attempt is its own span, and each retry is counted by
+:meth:`Telemetry.record_retry`. :meth:`Telemetry.invocation` puts the spans of a Restate
+handler under the trace context that the Restate server sent with the invocation.
 """
 
 from __future__ import annotations
