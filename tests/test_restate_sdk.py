@@ -181,6 +181,24 @@ async def test_crash_after_the_commit_applies_once_and_returns_the_same(
     assert await call(ingress, f"/{service}/{key}/add", 1) == 16
 
 
+async def test_a_workflow_run_cut_after_its_commit_completes_once(
+    stack: RestateStack, ingress: httpx.AsyncClient, r: aioredis.Redis
+) -> None:
+    # The retry opens a run session on a workflow already completed by its own commit id:
+    # it replays the view from before that commit instead of being refused.
+    wf_id, restarts = new_key(), stack.deployment.restarts
+    resp = await ingress.post(f"/FlowCrash/{wf_id}/run", json="ann")
+    assert resp.status_code == 200 and resp.json() == "ann run 1"
+    stack.deployment.wait_restarts(restarts + 1)
+    inv = resp.headers["x-restate-id"]
+    assert await attempts(r, "after-crash", inv) == 2
+    assert await r.lrange(f"rrtest:results:{inv}", 0, -1) == [b"'ann run 1'"]
+    assert await stored(r, "FlowCrash", wf_id) == {"name": "ann", "runs": 1}
+    keys = keyspace.object_keys("FlowCrash", wf_id)
+    assert await r.hget(keys.meta, "wf") == b"completed"
+    assert 0 < await r.pttl(keys.state) <= 300_000
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_crash_inside_the_session_retry_takes_over_its_lease(
     mode: str, stack: RestateStack, ingress: httpx.AsyncClient, r: aioredis.Redis
