@@ -70,3 +70,7 @@ class ReplicationError(CommitError):
 
 class StoreUnavailableError(StateError, ConnectionError):
     """Redis could not be reached within the retry budget."""
+
+
+class EmbeddedServerError(StateError):
+    """The embedded Valkey server (restate-redis demo / bench) could not be started."""
