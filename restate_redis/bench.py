@@ -21,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from redis.exceptions import RedisError
 
 from .bench_meter import METER, CountingConnection
 from .bench_workloads import NAMESPACE, Case, Workloads
+from .errors import StateError
 from .store import RedisStateStore
+from .urls import redact
 
 SCHEMA = 1
 
@@ -102,17 +105,21 @@ async def measure(case: Case) -> Sample:
     )
 
 
-async def machine(client: Any) -> dict[str, Any]:
-    """Where the numbers come from."""
-    info = await client.info("server")
-    cpu = ""
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo ("" where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return ""
+
+
+async def machine(client: Any) -> dict[str, Any]:
+    """Where the numbers come from."""
+    info = await client.info("server")
+    cpu = cpu_model()
     from redis.utils import HIREDIS_AVAILABLE
 
     def version(dist: str) -> str | None:
@@ -160,7 +167,7 @@ def targets(results: dict[str, Result], rat: dict[str, float]) -> list[dict[str,
     """The issue's targets, each with the measured value and whether it is met."""
     c = max(r.case.concurrency for r in results.values())
     rows: list[tuple[str, float, str, bool]] = []
-    for key in (f"eager.c1", f"eager.c{c}"):
+    for key in ("eager.c1", f"eager.c{c}"):
         v = rat[f"adapter/raw {key}"]
         rows.append((f"workload 1 adapter/raw throughput, {key}", v, ">= 0.85", v >= 0.85))
     for name, case_id, want in (
@@ -253,24 +260,12 @@ async def run_bench(
             "scale": scale,
             "concurrency": concurrency,
             "hot_concurrency": hot_concurrency,
-            "url": _safe_url(url),
+            "url": redact(url),
         },
         "cases": [r.to_json() for r in results.values()],
         "ratios": {k: round(v, 4) for k, v in rat.items()},
         "targets": targets(results, rat),
     }
-
-
-def _safe_url(url: str) -> str:
-    """``url`` without a password."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.hostname or ""
-        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 @click.command("bench")
@@ -323,6 +318,8 @@ def bench_command(
     from rich.console import Console
 
     console = Console()
+    if not console.is_terminal:  # a log file: keep each table row on one line
+        console = Console(width=160)
     reps = repetitions or (1 if quick else 5)
     scale = 0.05 if quick else 1.0
     embedded = None
@@ -339,21 +336,24 @@ def bench_command(
 
         parser = "hiredis parser" if HIREDIS_AVAILABLE else "pure-Python parser (no hiredis)"
         where = "embedded Valkey" if embedded else "Redis"
-        console.print(f"Benchmarking {where} at {_safe_url(url)} with redis-py and the {parser}")
+        console.print(f"Benchmarking {where} at {redact(url)} with redis-py and the {parser}")
 
         def progress(rep: int, case: Case) -> None:
             console.print(f"  repetition {rep + 1}/{reps}: {case.id}", highlight=False, end="\r")
 
-        report = asyncio.run(
-            run_bench(
-                url,
-                repetitions=reps,
-                scale=scale,
-                concurrency=concurrency,
-                hot_concurrency=hot_concurrency,
-                progress=progress if console.is_terminal else None,
+        try:
+            report = asyncio.run(
+                run_bench(
+                    url,
+                    repetitions=reps,
+                    scale=scale,
+                    concurrency=concurrency,
+                    hot_concurrency=hot_concurrency,
+                    progress=progress if console.is_terminal else None,
+                )
             )
-        )
+        except (ValueError, RedisError, StateError) as exc:
+            raise click.ClickException(f"{redact(url)}: {exc}") from exc
     finally:
         if embedded is not None:
             embedded.stop()

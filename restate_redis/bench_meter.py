@@ -61,7 +61,7 @@ class CountingConnection(Connection):
     """A TCP connection that counts its round trips, replies and bytes in :data:`METER`."""
 
     async def _connect(self) -> None:
-        await super()._connect()
+        await super()._connect()  # type: ignore[no-untyped-call]
         self._reader = _CountingReader(self._reader)  # type: ignore[arg-type, assignment]
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:

@@ -22,9 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
+from redis.exceptions import RedisError
 
+from .errors import StateError
 from .examples import cart, fulfilment
 from .store import RedisStateStore
+from .urls import redact
 
 SKUS = ("apple", "bread", "cheese", "dates", "eggs")
 # Share of each handler in the plan: mostly exclusive writes, some shared reads and checkouts.
@@ -282,6 +285,11 @@ def _latency_table(report: WorkerReport, elapsed: float, total: int) -> Any:
     return table
 
 
+async def _ping(url: str) -> None:
+    async with RedisStateStore.from_url(url, socket_connect_timeout=5) as store:
+        await store.client.ping()
+
+
 async def _check_at(url: str, carts: list[str], report: WorkerReport) -> tuple[list[str], int]:
     async with RedisStateStore.from_url(url) as store:
         return await check(store, carts, report)
@@ -289,7 +297,7 @@ async def _check_at(url: str, carts: list[str], report: WorkerReport) -> tuple[l
 
 def _serve_ui(url: str, console: Any) -> None:
     """Run ``restate-redis ui`` for ``url`` until Ctrl-C, then stop it by its pid."""
-    console.print("Starting the UI: [bold]restate-redis ui --url " + url + "[/] (Ctrl-C stops)")
+    console.print(f"Starting the UI: [bold]restate-redis ui --url {redact(url)}[/] (Ctrl-C stops)")
     proc = subprocess.Popen([sys.executable, "-m", "restate_redis.cli", "ui", "--url", url])
     try:
         code = proc.wait()
@@ -375,8 +383,12 @@ def demo_command(
             raise click.ClickException(str(exc)) from exc
         console.print(f"Embedded Valkey server on [bold]{url}[/] (stopped at exit)")
     else:
-        console.print(f"Using Redis at [bold]{url}[/]")
+        console.print(f"Using Redis at [bold]{redact(url)}[/]")
     try:
+        try:
+            asyncio.run(_ping(url))
+        except (ValueError, RedisError, StateError) as exc:
+            raise click.ClickException(f"cannot use {redact(url)}: {exc}") from exc
         run_id = secrets.token_hex(3)
         seed = seed if seed is not None else secrets.randbits(32)
         plan = make_plan(run_id, invocations, objects, seed)
