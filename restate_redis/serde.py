@@ -159,10 +159,20 @@ def _convert_generic(data: Any, origin: Any, args: tuple[Any, ...], tp: Any) -> 
         if not isinstance(data, dict):
             _fail(data, tp)
         kt, vt = args if len(args) == 2 else (Any, Any)
-        return {convert(k, kt): convert(v, vt) for k, v in data.items()}
+        return {_convert_key(k, kt): convert(v, vt) for k, v in data.items()}
     if isinstance(origin, type):
         return _convert_class(data, origin)
     return data
+
+
+def _convert_key(key: Any, tp: Any) -> Any:
+    # JSON object keys are always strings: {1: "x"} comes back as {"1": "x"}.
+    if tp in (int, float) and isinstance(key, str):
+        try:
+            return tp(key)
+        except ValueError:
+            _fail(key, tp)
+    return convert(key, tp)
 
 
 def _convert_class(data: Any, tp: type) -> Any:

@@ -105,7 +105,7 @@ class Session:
         self._token = "" if self.shared else secrets.token_hex(16)
         self._cache: dict[str, Any] = {}  # state key -> stored bytes, or _MISSING
         self._complete = False  # _cache holds every stored key
-        self._stored_keys: list[str] | None = None
+        self._stored_keys: set[str] | None = None  # lazy: the stored field names, once read
         self._writes: dict[str, bytes | None] = {}  # None: clear
         self._cleared_all = False
         self._open = False
@@ -198,7 +198,7 @@ class Session:
         else:
             if self._stored_keys is None:
                 fields = await self._call("keys", lambda: self.store.client.hkeys(self.keys.state))
-                self._stored_keys = [self._field(f) for f in fields]
+                self._stored_keys = {self._field(f) for f in fields}
             stored = set(self._stored_keys)
         for name, buf in self._writes.items():
             if buf is None:
@@ -318,6 +318,8 @@ class Session:
         if self._cleared_all:
             return None
         cached = self._cache.get(name, _MISSING if self._complete else None)
+        if cached is None and self._stored_keys is not None and name not in self._stored_keys:
+            cached = _MISSING  # state_keys() already showed it is not stored
         if cached is None:
             try:
                 value = await self._call(
@@ -329,7 +331,7 @@ class Session:
                 raise
             cached = _MISSING if value is None else value
             self._cache[name] = cached
-        return None if cached is _MISSING else bytes(cached)
+        return None if cached is _MISSING else cached
 
     async def _commit(self) -> None:
         store = self.store

@@ -145,7 +145,9 @@ class RedisStateStore:
         is a concurrent read-only session. ``state_preload``: ``True`` eager, ``False`` lazy,
         a list of state keys to load up front with the rest lazy. ``ttl``: the object's keys
         expire this long after its last commit (sliding). ``commit_id``: a unique id for this
-        session's commit, so that a repeated commit with the same id is not applied twice.
+        session's work (a request or invocation id): if the last commit of this object carried
+        the same id, the session is a replay: it sees the state as it was before that commit
+        (``session.replayed`` is True) and its own commit is recognised and not applied again.
         """
         from .session import Session
 
@@ -158,6 +160,7 @@ class RedisStateStore:
             state_preload=state_preload,
             expire=None if ttl is None else seconds(ttl, "ttl"),
             commit_id=commit_id,
+            record_prior=commit_id is not None,
         )
 
     def workflow(
@@ -191,6 +194,7 @@ class RedisStateStore:
             if retention is None
             else seconds(retention, "retention"),
             commit_id=commit_id,
+            record_prior=commit_id is not None,
         )
 
     async def roundtrip(

@@ -15,7 +15,8 @@
 -- ARGV[9 .. 8+n]       state keys to delete
 -- ARGV[9+n ..]         state key, value pairs to set
 --
--- Reply: {1, version} applied; {2, version} this commit id was already applied;
+-- Reply: {1, version} applied; {2, version} this commit id was already applied (the lease
+--        is released all the same);
 --        {-3} the lease is no longer held by token; {-1, type} state is not a hash
 
 local state, meta, lease, wake, prev = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -25,7 +26,14 @@ local expire_ms, wake_ttl = tonumber(ARGV[5]), ARGV[7]
 local n_del = tonumber(ARGV[8])
 local first_set = 9 + n_del
 
+local function release()
+  redis.call('DEL', lease, wake)
+  redis.call('RPUSH', wake, '1')
+  redis.call('PEXPIRE', wake, wake_ttl)
+end
+
 if commit_id ~= '' and redis.call('HGET', meta, 'c') == commit_id then
+  if token ~= '' and redis.call('GET', lease) == token then release() end
   return {2, redis.call('HGET', meta, 'v')}
 end
 if token ~= '' and redis.call('GET', lease) ~= token then
@@ -90,9 +98,5 @@ if expire_ms > 0 then
   redis.call('PEXPIRE', prev, expire_ms)
 end
 
-if token ~= '' then
-  redis.call('DEL', lease, wake)
-  redis.call('RPUSH', wake, '1')
-  redis.call('PEXPIRE', wake, wake_ttl)
-end
+if token ~= '' then release() end
 return {1, version}

@@ -1,0 +1,110 @@
+"""Several worker processes on the same objects: no lost update, all-or-nothing commits."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from restate_redis.keyspace import Keyspace
+from restate_redis.serde import MsgPackSerde
+
+from .servers import Server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.worker", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_worker_processes_lose_no_update(server: Server) -> None:
+    with redis.Redis(port=server.port) as r:
+        r.flushall()
+    procs = [spawn("increment", server.url, "5", "500", str(seed)) for seed in (1, 2)]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait()
+    ks = Keyspace()
+    serde = MsgPackSerde()
+    with redis.Redis(port=server.port) as r:
+        counts = {
+            f"c{i}": serde.deserialize(
+                r.hget(ks.object_keys("Counter", f"c{i}").state, "n") or b"\x00"
+            )
+            for i in range(5)
+        }
+        leases = [r.exists(ks.object_keys("Counter", f"c{i}").lease) for i in range(5)]
+    assert sum(counts.values()) == 1000, counts
+    assert leases == [0] * 5
+
+
+def test_client_killed_mid_commit_applies_all_or_nothing(server: Server) -> None:
+    """SIGKILL a writer at random moments while it sends 1 MB commits of 200 fields."""
+    ks = Keyspace()
+    state = ks.object_keys("Atomic", "obj").state
+    rng = random.Random(7)
+    with redis.Redis(port=server.port) as r:
+        r.flushall()
+        for _ in range(6):
+            p = spawn("big-commits", server.url, "200", "5000")
+            try:
+                assert p.stdout is not None
+                first = p.stdout.readline()  # at least one commit went through
+                assert first.strip().isdigit(), p.stderr.read() if p.stderr else ""
+                time.sleep(rng.uniform(0.0, 0.3))
+            finally:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait()
+            r.delete(ks.object_keys("Atomic", "obj").lease)  # the killed writer's lease
+            values = r.hgetall(state)
+            generations = {v.split(b":", 1)[0] for v in values.values()}
+            assert len(values) == 200, len(values)
+            assert len(generations) == 1, generations
+
+
+def test_commit_cut_off_mid_send_applies_nothing(server: Server) -> None:
+    """A commit whose bytes stop halfway (the client died) leaves the old state whole."""
+    import socket
+
+    from redis.connection import Connection
+
+    from restate_redis.scripts import source
+
+    ks = Keyspace()
+    keys = ks.object_keys("Atomic", "cut")
+    with redis.Redis(port=server.port) as r:
+        r.flushall()
+        r.hset(keys.state, mapping={"a": b"old", "b": b"old"})
+        sha = r.script_load(source("commit"))
+        args = ["", "", "1", "0", 0, "0", 1000, 0, "a", b"new" * 10_000, "b", b"new"]
+        packed = b"".join(
+            Connection().pack_command(
+                "EVALSHA", sha, 5, keys.state, keys.meta, keys.lease, keys.wake, keys.prev, *args
+            )
+        )
+        with socket.create_connection(("127.0.0.1", server.port)) as s:
+            s.sendall(packed[: len(packed) // 2])
+        assert r.hgetall(keys.state) == {b"a": b"old", b"b": b"old"}
+        with socket.create_connection(("127.0.0.1", server.port)) as s:  # the whole command
+            s.sendall(packed)
+            s.recv(100)
+        assert r.hgetall(keys.state) == {b"a": b"new" * 10_000, b"b": b"new"}
