@@ -202,7 +202,7 @@ class Workloads:
 
     def cases(self, hot_concurrency: int) -> list[Case]:
         c = self.concurrency
-        n_seq, n_conc = self.n(2000), self.n(4000)
+        n_seq, n_conc = self.n(1000), self.n(2000)
         out: list[Case] = []
         w1 = "1/2 read+write, 10 x 100 B"
         for lazy in (False, True):
@@ -217,17 +217,17 @@ class Workloads:
                 )
         w3 = "3 read+write k keys"
         for k in DAPR_KEYS:
-            n = self.n(1500 // k + 200)
+            n = self.n(600 // k + 100)
             out.append(Case(f"w3.adapter.k{k}", w3, "adapter", f"k={k}", 1, n, self.adapter_k(k)))
             out.append(Case(f"w3.dapr.k{k}", w3, "dapr", f"k={k}", 1, n, self.dapr_k(k)))
         w4 = "4 read 1 of 1,000 x 1 KiB"
-        for mode, n in (("lazy", 1000), ("preload", 1000), ("eager", 100)):
+        for mode, n in (("lazy", 500), ("preload", 500), ("eager", 60)):
             out.append(Case(f"w4.adapter.{mode}", w4, "adapter", mode, 1, self.n(n),
                             self.big_read(mode)))  # fmt: skip
         op, check = self.hot()
         hc = min(hot_concurrency, c) if self.scale < 1 else hot_concurrency
         out.append(
-            Case("w5.adapter.hot", "5 hot key", "adapter", "eager", hc, self.n(1500), op, check)
+            Case("w5.adapter.hot", "5 hot key", "adapter", "eager", hc, self.n(800), op, check)
         )
         w6 = "6 shared read"
         for conc, n in ((1, n_seq), (c, n_conc)):
