@@ -43,6 +43,8 @@ class Sample:
     replies: float
     bytes_out: float
     bytes_in: float
+    client_cpu_us: float  # this process's CPU time per session
+    server_cpu_us: float  # the server's CPU time per session (INFO cpu), if it is ours alone
 
 
 @dataclass
@@ -58,7 +60,10 @@ class Result:
 
     def to_json(self) -> dict[str, Any]:
         c = self.case
-        names = ("ops_per_s", "p50_ms", "p99_ms", "round_trips", "replies", "bytes_out", "bytes_in")
+        names = (
+            "ops_per_s", "p50_ms", "p99_ms", "round_trips", "replies", "bytes_out", "bytes_in",
+            "client_cpu_us", "server_cpu_us",
+        )  # fmt: skip
         return {
             "id": c.id,
             "workload": c.workload,
@@ -78,8 +83,19 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-async def measure(case: Case) -> Sample:
-    """Run ``case.sessions`` sessions over ``case.concurrency`` lanes."""
+async def server_cpu(client: Any) -> float:
+    """Seconds of CPU the server has used (user + system)."""
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def measure(case: Case, client: Any) -> Sample:
+    """Run ``case.sessions`` sessions over ``case.concurrency`` lanes.
+
+    Besides wall-clock numbers it records CPU time per session, client and server: on a
+    shared machine those are far steadier than throughput, and on a saturated box they are
+    what bounds it.
+    """
     latencies: list[float] = []
 
     async def lane(j: int) -> None:
@@ -89,19 +105,26 @@ async def measure(case: Case) -> Sample:
             await op(j)
             latencies.append(clock() - started)
 
+    server_before = await server_cpu(client)
     METER.reset()
+    cpu_before = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(lane(j) for j in range(case.concurrency)))
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_before
+    counted = (METER.round_trips, METER.replies, METER.bytes_out, METER.bytes_in)
+    server = await server_cpu(client) - server_before
     n = case.sessions
     return Sample(
         ops_per_s=n / elapsed,
         p50_ms=quantile(latencies, 0.5) * 1000,
         p99_ms=quantile(latencies, 0.99) * 1000,
-        round_trips=METER.round_trips / n,
-        replies=METER.replies / n,
-        bytes_out=METER.bytes_out / n,
-        bytes_in=METER.bytes_in / n,
+        round_trips=counted[0] / n,
+        replies=counted[1] / n,
+        bytes_out=counted[2] / n,
+        bytes_in=counted[3] / n,
+        client_cpu_us=cpu / n * 1e6,
+        server_cpu_us=server / n * 1e6,
     )
 
 
@@ -150,10 +173,16 @@ def ratios(results: dict[str, Result]) -> dict[str, float]:
     def r(a: str, b: str) -> float:
         return results[a].median("ops_per_s") / results[b].median("ops_per_s")
 
+    def cpu(case_id: str) -> float:
+        return results[case_id].median("client_cpu_us") + results[case_id].median("server_cpu_us")
+
     out: dict[str, float] = {}
     for case_id in results:
         if case_id.startswith("w1.adapter."):
             out[f"adapter/raw {case_id[11:]}"] = r(case_id, "w2.raw." + case_id[11:])
+            # The same comparison by CPU (client + server) per session, inverted so that it
+            # reads like a throughput ratio: steadier than wall time on a shared machine.
+            out[f"adapter/raw by CPU {case_id[11:]}"] = cpu("w2.raw." + case_id[11:]) / cpu(case_id)
         elif case_id.startswith("w3.adapter."):
             out[f"adapter/dapr {case_id[11:]}"] = r(case_id, "w3.dapr." + case_id[11:])
         elif case_id.startswith("w6.adapter."):
@@ -196,14 +225,15 @@ def markdown(report: dict[str, Any]) -> str:
         + f"; medians of {report['settings']['repetitions']} repetitions.",
         "",
         "| workload | system | variant | conc | ops/s | p50 ms | p99 ms | RT/session "
-        "| bytes out | bytes in |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| bytes out | bytes in | client CPU µs | server CPU µs |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in report["cases"]:
         lines.append(
             f"| {c['workload']} | {c['system']} | {c['variant']} | {c['concurrency']} "
             f"| {c['ops_per_s']:,.0f} | {c['p50_ms']:.3f} | {c['p99_ms']:.3f} "
-            f"| {c['round_trips']:g} | {c['bytes_out']:,.0f} | {c['bytes_in']:,.0f} |"
+            f"| {c['round_trips']:g} | {c['bytes_out']:,.0f} | {c['bytes_in']:,.0f} "
+            f"| {c['client_cpu_us']:,.0f} | {c['server_cpu_us']:,.0f} |"
         )
     lines += ["", "| ratio (throughput) | value |", "| --- | ---: |"]
     lines += [f"| {k} | {v:.2f} |" for k, v in report["ratios"].items()]
@@ -237,14 +267,14 @@ async def run_bench(
         cases = work.cases(hot_concurrency)
         results = {c.id: Result(c) for c in cases}
         for case in cases:  # warm: scripts loaded, one connection per lane in the pool
-            await measure(Case(**{**case.__dict__, "sessions": case.concurrency}))
+            await measure(Case(**{**case.__dict__, "sessions": case.concurrency}), client)
             if case.check is not None:
                 await case.check(case.concurrency)
         for rep in range(repetitions):
             for case in cases:
                 if progress is not None:
                     progress(rep, case)
-                sample = await measure(case)
+                sample = await measure(case, client)
                 results[case.id].samples.append(sample)
                 if case.check is not None and (problem := await case.check(case.sessions)):
                     results[case.id].problems.append(problem)
@@ -382,7 +412,7 @@ def _print(console: Any, report: dict[str, Any]) -> None:
     )
     table = Table(title=f"medians of {report['settings']['repetitions']} repetition(s)")
     cols = ("workload", "system", "variant", "conc", "ops/s", "p50 ms", "p99 ms", "RT/sess",
-            "B out", "B in")  # fmt: skip
+            "B out", "B in", "client CPU us", "server CPU us")  # fmt: skip
     for col in cols:
         table.add_column(col, justify="left" if col in cols[:3] else "right")
     for c in report["cases"]:
@@ -390,6 +420,7 @@ def _print(console: Any, report: dict[str, Any]) -> None:
             c["workload"], c["system"], c["variant"], str(c["concurrency"]),
             f"{c['ops_per_s']:,.0f}", f"{c['p50_ms']:.3f}", f"{c['p99_ms']:.3f}",
             f"{c['round_trips']:g}", f"{c['bytes_out']:,.0f}", f"{c['bytes_in']:,.0f}",
+            f"{c['client_cpu_us']:,.0f}", f"{c['server_cpu_us']:,.0f}",
         )  # fmt: skip
     console.print(table)
     ratio = Table(title="ratios (throughput, same run)")

@@ -57,6 +57,7 @@ def test_quick_bench_reports_exact_round_trips(server: Server, tmp_path: Path) -
         assert case["replies"] == round_trips, (case_id, case)
         assert case["ops_per_s"] > 0 and case["p99_ms"] >= case["p50_ms"] > 0
         assert case["bytes_out"] > 0 and case["bytes_in"] > 0
+        assert case["client_cpu_us"] > 0 and case["server_cpu_us"] >= 0
         assert len(case["samples"]) == 1 and case["problems"] == []
     # The same sessions on 8 objects at once cost the same round trips.
     assert cases["w1.adapter.eager.c8"]["round_trips"] == 2
@@ -75,9 +76,13 @@ def test_quick_bench_reports_exact_round_trips(server: Server, tmp_path: Path) -
         "round trips, lazy read of one key",
     ):
         assert targets[name]["met"] is True, targets[name]
-    assert {"adapter/dapr k5", "adapter/dapr k10", "lazy/eager 1 of 1,000 x 1 KiB"} <= set(
-        report["ratios"]
-    )
+    assert {
+        "adapter/raw eager.c1",
+        "adapter/raw by CPU eager.c1",
+        "adapter/dapr k5",
+        "adapter/dapr k10",
+        "lazy/eager 1 of 1,000 x 1 KiB",
+    } <= set(report["ratios"])
     md = out_md.read_text()
     assert "| workload | system |" in md and "hiredis" in md
 

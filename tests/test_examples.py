@@ -20,7 +20,11 @@ def test_quickstart_runs_against_a_server(server: Server) -> None:
         r.flushall()
     out = subprocess.run(
         [sys.executable, "examples/quickstart.py", server.url],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     assert "state keys: ['items', 'updated']" in out
     assert "workflow: completed alice@example.com" in out
