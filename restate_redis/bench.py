@@ -354,8 +354,9 @@ def bench_command(
     scale = 0.05 if quick else 1.0
     embedded = None
     if url is None:
-        from .embedded import EmbeddedServer
+        from .embedded import EmbeddedServer, exit_cleanly_on_sigterm
 
+        exit_cleanly_on_sigterm()
         embedded = EmbeddedServer()
         try:
             url = embedded.start()

@@ -13,6 +13,7 @@ import asyncio
 import multiprocessing as mp
 import random
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -299,12 +300,14 @@ def _serve_ui(url: str, console: Any) -> None:
     """Run ``restate-redis ui`` for ``url`` until Ctrl-C, then stop it by its pid."""
     console.print(f"Starting the UI: [bold]restate-redis ui --url {redact(url)}[/] (Ctrl-C stops)")
     proc = subprocess.Popen([sys.executable, "-m", "restate_redis.cli", "ui", "--url", url])
+    # Ctrl-C must stop us even when started with SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = proc.wait()
         console.print(f"[red]the UI exited with status {code}[/]; the server stays up until Ctrl-C")
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         console.print("stopping")
     finally:
         if proc.poll() is None:
@@ -374,8 +377,9 @@ def demo_command(
     console = Console()
     embedded = None
     if url is None:
-        from .embedded import EmbeddedServer
+        from .embedded import EmbeddedServer, exit_cleanly_on_sigterm
 
+        exit_cleanly_on_sigterm()
         embedded = EmbeddedServer()
         try:
             url = embedded.start()

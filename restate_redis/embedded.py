@@ -7,6 +7,8 @@ temporary directory that :meth:`EmbeddedServer.stop` removes, so nothing is left
 from __future__ import annotations
 
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -15,6 +17,16 @@ from typing import Any
 from .errors import EmbeddedServerError
 
 INSTALL_HINT = "pip install 'restate-redis[demo]'"
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that ``finally`` blocks stop the embedded server and
+    remove its directory (the default action would kill the process on the spot)."""
+
+    def _exit(signum: int, frame: object) -> None:
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
 
 
 class EmbeddedServer:

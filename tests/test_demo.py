@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
+import subprocess
 import tempfile
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
+import redis
 import redis.asyncio as aioredis
 
 from restate_redis import RedisStateStore
 from restate_redis.demo import WorkerReport, check, make_plan
 from restate_redis.examples import cart, fulfilment
 
-from .clirun import run_cli
+from .clirun import console_script, run_cli
 from .servers import Server
 
 
@@ -99,3 +105,39 @@ async def test_check_reports_a_lost_update(store: RedisStateStore) -> None:
     problems, _ = await check(store, ["c1"], lost)
     assert any("lost updates: 1" in p for p in problems), problems
     assert any("items are {'bread': 1}" in p for p in problems), problems
+
+
+def test_demo_ui_keeps_the_server_up_until_ctrl_c() -> None:
+    before = _leftover_dirs()
+    proc = subprocess.Popen(
+        [console_script(), "demo", "--ui", "--workers", "1", "--invocations", "40"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not any("Starting the UI" in line for line in lines):
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+        out = "".join(lines)
+        assert "Check passed" in out
+        url = re.search(r"Embedded Valkey server on (redis://127\.0\.0\.1:\d+/0)", out)
+        assert url is not None, out
+        with redis.Redis.from_url(url[1], socket_timeout=5) as r:
+            assert r.ping()  # kept up after the run
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert proc.wait(timeout=30) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    reader.join(timeout=5)
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", int(url[1].rsplit(":", 1)[1].split("/")[0]))) != 0
+    assert _leftover_dirs() <= before
