@@ -3,6 +3,7 @@
 from .errors import (
     CommitError,
     InvalidNameError,
+    InvalidPatchError,
     LeaseLostError,
     LeaseTimeoutError,
     ReadOnlySessionError,
@@ -13,7 +14,9 @@ from .errors import (
     StateError,
     StateTypeError,
     StoreUnavailableError,
+    UnknownObjectError,
     ValueTooLargeError,
+    VersionConflictError,
     WorkflowCompletedError,
     WrongTypeError,
 )
@@ -48,4 +51,7 @@ __all__ = [
     "CommitError",
     "ReplicationError",
     "StoreUnavailableError",
+    "VersionConflictError",
+    "UnknownObjectError",
+    "InvalidPatchError",
 ]

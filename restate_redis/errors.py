@@ -72,5 +72,17 @@ class StoreUnavailableError(StateError, ConnectionError):
     """Redis could not be reached within the retry budget."""
 
 
+class VersionConflictError(StateError):
+    """The object changed since its state was read; an edit checked against it wrote nothing."""
+
+
+class UnknownObjectError(StateError, LookupError):
+    """The named object, workflow or state key does not exist."""
+
+
+class InvalidPatchError(StateError, ValueError):
+    """A JSON Patch (RFC 6902) is malformed or does not apply to the object's state."""
+
+
 class EmbeddedServerError(StateError):
     """The embedded Valkey server (restate-redis demo / bench) could not be started."""

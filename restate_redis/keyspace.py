@@ -8,6 +8,8 @@ Layout for namespace ``restate`` (the default) and an object ``Counter`` / ``ali
     restate:{Counter:alice}:prev    hash   prior values of the last recorded commit (replays)
     restate:{Counter:alice}:lease   string the exclusive lease: holder token, with a PX expiry
     restate:{Counter:alice}:wake    list   release signal that wakes one lease waiter (BLPOP)
+    restate:{Counter:alice}:commits zset   recent commit ids (hashed), so a retried commit whose
+                                           reply was lost is recognised; expires when idle
 
 Service names and object keys are percent-encoded (RFC 3986 unreserved characters stay as
 they are; everything else, including ``{ } : * ? [ ] \\ %``, spaces and non-ASCII, becomes
@@ -33,6 +35,7 @@ META = "meta"
 PREV = "prev"
 LEASE = "lease"
 WAKE = "wake"
+COMMITS = "commits"
 
 # Fields of the meta hash.
 META_VERSION = "v"
@@ -104,10 +107,11 @@ class ObjectKeys:
     prev: str
     lease: str
     wake: str
+    commits: str
 
     @property
-    def all(self) -> tuple[str, str, str, str, str]:
-        return (self.state, self.meta, self.prev, self.lease, self.wake)
+    def all(self) -> tuple[str, str, str, str, str, str]:
+        return (self.state, self.meta, self.prev, self.lease, self.wake, self.commits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +128,9 @@ class Keyspace:
 
     def object_keys(self, service: str, key: str) -> ObjectKeys:
         base = f"{self.namespace}{SEPARATOR}{self.tag(service, key)}{SEPARATOR}"
-        return ObjectKeys(base + STATE, base + META, base + PREV, base + LEASE, base + WAKE)
+        return ObjectKeys(
+            base + STATE, base + META, base + PREV, base + LEASE, base + WAKE, base + COMMITS
+        )
 
     def object_pattern(self, service: str, prefix: str = "", suffix: str = META) -> str:
         """SCAN pattern for the ``suffix`` keys of a service's objects whose key starts with

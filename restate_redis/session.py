@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 from redis.exceptions import ResponseError
 
 from .errors import (
+    CommitError,
     InvalidNameError,
     LeaseLostError,
     LeaseTimeoutError,
@@ -44,7 +45,6 @@ Mode = Literal["eager", "lazy", "preload"]
 log = logging.getLogger("restate_redis")
 
 _MISSING: Any = object()  # cached "this key does not exist"
-_WAIT_SLICE = 5.0  # longest single BLPOP, so client socket timeouts above it never fire
 
 
 class Session:
@@ -90,6 +90,8 @@ class Session:
         if commit_id is not None and (not isinstance(commit_id, str) or not commit_id):
             raise InvalidNameError(f"commit_id must be a non-empty str, got {commit_id!r}")
         self.commit_id = commit_id
+        # Every exclusive commit carries an id, so a retry after a lost reply is recognised.
+        self._commit_id = commit_id or ("" if self.shared else secrets.token_hex(8))
         self.record_prior = record_prior
         self._expire = expire
         self.keys = store.keyspace.object_keys(service, key)
@@ -292,7 +294,7 @@ class Session:
                     f"within acquire_timeout={store.acquire_timeout:g}s: another session holds it"
                 )
             pttl = int(reply[1])
-            wait = max(0.001, min(remaining, _WAIT_SLICE, pttl / 1000 + 0.001))
+            wait = max(0.001, min(remaining, store.wait_slice, pttl / 1000 + 0.001))
             await self._call("wait", lambda w=wait: store.client.blpop([self.keys.wake], timeout=w))
         self.lease_wait = time.monotonic() - started
         self.version = int(reply[1])
@@ -344,7 +346,7 @@ class Session:
         deletes = [n for n, v in self._writes.items() if v is None]
         args: list[Any] = [
             self._token,
-            self.commit_id or "",
+            self._commit_id,
             "1" if self._cleared_all else "0",
             "1" if self.record_prior else "0",
             int(self._expire * 1000) if self._expire else 0,
@@ -356,9 +358,30 @@ class Session:
         for name, buf in self._writes.items():
             if buf is not None:
                 args += (name, buf)
-        keys = [self.keys.state, self.keys.meta, self.keys.lease, self.keys.wake, self.keys.prev]
-        reply = await self._call("commit", lambda: store.scripts.commit(keys, args))
+        keys = [
+            self.keys.state,
+            self.keys.meta,
+            self.keys.lease,
+            self.keys.wake,
+            self.keys.prev,
+            self.keys.commits,
+        ]
+        attempts = 0
+
+        def attempt() -> Any:
+            nonlocal attempts
+            attempts += 1
+            return store.run_commit(keys, args, self.where)
+
+        reply = await self._call("commit", attempt)
         status = int(reply[0])
+        if status == -3 and attempts > 1:
+            self._lease_lost = True
+            raise CommitError(
+                f"the commit of {where(self.service, self._key)} lost its reply and its retry "
+                f"found the lease gone and the commit id not among the recent ones: it may "
+                f"or may not have been applied"
+            )
         if status == -3:
             raise self._lost()
         if status == -1:
@@ -409,6 +432,11 @@ class Session:
             self._renewer = None
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        """The 'service'/'key' phrase error messages use for this session."""
+        return where(self.service, self._key)
 
     async def _call(self, op: Any, call: Any) -> Any:
         return await self.store.roundtrip(op, self, call)

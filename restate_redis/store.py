@@ -7,10 +7,11 @@ from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import redis.asyncio as aioredis
-
+from .connection import connect, socket_timeout_of
 from .errors import StateError
 from .keyspace import DEFAULT_NAMESPACE, Keyspace, check_key, check_service
+from .replication import commit_and_wait
+from .retry import RetryPolicy
 from .scripts import Scripts
 from .serde import MsgPackSerde, Serde
 
@@ -44,11 +45,27 @@ def _positive_int(value: int, what: str) -> int:
     return value
 
 
+def _is_cluster(client: Any) -> bool:
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+def _decodes_responses(client: Any) -> bool:
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if kwargs is None:
+        kwargs = getattr(client, "connection_kwargs", None)
+    if kwargs is None:
+        kwargs = getattr(getattr(client, "nodes_manager", None), "connection_kwargs", None)
+    return bool((kwargs or {}).get("decode_responses"))
+
+
 class RedisStateStore:
     """Restate-style K/V state for Virtual Objects and Workflows, kept in Redis.
 
-    ``RedisStateStore(client)`` wraps an existing ``redis.asyncio`` client (created with
-    ``decode_responses=False``); :meth:`from_url` creates one. Options:
+    ``RedisStateStore(client)`` wraps an existing ``redis.asyncio`` client: a ``Redis``
+    (also a Sentinel ``master_for`` one) or a ``RedisCluster``, created with
+    ``decode_responses=False``; :meth:`from_url` creates one. Options:
 
     - ``namespace``: prefix of every Redis key (default ``"restate"``).
     - ``lease_ttl``: how long an exclusive session's lease lives without renewal; it is
@@ -59,6 +76,13 @@ class RedisStateStore:
     - ``max_value_bytes``: the largest encoded value ``set()`` accepts (default 32 MiB).
     - ``serde``: the default serde (msgpack).
     - ``workflow_retention``: how long a completed workflow's state is kept (default 1 day).
+    - ``retry_attempts``, ``retry_timeout``: every round trip is retried after transient errors
+      (connection lost, timeout, failover, cluster resharding) with exponential backoff and
+      jitter, at most this many attempts and this many seconds in all (default 10, 15 s);
+      1 turns retries off.
+    - ``min_replicas``: when > 0, a commit waits (WAIT, in the commit's round trip) until this
+      many replicas have it, up to ``replica_timeout`` (default 1 s), else
+      :class:`~restate_redis.errors.ReplicationError`.
     """
 
     def __init__(
@@ -72,11 +96,12 @@ class RedisStateStore:
         max_value_bytes: int = 32 * MiB,
         serde: Serde[Any] | None = None,
         workflow_retention: Duration = DEFAULT_RETENTION,
+        retry_attempts: int = 10,
+        retry_timeout: Duration = 15.0,
+        min_replicas: int = 0,
+        replica_timeout: Duration = 1.0,
     ) -> None:
-        kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
-        if kwargs is None:
-            kwargs = getattr(client, "connection_kwargs", {})
-        if kwargs.get("decode_responses"):
+        if _decodes_responses(client):
             raise StateError(
                 "RedisStateStore needs a client created with decode_responses=False: "
                 "state values are bytes"
@@ -92,6 +117,23 @@ class RedisStateStore:
         self.serde: Serde[Any] = serde if serde is not None else MsgPackSerde()
         self.workflow_retention = seconds(workflow_retention, "workflow_retention")
         self.scripts = Scripts.register(client)
+        self.retry = RetryPolicy(
+            attempts=_positive_int(retry_attempts, "retry_attempts"),
+            timeout=seconds(retry_timeout, "retry_timeout"),
+        )
+        if not isinstance(min_replicas, int) or isinstance(min_replicas, bool) or min_replicas < 0:
+            raise ValueError(f"min_replicas must be an int >= 0, got {min_replicas!r}")
+        self.min_replicas = min_replicas
+        self.replica_timeout = seconds(replica_timeout, "replica_timeout")
+        self.is_cluster = _is_cluster(client)
+        # Each BLPOP of a lease wait, and each WAIT, must end before the socket timeout fires.
+        timeout = socket_timeout_of(client)
+        self.wait_slice = 5.0 if timeout is None else max(0.01, min(5.0, timeout / 2))
+        if min_replicas and timeout is not None and self.replica_timeout >= timeout:
+            raise ValueError(
+                f"replica_timeout={self.replica_timeout:g}s must be shorter than the client's "
+                f"socket_timeout={timeout:g}s: WAIT blocks the connection that long"
+            )
         self._owns_client = False
 
     @classmethod
@@ -106,16 +148,20 @@ class RedisStateStore:
         max_value_bytes: int = 32 * MiB,
         serde: Serde[Any] | None = None,
         workflow_retention: Duration = DEFAULT_RETENTION,
+        retry_attempts: int = 10,
+        retry_timeout: Duration = 15.0,
+        min_replicas: int = 0,
+        replica_timeout: Duration = 1.0,
         **redis_options: Any,
     ) -> RedisStateStore:
-        """A store on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``).
+        """A store on a new client for ``url``.
 
-        Extra keyword arguments go to the redis-py client.
+        ``redis://``, ``rediss://`` (TLS), ``unix://``, ``redis+cluster://h:p,h:p,...`` and
+        ``redis+sentinel://h:p,h:p/service_name``, each with an optional ``user:password@``;
+        the full syntax is in :mod:`restate_redis.connection`. Extra keyword arguments go to
+        the redis-py client.
         """
-        if not isinstance(url, str) or "://" not in url:
-            raise ValueError(f"not a Redis URL: {url!r} (expected e.g. redis://host:6379/0)")
-        redis_options["decode_responses"] = False
-        client = aioredis.Redis.from_url(url, **redis_options)
+        client = connect(url, **redis_options)
         store = cls(
             client,
             namespace=namespace,
@@ -125,6 +171,10 @@ class RedisStateStore:
             max_value_bytes=max_value_bytes,
             serde=serde,
             workflow_retention=workflow_retention,
+            retry_attempts=retry_attempts,
+            retry_timeout=retry_timeout,
+            min_replicas=min_replicas,
+            replica_timeout=replica_timeout,
         )
         store._owns_client = True
         return store
@@ -203,8 +253,17 @@ class RedisStateStore:
         session: Session,
         call: Callable[[], Awaitable[T]],
     ) -> T:
-        """Every Redis round trip of a session passes here (one place for retries and tracing)."""
-        return await call()
+        """Every Redis round trip of a session passes here (one place for retries and tracing).
+
+        ``call`` can be called again: it is retried after transient errors (see retry.py).
+        """
+        return await self.retry.run(op, session.where, call)
+
+    async def run_commit(self, keys: list[str], args: list[Any], where: str) -> Any:
+        """Run commit.lua once; with ``min_replicas``, WAIT in the same round trip."""
+        if not self.min_replicas:
+            return await self.scripts.commit(keys, args)
+        return await commit_and_wait(self, keys, args, where)
 
     async def aclose(self) -> None:
         """Close the client if this store created it."""

@@ -30,7 +30,10 @@ async def snapshot(client: aioredis.Redis) -> dict[bytes, Any]:
         if k.endswith(b":wake"):
             continue
         kind = await client.type(k)
-        out[k] = await client.hgetall(k) if kind == b"hash" else await client.get(k)
+        if kind == b"zset":  # the recent commit ids
+            out[k] = await client.zrange(k, 0, -1)
+        else:
+            out[k] = await client.hgetall(k) if kind == b"hash" else await client.get(k)
     return out
 
 

@@ -1,0 +1,533 @@
+"""Inspect and edit stored state from outside a handler: what the CLI and the web UI call.
+
+Reads open a shared session (no lease), so they never wait for a running handler. Every
+change runs inside an exclusive session on the object: it takes the object's lease exactly
+like a handler, waits up to the store's ``acquire_timeout`` (then
+:class:`~restate_redis.errors.LeaseTimeoutError`) and lands as one atomic commit, so an edit
+never interleaves with a handler's invocation.
+
+Optimistic version check: a caller that read the state at version ``v`` passes
+``expected_version=v``; inside the exclusive session the object's current version is
+compared with it and on a mismatch :class:`~restate_redis.errors.VersionConflictError` is
+raised and nothing is written. ``expected_version=None`` skips the check (``--force``).
+
+Values are shown as JSON, decoded with the store's serde. Two markers keep what JSON cannot
+express, and are turned back into the same bytes when written:
+
+- ``{"$base64": "..."}``: a bytes value (e.g. msgpack ``bin``) anywhere inside a value;
+  written back through the serde as bytes.
+- ``{"$raw": "..."}``: a whole stored value the serde cannot decode (or that holds types
+  JSON has no form for); written back verbatim, bypassing the serde.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import math
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import (
+    InvalidPatchError,
+    StateEncodeError,
+    StateError,
+    UnknownObjectError,
+    VersionConflictError,
+    where,
+)
+from .keyspace import META_WORKFLOW, ObjectKeys, check_key, check_service
+from .serde import BytesSerde, Serde
+from .session import Session
+from .store import RedisStateStore
+
+BYTES_MARK = "$base64"
+RAW_MARK = "$raw"
+
+_RAW = BytesSerde()
+# An edit waits for the lease; a completed workflow's expiry is re-read under it and the
+# edit retried when it moved by more than this, so an edit keeps the remaining retention.
+_EXPIRY_SLACK_MS = 1000
+_EXPIRY_ATTEMPTS = 3
+
+__all__ = [
+    "BYTES_MARK",
+    "RAW_MARK",
+    "Admin",
+    "ObjectInfo",
+    "ObjectPage",
+    "ObjectState",
+    "ServiceInfo",
+    "decode_value",
+    "encode_value",
+]
+
+
+# -- values as JSON ---------------------------------------------------------------------------
+
+
+class _NotJson(Exception):
+    """A decoded value holds something JSON has no form for."""
+
+
+def _to_json(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _NotJson(repr(value))
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {BYTES_MARK: base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, list | tuple):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if not isinstance(k, str):  # JSON would turn it into a str: no round trip
+                raise _NotJson(f"map key of type {type(k).__name__}")
+            out[k] = _to_json(v)
+        return out
+    raise _NotJson(type(value).__name__)
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    if isinstance(value, dict):
+        if len(value) == 1 and BYTES_MARK in value and isinstance(value[BYTES_MARK], str):
+            return _b64(value[BYTES_MARK], BYTES_MARK)
+        return {k: _from_json(v) for k, v in value.items()}
+    return value
+
+
+def _b64(text: str, mark: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise ValueError(f'"{mark}" holds invalid base64: {exc}') from None
+
+
+def decode_value(serde: Serde[Any], raw: bytes) -> Any:
+    """A stored value as JSON data (see the module docstring for the two markers)."""
+    try:
+        return _to_json(serde.deserialize(raw))
+    except Exception:
+        return {RAW_MARK: base64.b64encode(raw).decode("ascii")}
+
+
+def encode_value(serde: Serde[Any], value: Any) -> bytes:
+    """Inverse of :func:`decode_value`: the bytes to store for JSON data ``value``.
+
+    Raises ValueError or TypeError when the value cannot be encoded.
+    """
+    if isinstance(value, dict) and len(value) == 1 and RAW_MARK in value:
+        if not isinstance(value[RAW_MARK], str):
+            raise ValueError(f'"{RAW_MARK}" must hold a base64 string')
+        return _b64(value[RAW_MARK], RAW_MARK)
+    buf = serde.serialize(_from_json(value))
+    if not isinstance(buf, bytes | bytearray | memoryview):
+        raise TypeError(f"{type(serde).__name__}.serialize returned {type(buf).__name__}")
+    return bytes(buf)
+
+
+# -- what reads return ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    """A service that has stored objects, and how many."""
+
+    name: str
+    objects: int
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One object or workflow in a listing."""
+
+    service: str
+    key: str
+    workflow_status: str | None = None
+    """None for a Virtual Object; "running" or "completed" for a workflow."""
+    retention_ms: int | None = None
+    """Milliseconds until the object's keys expire; None when they are kept indefinitely."""
+
+    @property
+    def kind(self) -> str:
+        return "object" if self.workflow_status is None else "workflow"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectPage:
+    """One page of a listing; ``cursor`` continues it, 0 when the listing is complete."""
+
+    objects: list[ObjectInfo]
+    cursor: int
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectState:
+    """An object's or workflow's state as stored, with its version and expiry."""
+
+    service: str
+    key: str
+    exists: bool
+    """False when nothing was ever committed for this object (or it expired)."""
+    version: int
+    workflow_status: str | None
+    retention_ms: int | None
+    raw: dict[str, bytes] = field(repr=False)
+    values: dict[str, Any]
+    """State key -> value as JSON data (sorted by state key)."""
+
+    @property
+    def kind(self) -> str:
+        return "object" if self.workflow_status is None else "workflow"
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """State key -> stored bytes."""
+        return {name: len(buf) for name, buf in self.raw.items()}
+
+
+def _text(raw: bytes | str | None) -> str | None:
+    if raw is None:
+        return None
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+
+
+def _remaining(pttl: int) -> int | None:
+    return int(pttl) if int(pttl) >= 0 else None
+
+
+# -- the admin API ----------------------------------------------------------------------------
+
+
+class Admin:
+    """Lists, reads and edits the state kept by one :class:`RedisStateStore`."""
+
+    def __init__(self, store: RedisStateStore) -> None:
+        self.store = store
+        self.client = store.client
+        self.keyspace = store.keyspace
+
+    # reads
+
+    async def services(self) -> list[ServiceInfo]:
+        """Every service with stored objects, sorted by name (one SCAN of the namespace)."""
+        counts: Counter[str] = Counter()
+        seen: set[tuple[str, str]] = set()
+        async for redis_key in self.client.scan_iter(match=self.keyspace.all_pattern(), count=1000):
+            parsed = self.keyspace.parse(redis_key)
+            if parsed is None or (parsed[0], parsed[1]) in seen:
+                continue  # SCAN may return a key twice
+            seen.add((parsed[0], parsed[1]))
+            counts[parsed[0]] += 1
+        return [ServiceInfo(name, counts[name]) for name in sorted(counts)]
+
+    async def iter_objects(self, service: str, prefix: str = "") -> AsyncIterator[str]:
+        """The object keys of ``service`` starting with ``prefix``, streamed from SCAN."""
+        check_service(service)
+        seen: set[str] = set()
+        async for redis_key in self.client.scan_iter(
+            match=self.keyspace.object_pattern(service, prefix), count=1000
+        ):
+            parsed = self.keyspace.parse(redis_key)
+            if parsed is not None and parsed[1] not in seen:
+                seen.add(parsed[1])
+                yield parsed[1]
+
+    async def list_objects(
+        self, service: str, prefix: str = "", cursor: int = 0, limit: int = 50
+    ) -> ObjectPage:
+        """One page of ``service``'s objects whose key starts with ``prefix``.
+
+        SCAN underneath: a page holds at least ``limit`` objects unless the listing ends
+        (it may hold a few more), and an object may show up on two pages.
+        """
+        check_service(service)
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+        if cursor < 0 or limit <= 0:
+            raise ValueError(f"bad page: cursor={cursor!r}, limit={limit!r}")
+        pattern = self.keyspace.object_pattern(service, prefix)
+        found: dict[str, bytes] = {}
+        for _ in range(100):  # bounded: a sparse keyspace returns empty batches
+            cursor, batch = await self.client.scan(cursor, match=pattern, count=max(limit, 100))
+            for redis_key in batch:
+                parsed = self.keyspace.parse(redis_key)
+                if parsed is not None:
+                    found.setdefault(parsed[1], redis_key)
+            if cursor == 0 or len(found) >= limit:
+                break
+        names = sorted(found)
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.hget(found[name], META_WORKFLOW)
+            pipe.pttl(found[name])
+        replies = await pipe.execute() if names else []
+        objects = [
+            ObjectInfo(service, name, _text(replies[2 * i]), _remaining(replies[2 * i + 1]))
+            for i, name in enumerate(names)
+        ]
+        return ObjectPage(objects, int(cursor))
+
+    async def read(self, service: str, key: str) -> ObjectState:
+        """The whole state of ``service``/``key`` with its version, status and expiry.
+
+        An object that never stored anything reads as empty with ``exists=False``.
+        """
+        async with self.store.object(service, key, shared=True) as session:
+            raw: dict[str, bytes] = await session.get_all(serde=_RAW)
+            version, status = session.version, session.workflow_status
+        meta = session.keys.meta
+        pipe = self.client.pipeline(transaction=False)
+        pipe.exists(meta)
+        pipe.pttl(meta)
+        exists, pttl = await pipe.execute()
+        raw = dict(sorted(raw.items()))
+        values = {name: decode_value(self.store.serde, buf) for name, buf in raw.items()}
+        return ObjectState(
+            service,
+            key,
+            bool(exists),
+            version,
+            status,
+            _remaining(pttl),
+            raw,
+            values,
+        )
+
+    async def read_value(self, service: str, key: str, name: str) -> Any:
+        """One state key's value as JSON data; UnknownObjectError when it is not stored."""
+        async with self.store.object(service, key, shared=True, state_preload=[name]) as session:
+            raw = await session.get(name, serde=_RAW)
+        if raw is None:
+            raise UnknownObjectError(f"{where(service, key, name)} does not exist")
+        return decode_value(self.store.serde, raw)
+
+    # changes
+
+    async def replace(
+        self,
+        service: str,
+        key: str,
+        state: Mapping[str, Any],
+        *,
+        expected_version: int | None = None,
+        must_exist: bool = True,
+    ) -> int:
+        """Make ``state`` (state key -> JSON data) the object's whole state, atomically.
+
+        Keys not in ``state`` are cleared, unchanged values are not rewritten. Returns the
+        object's version afterwards.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"the state must be a JSON object, got {type(state).__name__}")
+
+        async def change(session: Session) -> None:
+            self._write(session, await session.get_all(serde=_RAW), state)
+
+        return await self._edit(service, key, expected_version, must_exist, change)
+
+    async def set(
+        self,
+        service: str,
+        key: str,
+        name: str,
+        value: Any,
+        *,
+        expected_version: int | None = None,
+        must_exist: bool = False,
+    ) -> int:
+        """Set one state key to JSON data ``value``; creates the object when needed."""
+
+        async def change(session: Session) -> None:
+            self._put(session, name, value)
+
+        return await self._edit(service, key, expected_version, must_exist, change, eager=False)
+
+    async def patch(
+        self,
+        service: str,
+        key: str,
+        patch: str | list[Any],
+        *,
+        expected_version: int | None = None,
+        must_exist: bool = True,
+    ) -> int:
+        """Apply an RFC 6902 JSON Patch to the state seen as one JSON object.
+
+        The patch is applied under the object's lease to the state it replaces, so no
+        change in between can be lost; ``expected_version`` additionally pins the version.
+        """
+        try:
+            import jsonpatch
+        except ImportError as exc:  # pragma: no cover - depends on the installed extras
+            raise ImportError(
+                "JSON Patch needs the jsonpatch package: pip install 'restate-redis[cli]'"
+            ) from exc
+        try:
+            ops = jsonpatch.JsonPatch.from_string(patch) if isinstance(patch, str) else patch
+            compiled = ops if isinstance(ops, jsonpatch.JsonPatch) else jsonpatch.JsonPatch(ops)
+        except (ValueError, TypeError, jsonpatch.JsonPatchException) as exc:
+            raise InvalidPatchError(f"invalid JSON Patch: {exc}") from None
+        if not isinstance(compiled.patch, list):
+            raise InvalidPatchError("invalid JSON Patch: it must be a JSON array of operations")
+
+        async def change(session: Session) -> None:
+            current: dict[str, bytes] = await session.get_all(serde=_RAW)
+            doc = {n: decode_value(self.store.serde, buf) for n, buf in current.items()}
+            try:
+                result = compiled.apply(doc)
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+                raise InvalidPatchError(
+                    f"the JSON Patch does not apply to {where(service, key)}: {exc}"
+                ) from None
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                raise InvalidPatchError(f"invalid JSON Patch: {exc!r}") from None
+            if not isinstance(result, dict):
+                raise InvalidPatchError(
+                    f"the patched state of {where(service, key)} must stay a JSON object, "
+                    f"got {type(result).__name__}"
+                )
+            self._write(session, current, result)
+
+        return await self._edit(service, key, expected_version, must_exist, change)
+
+    async def clear(
+        self, service: str, key: str, name: str, *, expected_version: int | None = None
+    ) -> int:
+        """Delete one state key; UnknownObjectError when it is not stored."""
+
+        async def change(session: Session) -> None:
+            if name not in await session.state_keys():
+                raise UnknownObjectError(f"{where(service, key, name)} does not exist")
+            session.clear(name)
+
+        return await self._edit(service, key, expected_version, True, change, eager=False)
+
+    async def clear_all(
+        self, service: str, key: str, *, expected_version: int | None = None
+    ) -> int:
+        """Delete every state key of one object or workflow."""
+
+        async def change(session: Session) -> None:
+            if await session.state_keys():
+                session.clear_all()
+
+        return await self._edit(service, key, expected_version, True, change, eager=False)
+
+    async def clear_service(self, service: str, *, concurrency: int = 16) -> int:
+        """Clear the state of every object of ``service``; returns how many held state.
+
+        Each object is cleared in its own exclusive session (its own lease and commit), up to
+        ``concurrency`` at a time. When some fail (a handler held one past the timeout) the
+        others are still cleared, then a StateError tells how many failed and why.
+        """
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(key: str) -> bool:
+            async with limit, self.store.object(service, key, state_preload=False) as session:
+                if not await session.state_keys():
+                    return False
+                session.clear_all()
+                return True
+
+        keys = [key async for key in self.iter_objects(service)]
+        results = await asyncio.gather(*(one(key) for key in keys), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        cleared = sum(r is True for r in results)
+        if failures:
+            first = failures[0]
+            if not isinstance(first, Exception):
+                raise first
+            raise StateError(
+                f"cleared {cleared} of the {len(keys)} objects of service {service!r}; "
+                f"{len(failures)} failed, the first with: {first}"
+            ) from first
+        return cleared
+
+    # helpers
+
+    async def _edit(
+        self,
+        service: str,
+        key: str,
+        expected_version: int | None,
+        must_exist: bool,
+        change: Callable[[Session], Awaitable[None]],
+        *,
+        eager: bool = True,
+    ) -> int:
+        """Run ``change`` in an exclusive session after the existence and version checks.
+
+        ``eager=False`` for changes that never read values (set, clear): the session then
+        loads nothing up front.
+        """
+        check_service(service)
+        check_key(service, key)
+        keys = self.keyspace.object_keys(service, key)
+        ttl_ms = await self.client.pttl(keys.meta)
+        for attempt in range(_EXPIRY_ATTEMPTS):
+            # A completed workflow's keys expire: pass the remaining time on, so the
+            # commit keeps it (and a recreated state hash gets it too).
+            ttl = ttl_ms / 1000 if ttl_ms > 0 else None
+            async with self.store.object(service, key, ttl=ttl, state_preload=eager) as session:
+                exists, now_ms = await self._meta(keys)
+                if not exists and must_exist:
+                    raise UnknownObjectError(
+                        f"{where(service, key)} does not exist "
+                        f"(namespace {self.keyspace.namespace!r})"
+                    )
+                if expected_version is not None and session.version != expected_version:
+                    raise VersionConflictError(
+                        f"{where(service, key)} changed since it was read: it is at version "
+                        f"{session.version}, the edit expected version {expected_version}; "
+                        f"nothing was written"
+                    )
+                moved = (now_ms > 0) != (ttl_ms > 0) or abs(now_ms - ttl_ms) > _EXPIRY_SLACK_MS
+                if moved and attempt < _EXPIRY_ATTEMPTS - 1:
+                    ttl_ms = now_ms
+                    continue  # nothing buffered yet: leaving the block releases the lease
+                await change(session)
+            return session.version
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _meta(self, keys: ObjectKeys) -> tuple[bool, int]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.exists(keys.meta)
+        pipe.pttl(keys.meta)
+        exists, pttl = await pipe.execute()
+        return bool(exists), int(pttl)
+
+    def _write(
+        self, session: Session, current: Mapping[str, bytes], state: Mapping[str, Any]
+    ) -> None:
+        for name in current:
+            if name not in state:
+                session.clear(name)
+        for name, value in state.items():
+            buf = self._encode(session, name, value)
+            if current.get(name) != buf:
+                session.set(name, buf, serde=_RAW)
+
+    def _put(self, session: Session, name: str, value: Any) -> None:
+        session.set(name, self._encode(session, name, value), serde=_RAW)
+
+    def _encode(self, session: Session, name: str, value: Any) -> bytes:
+        if not isinstance(name, str):
+            raise StateEncodeError(
+                f"state key of {where(session.service, session.key())} must be a str"
+            )
+        try:
+            return encode_value(self.store.serde, value)
+        except Exception as exc:
+            raise StateEncodeError(
+                f"cannot encode value for {where(session.service, session.key(), name)} "
+                f"with {type(self.store.serde).__name__}: {exc}"
+            ) from exc

@@ -1,0 +1,128 @@
+"""What a transient Redis error is, and the retry policy every round trip runs under.
+
+Retrying is safe for every round trip a session makes: ``open.lua`` is re-entrant for the
+same lease token, ``release.lua`` and ``renew.lua`` are idempotent, reads have no effect, and
+a commit carries an id that ``commit.lua`` recognises when it was already applied (see
+``commit.lua``). Errors that a retry cannot fix (a fencing rejection, a bad value, a script
+error) are never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from redis import exceptions as rex
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from .errors import CommitError, StoreUnavailableError
+
+T = TypeVar("T")
+log = logging.getLogger("restate_redis")
+
+# Error replies that mean "not now" rather than "never": a replica during failover, a server
+# loading its data, a cluster slot moving or without a master, a blocked call cut short when
+# the server changed role.
+_TRANSIENT_REPLIES = (
+    "READONLY",
+    "LOADING",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "NOREPLICAS",
+    "UNBLOCKED",
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors a later attempt can succeed after (connection, timeout, failover)."""
+    if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError):
+        return False  # wrong credentials stay wrong
+    if isinstance(exc, rex.ConnectionError | rex.TimeoutError | rex.MaxConnectionsError):
+        return True  # includes BusyLoadingError and sentinel's MasterNotFoundError
+    if isinstance(exc, rex.ClusterDownError | rex.TryAgainError | rex.ReadOnlyError):
+        return True
+    if isinstance(exc, rex.SlotNotCoveredError):
+        return True
+    if isinstance(exc, OSError | asyncio.TimeoutError):
+        return True
+    if isinstance(exc, rex.ResponseError) and not isinstance(exc, rex.NoScriptError):
+        # Errors raised inside a script arrive wrapped ("Error running script ...: -READONLY").
+        text = str(exc)
+        return any(
+            text.startswith(code) or f"-{code}" in text or f" {code} " in text
+            for code in _TRANSIENT_REPLIES
+        )
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, bounded by ``attempts`` and by ``timeout`` seconds."""
+
+    attempts: int = 10
+    timeout: float = 15.0
+    initial: float = 0.05
+    max_wait: float = 1.0
+
+    async def run(self, op: str, where: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Await ``call()``; call it again after transient errors until the budget is spent.
+
+        A spent budget raises :class:`StoreUnavailableError`, or :class:`CommitError` for a
+        commit (whose outcome is then unknown).
+        """
+        started = time.monotonic()
+        try:  # the first attempt outside tenacity: no overhead while Redis is healthy
+            return await call()
+        except Exception as exc:
+            if self.attempts <= 1 or not is_transient(exc):
+                raise
+            _log_retry(op, where)(exc, 1)
+        remaining = self.timeout - (time.monotonic() - started)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.attempts - 1) | stop_after_delay(max(0.0, remaining)),
+            wait=wait_random_exponential(multiplier=self.initial, max=self.max_wait),
+            retry=retry_if_exception(is_transient),
+            before_sleep=lambda state: _log_retry(op, where)(
+                state.outcome.exception() if state.outcome else None, state.attempt_number + 1
+            ),
+        )
+
+        async def attempt() -> T:  # tenacity awaits only what a coroutine function returns
+            return await call()
+
+        try:
+            await asyncio.sleep(random.uniform(0, self.initial))
+            return await retrying(attempt)
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            n = exc.last_attempt.attempt_number + 1
+            if op == "commit":
+                raise CommitError(
+                    f"could not confirm the commit of {where}: Redis kept failing for {n} "
+                    f"attempts (retry_attempts={self.attempts}, retry_timeout="
+                    f"{self.timeout:g}s); it may or may not have been applied. Last error: {last}"
+                ) from last
+            raise StoreUnavailableError(
+                f"Redis unavailable for {op} on {where} after {n} attempts "
+                f"(retry_attempts={self.attempts}, retry_timeout={self.timeout:g}s): {last}"
+            ) from last
+
+
+def _log_retry(op: str, where: str) -> Callable[[BaseException | None, int], None]:
+    def log_it(exc: BaseException | None, attempt: int) -> None:
+        log.info("retrying %s on %s after attempt %d failed: %r", op, where, attempt, exc)
+
+    return log_it

@@ -1,0 +1,314 @@
+"""The web UI's ASGI app: a static page and the JSON API it uses.
+
+The API (every answer is JSON; errors are ``{"error": message, "code": code}``)::
+
+    GET    /api/services                            {"namespace", "services": [{"name", "objects"}]}
+    GET    /api/objects?service=S&prefix=P&cursor=C&limit=N
+                                                    {"namespace", "objects": [{"key", "kind",
+                                                      "workflow_status", "retention_ms"}],
+                                                     "cursor": "0" when complete}
+    GET    /api/state?service=S&key=K               {"namespace", "service", "key", "exists",
+                                                     "version",
+                                                     "kind", "workflow_status", "retention_ms",
+                                                     "keys": [{"name", "size", "value" |
+                                                       "preview" + "truncated": true}]}
+    GET    /api/value?service=S&key=K&name=N        one value as a JSON file (attachment)
+    PUT    /api/value   {"service", "key", "name", "value", "version"}   set one state key
+    DELETE /api/value   {"service", "key", "name", "version"}            clear one state key
+    PUT    /api/state   {"service", "key", "state", "version"}           replace the state
+    DELETE /api/state   {"service", "key", "version", "confirm": "delete"}  clear all
+
+Changes answer ``{"version": new version}``. ``"version"`` is required in every change: the
+version the caller read, or ``null`` to skip the check; a mismatch answers 409 with code
+``version_conflict`` and writes nothing. Values are JSON as in :mod:`restate_redis.admin`
+(``{"$base64": ...}`` bytes, ``{"$raw": ...}`` undecodable). A value whose JSON text is over
+64 KiB comes as a 2 000-character ``preview``; ``/api/value`` downloads all of it.
+Security (token, cross-site and DNS-rebinding checks) is in :mod:`restate_redis.ui.security`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..admin import Admin
+from ..errors import (
+    InvalidNameError,
+    InvalidPatchError,
+    LeaseTimeoutError,
+    StateEncodeError,
+    StateError,
+    UnknownObjectError,
+    ValueTooLargeError,
+    VersionConflictError,
+)
+from ..store import RedisStateStore
+from .security import Guard
+
+STATIC = Path(__file__).parent / "static"
+PREVIEW_LIMIT = 64 * 1024  # characters of JSON text sent whole
+PREVIEW_CHARS = 2000  # characters of a longer value's preview
+CONFIRM_CLEAR_ALL = "delete"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class BadRequest(Exception):
+    """A request the API cannot take (missing or mistyped field)."""
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status)
+
+
+def api(handler: Handler) -> Handler:
+    """Map the library's errors to HTTP answers with a clear message."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return _error(400, "bad_request", str(exc))
+        except VersionConflictError as exc:
+            return _error(409, "version_conflict", str(exc))
+        except UnknownObjectError as exc:
+            return _error(404, "not_found", str(exc))
+        except LeaseTimeoutError as exc:
+            return _error(503, "busy", str(exc))
+        except (
+            InvalidPatchError,
+            InvalidNameError,
+            StateEncodeError,
+            ValueTooLargeError,
+        ) as exc:
+            return _error(400, "bad_request", str(exc))
+        except StateError as exc:
+            return _error(500, "state_error", str(exc))
+        except (RedisError, OSError) as exc:
+            return _error(503, "redis_unavailable", f"Redis is not reachable: {exc}")
+
+    return wrapped
+
+
+def _admin(request: Request) -> Admin:
+    admin: Admin = request.app.state.admin
+    return admin
+
+
+def _query(request: Request, name: str, default: str | None = None) -> str:
+    value = request.query_params.get(name, default)
+    if value is None:
+        raise BadRequest(f"query parameter {name!r} is required")
+    return value
+
+
+async def _body(request: Request, *fields: str) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    for name in ("service", "key", *fields):
+        if name not in body:
+            raise BadRequest(f"field {name!r} is required")
+    for name in ("service", "key", "name"):
+        if name in body and not isinstance(body[name], str):
+            raise BadRequest(f"field {name!r} must be a string")
+    if "version" in fields:
+        version = body["version"]
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+            raise BadRequest("field 'version' must be an integer, or null to skip the check")
+    return body
+
+
+def _int(text: str, name: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(f"query parameter {name!r} must be an integer") from None
+    if value < minimum:
+        raise BadRequest(f"query parameter {name!r} must be at least {minimum}")
+    return value
+
+
+# -- reads --------------------------------------------------------------------------------------
+
+
+@api
+async def services(request: Request) -> Response:
+    admin = _admin(request)
+    found = await admin.services()
+    return JSONResponse(
+        {
+            "namespace": admin.keyspace.namespace,
+            "services": [{"name": s.name, "objects": s.objects} for s in found],
+        }
+    )
+
+
+@api
+async def objects(request: Request) -> Response:
+    page = await _admin(request).list_objects(
+        _query(request, "service"),
+        _query(request, "prefix", ""),
+        _int(_query(request, "cursor", "0"), "cursor", 0),
+        min(_int(_query(request, "limit", "50"), "limit", 1), 1000),
+    )
+    return JSONResponse(
+        {
+            "namespace": _admin(request).keyspace.namespace,
+            "objects": [
+                {
+                    "key": o.key,
+                    "kind": o.kind,
+                    "workflow_status": o.workflow_status,
+                    "retention_ms": o.retention_ms,
+                }
+                for o in page.objects
+            ],
+            "cursor": str(page.cursor),  # SCAN cursors can pass 2**53
+        }
+    )
+
+
+def _entry(name: str, size: int, value: Any) -> dict[str, Any]:
+    text = json.dumps(value, ensure_ascii=False)
+    if len(text) <= PREVIEW_LIMIT:
+        return {"name": name, "size": size, "value": value}
+    return {"name": name, "size": size, "preview": text[:PREVIEW_CHARS], "truncated": True}
+
+
+@api
+async def state(request: Request) -> Response:
+    found = await _admin(request).read(_query(request, "service"), _query(request, "key"))
+    sizes = found.sizes
+    return JSONResponse(
+        {
+            "namespace": _admin(request).keyspace.namespace,
+            "service": found.service,
+            "key": found.key,
+            "exists": found.exists,
+            "version": found.version,
+            "kind": found.kind,
+            "workflow_status": found.workflow_status,
+            "retention_ms": found.retention_ms,
+            "keys": [_entry(n, sizes[n], v) for n, v in found.values.items()],
+        }
+    )
+
+
+@api
+async def value(request: Request) -> Response:
+    name = _query(request, "name")
+    data = await _admin(request).read_value(
+        _query(request, "service"), _query(request, "key"), name
+    )
+    return Response(
+        json.dumps(data, ensure_ascii=False, indent=2),
+        media_type="application/json",
+        headers={
+            "content-disposition": f'attachment; filename="value.json"; '
+            f"filename*=UTF-8''{quote(name + '.json', safe='')}"
+        },
+    )
+
+
+# -- changes --------------------------------------------------------------------------------------
+
+
+@api
+async def set_value(request: Request) -> Response:
+    body = await _body(request, "name", "value", "version")
+    version = await _admin(request).set(
+        body["service"], body["key"], body["name"], body["value"], expected_version=body["version"]
+    )
+    return JSONResponse({"version": version})
+
+
+@api
+async def clear_value(request: Request) -> Response:
+    body = await _body(request, "name", "version")
+    version = await _admin(request).clear(
+        body["service"], body["key"], body["name"], expected_version=body["version"]
+    )
+    return JSONResponse({"version": version})
+
+
+@api
+async def replace_state(request: Request) -> Response:
+    body = await _body(request, "state", "version")
+    if not isinstance(body["state"], dict):
+        raise BadRequest("field 'state' must be a JSON object {state key: value}")
+    version = await _admin(request).replace(
+        body["service"], body["key"], body["state"], expected_version=body["version"]
+    )
+    return JSONResponse({"version": version})
+
+
+@api
+async def clear_state(request: Request) -> Response:
+    body = await _body(request, "version", "confirm")
+    if body["confirm"] != CONFIRM_CLEAR_ALL:
+        raise BadRequest(f'clearing all state needs "confirm": "{CONFIRM_CLEAR_ALL}"')
+    version = await _admin(request).clear_all(
+        body["service"], body["key"], expected_version=body["version"]
+    )
+    return JSONResponse({"version": version})
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+# -- the app --------------------------------------------------------------------------------------
+
+
+def create_app(
+    open_store: Callable[[], RedisStateStore],
+    *,
+    token: str | None = None,
+    loopback_only: bool = True,
+) -> Guard:
+    """The UI as an ASGI app; ``open_store`` is called once at startup (and closed at exit).
+
+    ``token``: required by every API request when set. ``loopback_only``: accept only
+    requests whose Host header is a loopback name (set it when listening on loopback).
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = open_store()
+        app.state.admin = Admin(store)
+        try:
+            yield
+        finally:
+            await store.aclose()
+
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/api/services", services, methods=["GET"]),
+        Route("/api/objects", objects, methods=["GET"]),
+        Route("/api/state", state, methods=["GET"]),
+        Route("/api/state", replace_state, methods=["PUT"]),
+        Route("/api/state", clear_state, methods=["DELETE"]),
+        Route("/api/value", value, methods=["GET"]),
+        Route("/api/value", set_value, methods=["PUT"]),
+        Route("/api/value", clear_value, methods=["DELETE"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    return Guard(app, token=token, loopback_only=loopback_only)

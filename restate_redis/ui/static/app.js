@@ -1,0 +1,357 @@
+// restate-redis UI: services -> objects -> one object's state, over the JSON API in app.py.
+// Data is only ever put in the page as text (textContent / text nodes), never as HTML.
+"use strict";
+
+const TOKEN_KEY = "restate-redis-token";
+let token = sessionStorage.getItem(TOKEN_KEY) || "";
+
+// A #token=... fragment logs in and is then removed from the address bar.
+function takeToken() {
+  if (!location.hash.startsWith("#token=")) return;
+  token = decodeURIComponent(location.hash.slice(7));
+  sessionStorage.setItem(TOKEN_KEY, token);
+  document.getElementById("token-form").hidden = true;
+  history.replaceState(null, "", location.pathname + "#/");
+}
+
+// -- DOM helpers ------------------------------------------------------------------------------
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else if (name === "className") node.className = value;
+    else if (value === true) node.setAttribute(name, "");
+    else if (value !== false && value !== null && value !== undefined) node.setAttribute(name, value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const view = () => document.getElementById("view");
+
+function show(...nodes) {
+  view().replaceChildren(...nodes);
+}
+
+function message(text, kind, ...extra) {
+  const box = document.getElementById("message");
+  if (!text) {
+    box.hidden = true;
+    box.replaceChildren();
+    return;
+  }
+  box.className = kind || "ok";
+  box.replaceChildren(document.createTextNode(text), ...extra);
+  box.hidden = false;
+}
+
+function bytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+function duration(ms) {
+  let s = Math.floor(ms / 1000);
+  const parts = [];
+  for (const [unit, size] of [["d", 86400], ["h", 3600], ["m", 60]]) {
+    if (s >= size) {
+      parts.push(`${Math.floor(s / size)}${unit}`);
+      s %= size;
+    }
+  }
+  parts.push(`${s}s`);
+  return parts.join(" ");
+}
+
+const pretty = (value) => JSON.stringify(value, null, 2);
+const q = (params) => new URLSearchParams(params).toString();
+
+// -- the API ------------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(message, status, code) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const options = { method, headers, credentials: "same-origin" };
+  if (body !== undefined) {
+    // JSON and a custom header: a cross-site page cannot send these without a preflight
+    headers["Content-Type"] = "application/json";
+    headers["X-Requested-By"] = "restate-redis";
+    options.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, options);
+  let data;
+  try {
+    data = await response.json();
+  } catch (e) {
+    data = { error: response.statusText };
+  }
+  if (response.status === 401) document.getElementById("token-form").hidden = false;
+  if (!response.ok) throw new ApiError(data.error || response.statusText, response.status, data.code);
+  if (typeof data.namespace === "string") {
+    document.getElementById("namespace").textContent = `namespace ${data.namespace}`;
+  }
+  return data;
+}
+
+function failed(error) {
+  if (error.code === "version_conflict") {
+    message(
+      `Conflict: the object changed since you loaded it; nothing was written. ${error.message} `,
+      "error",
+      el("button", { id: "reload-after-conflict", onclick: () => route() }, "Reload"),
+    );
+  } else {
+    message(`Error: ${error.message}`, "error");
+  }
+}
+
+// -- views ----------------------------------------------------------------------------------------
+
+function crumbs(service, key) {
+  const parts = [el("a", { href: "#/" }, "services")];
+  if (service !== undefined) parts.push(el("span", {}, "/"), el("a", { href: `#/s/${encodeURIComponent(service)}` }, service));
+  if (key !== undefined) parts.push(el("span", {}, "/"), el("span", {}, key));
+  document.getElementById("crumbs").replaceChildren(...parts);
+}
+
+async function servicesView() {
+  crumbs();
+  const data = await api("GET", "/api/services");
+  const items = data.services.map((s) =>
+    el("li", {},
+      el("a", { href: `#/s/${encodeURIComponent(s.name)}`, className: "service" }, s.name),
+      el("span", { className: "muted" }, `  ${s.objects} object${s.objects === 1 ? "" : "s"}`)),
+  );
+  show(
+    el("h2", {}, "Services"),
+    items.length ? el("ul", { className: "list", id: "services" }, items)
+      : el("p", { className: "muted" }, "No state stored in this namespace."),
+  );
+}
+
+async function objectsView(service) {
+  crumbs(service);
+  const list = el("ul", { className: "list", id: "objects" });
+  const more = el("button", { id: "more", hidden: true }, "More");
+  const search = el("input", { type: "text", id: "prefix", placeholder: "key prefix", "aria-label": "key prefix" });
+  let cursor = "0";
+  let prefix = "";
+
+  async function load(reset) {
+    if (reset) {
+      list.replaceChildren();
+      cursor = "0";
+    }
+    more.hidden = true; // until this page says whether there is another
+    list.dataset.loading = "1";
+    let data;
+    try {
+      data = await api("GET", `/api/objects?${q({ service, prefix, cursor, limit: 50 })}`);
+    } finally {
+      delete list.dataset.loading;
+    }
+    for (const o of data.objects) {
+      list.append(el("li", {},
+        el("a", { href: `#/s/${encodeURIComponent(service)}/o/${encodeURIComponent(o.key)}`, className: "object" }, o.key === "" ? "(empty key)" : o.key),
+        o.workflow_status ? el("span", { className: `badge ${o.workflow_status}` }, `workflow ${o.workflow_status}`) : null,
+        o.retention_ms !== null ? el("span", { className: "muted" }, `  expires in ${duration(o.retention_ms)}`) : null));
+    }
+    cursor = data.cursor;
+    more.hidden = cursor === "0";
+  }
+
+  more.addEventListener("click", () => load(false).catch(failed));
+  const form = el("form", { className: "toolbar", onsubmit: (e) => {
+    e.preventDefault();
+    prefix = search.value;
+    load(true).catch(failed);
+  } }, search, el("button", { type: "submit" }, "Search"));
+  show(el("h2", {}, service), form, list, more);
+  await load(true);
+}
+
+function valueCell(service, key, entry) {
+  if (!entry.truncated) return el("td", { className: "value" }, el("pre", { className: "value" }, pretty(entry.value)));
+  const href = `/api/value?${q({ service, key, name: entry.name })}`;
+  const link = el("a", { href, download: `${entry.name}.json`, className: "download" }, "download the whole value");
+  if (token) {
+    link.addEventListener("click", async (e) => {
+      e.preventDefault();
+      const response = await fetch(href, { headers: { Authorization: `Bearer ${token}` } });
+      const url = URL.createObjectURL(await response.blob());
+      el("a", { href: url, download: `${entry.name}.json` }).click();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    });
+  }
+  return el("td", { className: "value" },
+    el("pre", { className: "value preview" }, `${entry.preview}…`),
+    el("div", { className: "truncated" }, `Preview of a ${bytes(entry.size)} value. `, link));
+}
+
+async function stateView(service, key) {
+  crumbs(service, key);
+  const data = await api("GET", `/api/state?${q({ service, key })}`);
+  const version = data.version;
+  const truncated = data.keys.some((k) => k.truncated);
+
+  const info = [`version ${version}`, data.kind];
+  if (!data.exists) info.push("no state stored");
+  const infoLine = el("div", { className: "info", id: "info" }, info.join(" · "),
+    data.workflow_status ? el("span", { className: `badge ${data.workflow_status}`, id: "workflow-status" }, `workflow ${data.workflow_status}`) : null,
+    data.retention_ms !== null ? el("span", { id: "retention" }, ` · state expires in ${duration(data.retention_ms)}`) : null);
+
+  const done = (text) => (result) => {
+    message(`${text} (version ${result.version})`, "ok");
+    route(true);
+  };
+
+  const rows = data.keys.map((entry) => {
+    const row = el("tr", { "data-key": entry.name });
+    const cell = valueCell(service, key, entry);
+    const edit = el("button", { className: "edit", disabled: entry.truncated, title: entry.truncated ? "too large to edit here: use restate-redis kv edit" : null }, "Edit");
+    const del = el("button", { className: "danger delete" }, "Delete");
+    edit.addEventListener("click", () => {
+      const area = el("textarea", { className: "editor", "aria-label": `value of ${entry.name}` });
+      area.value = pretty(entry.value);
+      const save = el("button", { className: "primary save" }, "Save");
+      save.addEventListener("click", () => {
+        let value;
+        try {
+          value = JSON.parse(area.value);
+        } catch (e) {
+          message(`Not valid JSON: ${e.message}`, "error");
+          return;
+        }
+        api("PUT", "/api/value", { service, key, name: entry.name, value, version })
+          .then(done(`Saved ${entry.name}`)).catch(failed);
+      });
+      const cancel = el("button", { onclick: () => row.replaceChild(valueCell(service, key, entry), editorCell) }, "Cancel");
+      const editorCell = el("td", { className: "value" }, area, save, cancel);
+      row.replaceChild(editorCell, row.children[2]);
+      area.focus();
+    });
+    del.addEventListener("click", () => {
+      if (del.dataset.armed !== "1") {
+        del.dataset.armed = "1";
+        del.textContent = "Really delete?";
+        return;
+      }
+      api("DELETE", "/api/value", { service, key, name: entry.name, version })
+        .then(done(`Deleted ${entry.name}`)).catch(failed);
+    });
+    row.append(el("td", { className: "name" }, entry.name), el("td", { className: "size" }, bytes(entry.size)), cell, el("td", { className: "actions" }, edit, del));
+    return row;
+  });
+
+  const panel = el("div", { id: "panel" });
+
+  function addKey() {
+    const name = el("input", { type: "text", id: "new-name", placeholder: "state key", "aria-label": "new state key" });
+    const area = el("textarea", { id: "new-value", "aria-label": "new value (JSON)" });
+    area.value = "null";
+    const save = el("button", { className: "primary", id: "add-save", onclick: () => {
+      let value;
+      try {
+        value = JSON.parse(area.value);
+      } catch (e) {
+        message(`Not valid JSON: ${e.message}`, "error");
+        return;
+      }
+      api("PUT", "/api/value", { service, key, name: name.value, value, version })
+        .then(done(`Set ${name.value}`)).catch(failed);
+    } }, "Set");
+    panel.replaceChildren(el("div", { className: "panel" }, el("h3", {}, "Add or set a key"), name, area, save));
+  }
+
+  function replaceAll() {
+    const doc = {};
+    for (const entry of data.keys) doc[entry.name] = entry.value;
+    const area = el("textarea", { id: "state-editor", "aria-label": "the whole state (JSON)", rows: 16 });
+    area.value = pretty(doc);
+    const save = el("button", { className: "primary", id: "replace-save", onclick: () => {
+      let state;
+      try {
+        state = JSON.parse(area.value);
+      } catch (e) {
+        message(`Not valid JSON: ${e.message}`, "error");
+        return;
+      }
+      api("PUT", "/api/state", { service, key, state, version })
+        .then(done("Replaced the state")).catch(failed);
+    } }, "Replace the whole state");
+    panel.replaceChildren(el("div", { className: "panel" },
+      el("h3", {}, "Replace the whole state"),
+      el("p", { className: "muted" }, "One JSON object {state key: value}; keys left out are cleared."), area, save));
+  }
+
+  function clearAll() {
+    const input = el("input", { type: "text", id: "confirm-clear", autocomplete: "off", "aria-label": "type delete to confirm" });
+    const go = el("button", { className: "danger", id: "clear-all-confirm", disabled: true }, "Clear all state");
+    input.addEventListener("input", () => { go.disabled = input.value !== "delete"; });
+    go.addEventListener("click", () => {
+      api("DELETE", "/api/state", { service, key, version, confirm: input.value })
+        .then(done("Cleared all state")).catch(failed);
+    });
+    panel.replaceChildren(el("div", { className: "panel" },
+      el("p", {}, `Every state key of ${service}/${key} will be deleted. Type "delete" to confirm: `),
+      input, go));
+  }
+
+  const toolbar = el("div", { className: "toolbar" },
+    el("button", { id: "reload", onclick: () => { message(""); route(true); } }, "Reload"),
+    el("button", { id: "add-key", onclick: addKey }, "Add key"),
+    el("button", { id: "replace-state", onclick: replaceAll, disabled: truncated, title: truncated ? "holds values too large to edit here: use restate-redis kv edit" : null }, "Replace whole state"),
+    el("button", { className: "danger", id: "clear-all", onclick: clearAll, disabled: !data.keys.length }, "Clear all"));
+
+  const table = el("table", { id: "state" },
+    el("thead", {}, el("tr", {}, el("th", {}, "key"), el("th", {}, "size"), el("th", {}, "value"), el("th", {}, ""))),
+    el("tbody", {}, rows));
+  const note = el("div", { className: "muted note" },
+    "Changes take the object's lease: they wait for a running handler to finish, and are refused if the object changed since this page loaded it.");
+  show(el("h2", { id: "title" }, `${service} / ${key}`), infoLine, toolbar, panel,
+    rows.length ? table : el("p", { className: "muted", id: "empty" }, "No state."), note);
+  view().dataset.version = String(version);
+}
+
+// -- routing ---------------------------------------------------------------------------------------
+
+async function route(keepMessage) {
+  takeToken();
+  if (!keepMessage) message("");
+  const parts = location.hash.replace(/^#\/?/, "").split("/");
+  try {
+    if (parts[0] === "s" && parts.length >= 4 && parts[2] === "o") {
+      await stateView(decodeURIComponent(parts[1]), decodeURIComponent(parts.slice(3).join("/")));
+    } else if (parts[0] === "s" && parts.length >= 2) {
+      await objectsView(decodeURIComponent(parts[1]));
+    } else {
+      await servicesView();
+    }
+  } catch (error) {
+    show(el("p", { className: "muted" }, "Could not load this page."));
+    failed(error);
+  }
+}
+
+document.getElementById("token-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  token = document.getElementById("token-input").value;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  document.getElementById("token-form").hidden = true;
+  route();
+});
+window.addEventListener("hashchange", () => route());
+route();

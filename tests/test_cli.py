@@ -1,0 +1,297 @@
+"""The ``restate-redis kv`` and ``services`` commands, run as the real console script."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import redis
+
+from restate_redis import RedisStateStore
+
+from .servers import Server, free_port
+
+# One flavour is enough here: both are covered by test_admin.py, under the same calls.
+pytestmark = pytest.mark.parametrize("server", ["valkey"], indirect=True)
+
+SCRIPT = str(Path(sys.executable).with_name("restate-redis"))
+
+
+@pytest.fixture
+def rc(server: Server) -> Iterator[redis.Redis]:
+    """A sync client on an empty database."""
+    c = redis.Redis.from_url(server.url)
+    c.flushall()
+    yield c
+    c.close()
+
+
+Cli = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture
+def cli(server: Server, rc: redis.Redis) -> Cli:
+    """Run the console script against the test server; returns the CompletedProcess."""
+
+    def run(*args: str, input: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("RESTATE_REDIS_")}
+        full_env = {**inherited, "RESTATE_REDIS_URL": server.url, **env}
+        return subprocess.run(
+            [SCRIPT, *args],
+            input=input if input is not None else "",
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=60,
+        )
+
+    return run
+
+
+def seed(server: Server, service: str, key: str, **values: object) -> None:
+    """Store values in-process (faster than the console script where it is not under test)."""
+
+    async def write() -> None:
+        async with RedisStateStore.from_url(server.url) as store, store.object(service, key) as s:
+            for name, value in values.items():
+                s.set(name, value)
+
+    asyncio.run(write())
+
+
+def state(rc: redis.Redis, service: str, key: str, namespace: str = "restate") -> dict[str, Any]:
+    raw: dict[bytes, bytes] = rc.hgetall(f"{namespace}:{{{service}:{key}}}:state")  # type: ignore[assignment]
+    return {k.decode(): msgpack.unpackb(v, raw=False) for k, v in raw.items()}
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("restate-redis: error: ")
+    return lines[0]
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+    return proc.stdout
+
+
+def test_set_then_get_plain_and_table(cli: Cli, rc: redis.Redis) -> None:
+    ok(cli("kv", "set", "Cart", "alice", "items", '["a", {"n": 2}]'))
+    ok(cli("kv", "set", "Cart", "alice", "note", '"[bold]<b>not markup</b>"'))
+    assert state(rc, "Cart", "alice") == {
+        "items": ["a", {"n": 2}],
+        "note": "[bold]<b>not markup</b>",
+    }
+    plain = ok(cli("kv", "get", "Cart", "alice", "--plain"))
+    assert json.loads(plain) == {"items": ["a", {"n": 2}], "note": "[bold]<b>not markup</b>"}
+    assert plain.count("\n") == 1  # one JSON object and nothing else
+    table = ok(cli("kv", "get", "Cart", "alice"))
+    assert "Cart/alice: version 2" in table
+    assert "[bold]<b>not markup</b>" in table and '"n": 2' in table
+
+
+def test_get_plain_of_an_object_without_state(cli: Cli, rc: redis.Redis) -> None:
+    proc = cli("kv", "get", "Cart", "nobody", "--plain")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "{}\n", "")
+    ok(cli("kv", "set", "Cart", "emptied", "a", "1"))
+    ok(cli("kv", "clear", "Cart/emptied"))
+    assert ok(cli("kv", "get", "Cart", "emptied", "--plain")) == "{}\n"
+
+
+def test_namespace_option_and_env(cli: Cli, rc: redis.Redis) -> None:
+    ok(cli("kv", "set", "Cart", "x", "a", "1", "--namespace", "other"))
+    assert state(rc, "Cart", "x", namespace="other") == {"a": 1}
+    assert state(rc, "Cart", "x") == {}
+    env_plain = ok(cli("kv", "get", "Cart", "x", "--plain", RESTATE_REDIS_NAMESPACE="other"))
+    assert json.loads(env_plain) == {"a": 1}
+
+
+def test_list_and_services(cli: Cli, rc: redis.Redis, server: Server) -> None:
+    for key in ("apple", "apricot", "banana"):
+        seed(server, "Fruit", key, n=1)
+    seed(server, "Veg", "leek", n=1)
+
+    async def workflow() -> None:
+        async with (
+            RedisStateStore.from_url(server.url) as store,
+            store.workflow("Signup", "wf-1") as run,
+        ):
+            run.set("step", "mailed")
+
+    asyncio.run(workflow())
+    assert sorted(ok(cli("kv", "list", "Fruit", "--plain")).split()) == [
+        "apple",
+        "apricot",
+        "banana",
+    ]
+    assert sorted(ok(cli("kv", "list", "Fruit", "--prefix", "ap", "--plain")).split()) == [
+        "apple",
+        "apricot",
+    ]
+    listed = ok(cli("kv", "list", "Signup"))
+    assert listed.startswith("wf-1\tworkflow completed, state expires in 23h 59m")
+    assert ok(cli("services", "--plain")).split() == ["Fruit", "Signup", "Veg"]
+    table = ok(cli("services"))
+    assert "Fruit" in table and "3" in table
+    shown = ok(cli("kv", "get", "Signup", "wf-1"))
+    assert "workflow completed, state expires in 23h 59m" in shown
+
+
+def test_patch(cli: Cli, rc: redis.Redis, server: Server) -> None:
+    seed(server, "Cart", "bob", items=["a"])
+    seed(server, "Cart", "bob", gone=True)
+    patch = '[{"op": "add", "path": "/items/-", "value": "b"}, {"op": "remove", "path": "/gone"}]'
+    assert "version 3" in ok(cli("kv", "patch", "Cart", "bob", "--patch", patch))
+    assert state(rc, "Cart", "bob") == {"items": ["a", "b"]}
+    failing = '[{"op": "remove", "path": "/nothing"}]'
+    assert "does not apply" in one_line_error(cli("kv", "patch", "Cart", "bob", "--patch", failing))
+    assert "bad JSON for --patch" in one_line_error(
+        cli("kv", "patch", "Cart", "bob", "--patch", "[{")
+    )
+    stale = cli("kv", "patch", "Cart", "bob", "--patch", "[]", "--expect-version", "1")
+    assert "changed since it was read" in one_line_error(stale, code=3)
+    assert state(rc, "Cart", "bob") == {"items": ["a", "b"]}
+
+
+def editor(tmp_path: Path, body: str) -> str:
+    """An $EDITOR: a Python script that gets the file path as sys.argv[1]."""
+    script = tmp_path / "editor.py"
+    script.write_text("import json, os, subprocess, sys\npath = sys.argv[1]\n" + body)
+    return f"{sys.executable} {script}"
+
+
+def test_edit_replaces_the_whole_state(
+    cli: Cli, rc: redis.Redis, tmp_path: Path, server: Server
+) -> None:
+    seed(server, "Cart", "carol", a=1)
+    seed(server, "Cart", "carol", b={"x": 1})
+    body = """
+doc = json.load(open(path))
+assert doc == {"a": 1, "b": {"x": 1}}, doc
+doc["a"] = 2
+del doc["b"]
+doc["c"] = "<script>"
+json.dump(doc, open(path, "w"))
+"""
+    out = ok(cli("kv", "edit", "Cart", "carol", EDITOR=editor(tmp_path, body)))
+    assert "version 3" in out
+    assert state(rc, "Cart", "carol") == {"a": 2, "c": "<script>"}
+    unchanged = ok(cli("kv", "edit", "Cart", "carol", EDITOR="true"))
+    assert "no change" in unchanged
+    bad = editor(tmp_path, "open(path, 'w').write('{not json')\n")
+    assert "bad JSON" in one_line_error(cli("kv", "edit", "Cart", "carol", EDITOR=bad))
+    array = editor(tmp_path, "open(path, 'w').write('[1]')\n")
+    assert "must be a JSON object" in one_line_error(
+        cli("kv", "edit", "Cart", "carol", EDITOR=array)
+    )
+    assert state(rc, "Cart", "carol") == {"a": 2, "c": "<script>"}
+
+
+def test_edit_refuses_when_the_object_changed_meanwhile(
+    cli: Cli, rc: redis.Redis, tmp_path: Path
+) -> None:
+    ok(cli("kv", "set", "Cart", "dave", "n", "1"))
+    # while the editor is open, another writer changes the object
+    body = f"""
+subprocess.run([{SCRIPT!r}, "kv", "set", "Cart", "dave", "n", "100"], check=True)
+json.dump({{"n": 2}}, open(path, "w"))
+"""
+    racing = editor(tmp_path, body)
+    err = one_line_error(cli("kv", "edit", "Cart", "dave", EDITOR=racing), code=3)
+    assert "changed since it was read" in err and "nothing was written" in err
+    assert state(rc, "Cart", "dave") == {"n": 100}
+    ok(cli("kv", "edit", "Cart", "dave", "--force", EDITOR=racing))
+    assert state(rc, "Cart", "dave") == {"n": 2}
+
+
+def test_clear_key_object_and_service(cli: Cli, rc: redis.Redis, server: Server) -> None:
+    for key in ("k1", "k2", "k3"):
+        seed(server, "Counter", key, n=1, m=2)
+    seed(server, "Keep", "k1", n=1)
+    ok(cli("kv", "clear", "Counter/k1", "m"))
+    assert state(rc, "Counter", "k1") == {"n": 1}
+    ok(cli("kv", "clear", "Counter/k1"))
+    assert state(rc, "Counter", "k1") == {}
+    refused = cli("kv", "clear", "Counter", input="n\n")
+    assert refused.returncode != 0 and "Clear the state of all 3 objects" in refused.stderr
+    assert state(rc, "Counter", "k2") == {"n": 1, "m": 2}
+    ok(cli("kv", "clear", "Counter", input="y\n"))
+    assert state(rc, "Counter", "k2") == {} and state(rc, "Counter", "k3") == {}
+    seed(server, "Counter", "k2", n=1)
+    assert "cleared 1 objects" in ok(cli("kv", "clear", "Counter", "--yes"))
+    assert state(rc, "Counter", "k2") == {}
+    assert state(rc, "Keep", "k1") == {"n": 1}
+
+
+def test_unknown_objects_and_state_keys(cli: Cli, rc: redis.Redis) -> None:
+    for args in (
+        ("kv", "clear", "Cart/nobody"),
+        ("kv", "clear", "Cart/nobody", "a"),
+        ("kv", "patch", "Cart", "nobody", "--patch", "[]"),
+        ("kv", "edit", "Cart", "nobody"),
+    ):
+        assert "'Cart'/'nobody' does not exist" in one_line_error(cli(*args)), args
+    ok(cli("kv", "set", "Cart", "erin", "a", "1"))
+    assert "state key 'zz' does not exist" in one_line_error(cli("kv", "clear", "Cart/erin", "zz"))
+    # refusing left no object behind (only the release signal of the lease, which expires)
+    assert rc.exists("restate:{Cart:nobody}:state", "restate:{Cart:nobody}:meta") == 0
+
+
+def test_bad_json_and_version_conflict(cli: Cli, rc: redis.Redis) -> None:
+    assert "bad JSON for state key 'a'" in one_line_error(cli("kv", "set", "Cart", "f", "a", "{x"))
+    assert rc.keys("*") == []
+    ok(cli("kv", "set", "Cart", "f", "a", "1"))
+    stale = cli("kv", "set", "Cart", "f", "a", "2", "--expect-version", "0")
+    assert "at version 1, the edit expected version 0" in one_line_error(stale, code=3)
+    assert one_line_error(cli("kv", "clear", "Cart/f", "--expect-version", "7"), code=3)
+    assert state(rc, "Cart", "f") == {"a": 1}
+    ok(cli("kv", "set", "Cart", "f", "a", "2", "--expect-version", "1"))
+    assert state(rc, "Cart", "f") == {"a": 2}
+
+
+def test_unreachable_redis_and_bad_urls_never_show_the_password(cli: Cli) -> None:
+    dead = f"redis://admin:pw-s3cr3t@127.0.0.1:{free_port()}/0"
+    for args in (("kv", "get", "Cart", "a"), ("services",), ("kv", "set", "C", "k", "n", "1")):
+        err = one_line_error(cli(*args, "--url", dead))
+        assert "pw-s3cr3t" not in err and "redis://admin:***@127.0.0.1" in err
+    from_env = cli("kv", "list", "Cart", RESTATE_REDIS_URL=dead)
+    assert "pw-s3cr3t" not in one_line_error(from_env)
+    for url in ("not-a-url", "http://127.0.0.1:1/0", "redis//:pw-s3cr3t@host"):
+        err = one_line_error(cli("kv", "get", "Cart", "a", "--url", url))
+        assert "pw-s3cr3t" not in err and "URL" in err
+
+
+def test_a_change_waits_for_a_running_handler_then_times_out(cli: Cli, rc: redis.Redis) -> None:
+    ok(cli("kv", "set", "Cart", "busy", "n", "1"))
+    rc.set("restate:{Cart:busy}:lease", "a-running-handler", px=60_000)
+    err = one_line_error(cli("kv", "set", "Cart", "busy", "n", "2", "--acquire-timeout", "0.3"))
+    assert "could not acquire the lease of 'Cart'/'busy'" in err
+    assert state(rc, "Cart", "busy") == {"n": 1}
+    rc.delete("restate:{Cart:busy}:lease")
+    ok(cli("kv", "set", "Cart", "busy", "n", "2", "--acquire-timeout", "0.3"))
+    assert state(rc, "Cart", "busy") == {"n": 2}
+
+
+def test_bytes_undecodable_values_and_other_serdes(cli: Cli, rc: redis.Redis) -> None:
+    ok(cli("kv", "set", "Cart", "kit", "blob", '{"$base64": "AAH/"}'))
+    assert state(rc, "Cart", "kit") == {"blob": b"\x00\x01\xff"}
+    rc.hset("restate:{Cart:kit}:state", "odd", b"\xc1")  # not msgpack
+    shown = json.loads(ok(cli("kv", "get", "Cart", "kit", "--plain")))
+    assert shown == {"blob": {"$base64": "AAH/"}, "odd": {"$raw": "wQ=="}}
+    ok(cli("kv", "patch", "Cart", "kit", "--patch", '[{"op": "add", "path": "/n", "value": 1}]'))
+    assert rc.hget("restate:{Cart:kit}:state", "odd") == b"\xc1"  # left exactly as it was
+    ok(cli("kv", "set", "Cart", "js", "doc", '{"a": [1]}', "--serde", "json"))
+    assert rc.hget("restate:{Cart:js}:state", "doc") == b'{"a":[1]}'
+    as_json = ok(cli("kv", "get", "Cart", "js", "--plain", RESTATE_REDIS_SERDE="json"))
+    assert json.loads(as_json) == {"doc": {"a": [1]}}

@@ -1,0 +1,481 @@
+"""The web UI end to end: ``restate-redis ui`` in a subprocess, driven by headless Chromium.
+
+Chromium is Debian's package (``/usr/bin/chromium``), driven by Playwright's Python package;
+browser downloads are impossible here. Outside CI the browser tests skip when it is missing;
+in CI they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import msgpack
+import pytest
+import redis
+
+from restate_redis import RedisStateStore
+
+from .servers import IN_CI, Server, free_port
+
+T = TypeVar("T")
+
+pytestmark = pytest.mark.parametrize("server", ["valkey"], indirect=True)
+
+SCRIPT = str(Path(sys.executable).with_name("restate-redis"))
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+TOKEN = "t0ken-for-tests"
+
+
+@dataclass
+class UI:
+    """One ``restate-redis ui`` process."""
+
+    proc: subprocess.Popen[str]
+    base: str
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
+def start_ui(server: Server, *args: str, host: str = "127.0.0.1") -> UI:
+    port = free_port()
+    proc = subprocess.Popen(
+        [SCRIPT, "ui", "--url", server.url, "--host", host, "--port", str(port), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ui = UI(proc, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(ui.base + "/", timeout=2).status_code == 200:
+                return ui
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            ui.stop()
+            err = proc.stderr.read() if proc.stderr else ""
+            raise RuntimeError(f"the UI did not start: {err}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def ui(server: Server) -> Iterator[UI]:
+    started = start_ui(server)
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def rc(server: Server) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(server.url)
+    c.flushall()
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        reason = f"no Chromium at {CHROMIUM}: apt-get install chromium"
+        if IN_CI:
+            pytest.fail(reason + " (required in CI)")
+        print(f"skipping the browser tests: {reason}", file=sys.stderr)
+        pytest.skip(reason)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        reason = "the playwright package is missing: pip install -e '.[dev]'"
+        if IN_CI:
+            pytest.fail(reason + " (required in CI)")
+        pytest.skip(reason)
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    # bypass_csp: the page must render data as text by itself, not only thanks to its CSP
+    # (and Playwright's evaluate needs it)
+    context = browser.new_context(viewport={"width": 1100, "height": 700}, bypass_csp=True)
+    tab = context.new_page()
+    tab.set_default_timeout(15_000)
+    dialogs: list[str] = []
+
+    def dismiss(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    tab.on("dialog", dismiss)
+    yield tab
+    context.close()
+    assert dialogs == [], f"the page opened dialogs: {dialogs}"
+
+
+def run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion in its own thread: Playwright's sync API keeps an event
+    loop running in this one."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result(timeout=60)
+
+
+def seed(server: Server, service: str, key: str, **values: object) -> int:
+    """Write like a handler does; returns the object's new version."""
+
+    async def write() -> int:
+        async with RedisStateStore.from_url(server.url) as store:
+            async with store.object(service, key) as s:
+                for name, value in values.items():
+                    s.set(name, value)
+            return s.version
+
+    return run_async(write)
+
+
+def state(rc: redis.Redis, service: str, key: str) -> dict[str, Any]:
+    raw: dict[bytes, bytes] = rc.hgetall(f"restate:{{{service}:{key}}}:state")  # type: ignore[assignment]
+    return {k.decode(): msgpack.unpackb(v, raw=False) for k, v in raw.items()}
+
+
+def object_url(ui: UI, service: str, key: str) -> str:
+    return f"{ui.base}/#/s/{service}/o/{key}"
+
+
+def edit(page: Any, name: str, value: str) -> None:
+    row = page.locator(f'tr[data-key="{name}"]')
+    row.locator("button.edit").click()
+    row.locator("textarea.editor").fill(value)
+    row.locator("button.save").click()
+
+
+# -- browser tests ------------------------------------------------------------------------------
+
+
+def test_browse_to_an_object_edit_a_value_and_screenshot(
+    ui: UI, page: Any, rc: redis.Redis, server: Server
+) -> None:
+    seed(server, "Cart", "bob", items=[])
+    seed(
+        server,
+        "Cart",
+        "alice",
+        items=[{"sku": "tea-42", "qty": 2}, {"sku": "mug-7", "qty": 1}],
+        count=1,
+        customer={"name": "Alice", "tier": "gold"},
+        note="<b>gift wrap</b>",
+    )
+    seed(server, "Counter", "visits", n=17)
+    page.goto(ui.base + "/")
+    page.locator("#services a.service", has_text="Cart").click()
+    page.locator("#objects a.object", has_text="alice").click()
+    page.wait_for_selector('tr[data-key="count"]')
+    assert page.locator("#title").text_content() == "Cart / alice"
+    assert "version 1" in page.locator("#info").text_content()
+    assert page.locator("#namespace").text_content() == "namespace restate"
+    edit(page, "count", "2")
+    page.wait_for_selector("#message.ok")
+    assert "Saved count (version 2)" in page.locator("#message").text_content()
+    assert state(rc, "Cart", "alice")["count"] == 2
+    page.wait_for_selector('#view[data-version="2"]')
+    assert page.locator('tr[data-key="count"] pre').text_content() == "2"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-object.png"), full_page=True)
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT"):  # refresh the README's picture on demand
+        DOCS.mkdir(exist_ok=True)
+        shutil.copyfile(ARTIFACTS / "ui-object.png", DOCS / "ui.png")
+    assert (ARTIFACTS / "ui-object.png").stat().st_size > 10_000
+
+
+def test_an_edit_racing_a_concurrent_write_shows_the_conflict(
+    ui: UI, page: Any, rc: redis.Redis, server: Server
+) -> None:
+    seed(server, "Cart", "carol", count=1)
+    page.goto(object_url(ui, "Cart", "carol"))
+    page.wait_for_selector('tr[data-key="count"]')
+    seed(server, "Cart", "carol", count=100)  # a handler commits while the page is open
+    edit(page, "count", "5")
+    page.wait_for_selector("#message.error")
+    text = page.locator("#message").text_content()
+    assert "Conflict" in text and "nothing was written" in text
+    assert "version 2, the edit expected version 1" in text
+    assert state(rc, "Cart", "carol") == {"count": 100}
+    page.locator("#reload-after-conflict").click()
+    page.wait_for_selector('#view[data-version="2"]')
+    assert page.locator('tr[data-key="count"] pre').text_content() == "100"
+    edit(page, "count", "5")
+    page.wait_for_selector("#message.ok")
+    assert state(rc, "Cart", "carol") == {"count": 5}
+
+
+def test_html_in_values_and_keys_renders_as_text(
+    ui: UI, page: Any, rc: redis.Redis, server: Server
+) -> None:
+    evil = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+    seed(server, "Cart", "<i>dave</i>", **{"<b>key</b>": evil, "plain": "ok"})
+    page.goto(ui.base + "/#/s/Cart")
+    page.locator("#objects a.object", has_text="<i>dave</i>").click()
+    page.wait_for_selector('tr[data-key="plain"]')
+    row = page.locator('tr[data-key="<b>key</b>"]')
+    assert row.locator("td.name").text_content() == "<b>key</b>"
+    assert row.locator("pre").text_content() == json.dumps(evil)
+    assert row.locator("pre").is_visible()
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("#view script, #view img, #view b, #view i").count() == 0
+    assert page.locator("#title").text_content() == "Cart / <i>dave</i>"
+
+
+def test_large_values_show_a_preview_and_a_download_link(
+    ui: UI, page: Any, rc: redis.Redis, server: Server
+) -> None:
+    big = "x" * (3 * 1024 * 1024)
+    seed(server, "Cart", "erin", big=big, small=1)
+    page.goto(object_url(ui, "Cart", "erin"))
+    row = page.locator('tr[data-key="big"]')
+    row.wait_for()
+    assert len(row.locator("pre").text_content()) < 5000
+    assert "Preview of a 3.0 MiB value" in row.locator(".truncated").text_content()
+    assert row.locator("button.edit").is_disabled()
+    href = row.locator("a.download").get_attribute("href")
+    downloaded = page.request.get(ui.base + href)
+    assert downloaded.ok and json.loads(downloaded.body()) == big
+    edit(page, "small", "2")  # the rest of the page still works
+    page.wait_for_selector("#message.ok")
+    assert state(rc, "Cart", "erin")["small"] == 2
+    assert len(state(rc, "Cart", "erin")["big"]) == len(big)
+
+
+def test_objects_are_paginated_and_searchable_by_prefix(
+    ui: UI, page: Any, rc: redis.Redis, server: Server
+) -> None:
+    names = [f"{'ab' if i % 3 else 'zz'}-{i:03d}" for i in range(150)]
+
+    async def fill() -> None:
+        async with RedisStateStore.from_url(server.url) as store:
+            for name in names:
+                async with store.object("Many", name) as s:
+                    s.set("n", 1)
+
+    run_async(fill)
+    page.goto(ui.base + "/#/s/Many")
+    links = page.locator("#objects a.object")
+    loaded = page.locator("#objects:not([data-loading])")  # no page request in flight
+    links.first.wait_for()
+    loaded.wait_for()
+    assert 50 <= links.count() < 150  # one page, not everything
+    for _ in range(20):  # bounded: each click loads one more page
+        if page.locator("#more").is_hidden():
+            break
+        page.locator("#more").click()
+        loaded.wait_for()
+    assert page.locator("#more").is_hidden()
+    assert sorted(set(links.all_text_contents())) == sorted(names)
+    page.locator("#prefix").fill("zz-")
+    page.locator("#prefix").press("Enter")
+    loaded.wait_for()
+    for _ in range(20):
+        if page.locator("#more").is_hidden():
+            break
+        page.locator("#more").click()
+        loaded.wait_for()
+    assert sorted(set(links.all_text_contents())) == sorted(n for n in names if n[:3] == "zz-")
+
+
+def test_add_and_delete_a_key(ui: UI, page: Any, rc: redis.Redis, server: Server) -> None:
+    seed(server, "Cart", "kim", a=1, b=2)
+    page.goto(object_url(ui, "Cart", "kim"))
+    page.wait_for_selector('tr[data-key="a"]')
+    page.locator("#add-key").click()
+    page.locator("#new-name").fill("c")
+    page.locator("#new-value").fill('{"deep": [1, "two"]}')
+    page.locator("#add-save").click()
+    page.wait_for_selector('tr[data-key="c"]')
+    assert state(rc, "Cart", "kim") == {"a": 1, "b": 2, "c": {"deep": [1, "two"]}}
+    delete = page.locator('tr[data-key="a"] button.delete')
+    delete.click()
+    assert delete.text_content() == "Really delete?"
+    assert state(rc, "Cart", "kim")["a"] == 1  # one click only arms it
+    delete.click()
+    page.wait_for_selector('tr[data-key="a"]', state="detached")
+    assert state(rc, "Cart", "kim") == {"b": 2, "c": {"deep": [1, "two"]}}
+
+
+def test_replace_the_whole_state_then_clear_all_with_typed_confirmation(
+    ui: UI, page: Any, rc: redis.Redis, server: Server
+) -> None:
+    seed(server, "Cart", "fay", a=1, b=2)
+    page.goto(object_url(ui, "Cart", "fay"))
+    page.wait_for_selector('tr[data-key="a"]')
+    page.locator("#replace-state").click()
+    page.locator("#state-editor").fill('{"a": 10, "c": {"$base64": "AAE="}}')
+    page.locator("#replace-save").click()
+    page.wait_for_selector("#message.ok")
+    assert state(rc, "Cart", "fay") == {"a": 10, "c": b"\x00\x01"}
+    page.wait_for_selector('#view[data-version="2"]')
+    page.locator("#clear-all").click()
+    confirm = page.locator("#clear-all-confirm")
+    page.locator("#confirm-clear").fill("delet")
+    assert confirm.is_disabled()
+    page.locator("#confirm-clear").fill("delete")
+    confirm.click()
+    page.wait_for_selector("#empty")
+    assert state(rc, "Cart", "fay") == {}
+
+
+def test_workflow_status_and_retention_are_shown(
+    ui: UI, page: Any, rc: redis.Redis, server: Server
+) -> None:
+    async def run() -> None:
+        async with (
+            RedisStateStore.from_url(server.url) as store,
+            store.workflow("Signup", "wf-7") as wf,
+        ):
+            wf.set("step", "mailed")
+
+    run_async(run)
+    page.goto(ui.base + "/#/s/Signup")
+    assert "workflow completed" in page.locator("#objects li").first.text_content()
+    page.goto(object_url(ui, "Signup", "wf-7"))
+    assert page.locator("#workflow-status").text_content() == "workflow completed"
+    assert page.locator("#retention").text_content().startswith(" · state expires in 23h 59m")
+
+
+def test_token_login_in_the_browser(page: Any, rc: redis.Redis, server: Server) -> None:
+    seed(server, "Cart", "gus", a=1)
+    guarded = start_ui(server, "--token", TOKEN)
+    try:
+        page.goto(guarded.base + "/")
+        page.wait_for_selector("#token-form:not([hidden])")
+        assert page.locator("#services").count() == 0
+        page.goto(guarded.base + f"/#token={TOKEN}")
+        page.locator("#services a.service", has_text="Cart").click()
+        page.locator("#objects a.object", has_text="gus").click()
+        edit(page, "a", "2")
+        page.wait_for_selector("#message.ok")
+        assert state(rc, "Cart", "gus") == {"a": 2}
+    finally:
+        guarded.stop()
+
+
+# -- the API's protections (plain HTTP) -------------------------------------------------------
+
+
+def change(base: str, **headers: str) -> httpx.Response:
+    body = {"service": "Cart", "key": "hal", "name": "a", "value": 2, "version": None}
+    sent = {"content-type": "application/json", "x-requested-by": "restate-redis", **headers}
+    sent = {k: v for k, v in sent.items() if v}
+    return httpx.put(base + "/api/value", content=json.dumps(body), headers=sent, timeout=10)
+
+
+def test_cross_site_and_rebinding_requests_are_refused(
+    ui: UI, rc: redis.Redis, server: Server
+) -> None:
+    seed(server, "Cart", "hal", a=1)
+    refused = {
+        "form post": change(ui.base, **{"content-type": "application/x-www-form-urlencoded"}),
+        "no custom header": change(ui.base, **{"x-requested-by": ""}),
+        "foreign origin": change(ui.base, origin="https://evil.example"),
+        "cross-site fetch": change(ui.base, **{"sec-fetch-site": "cross-site"}),
+        "rebound host": change(ui.base, host="evil.example:9071"),
+    }
+    for what, response in refused.items():
+        assert response.status_code in (403, 415), what
+        assert response.json()["code"] == "forbidden", what
+    assert state(rc, "Cart", "hal") == {"a": 1}
+    assert change(ui.base, origin=ui.base, **{"sec-fetch-site": "same-origin"}).status_code == 200
+    assert state(rc, "Cart", "hal") == {"a": 2}
+    page = httpx.get(ui.base + "/", timeout=10)
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_api_errors_are_clear(ui: UI, rc: redis.Redis, server: Server) -> None:
+    seed(server, "Cart", "ivy", a=1)
+    headers = {"content-type": "application/json", "x-requested-by": "restate-redis"}
+
+    def send(method: str, path: str, body: Any) -> httpx.Response:
+        return httpx.request(
+            method, ui.base + path, content=json.dumps(body), headers=headers, timeout=10
+        )
+
+    missing = send("PUT", "/api/value", {"service": "Cart", "key": "ivy", "name": "a", "value": 1})
+    assert missing.status_code == 400 and "'version' is required" in missing.json()["error"]
+    wrong = send("DELETE", "/api/state", {"service": "Cart", "key": "ivy", "version": None})
+    assert wrong.status_code == 400 and "'confirm' is required" in wrong.json()["error"]
+    unsure = send(
+        "DELETE", "/api/state", {"service": "Cart", "key": "ivy", "version": 1, "confirm": "y"}
+    )
+    assert unsure.status_code == 400 and "delete" in unsure.json()["error"]
+    gone = send("DELETE", "/api/value", {"service": "Cart", "key": "x", "name": "a", "version": 0})
+    assert gone.status_code == 404 and "does not exist" in gone.json()["error"]
+    stale = send("PUT", "/api/state", {"service": "Cart", "key": "ivy", "state": {}, "version": 0})
+    assert stale.status_code == 409 and stale.json()["code"] == "version_conflict"
+    assert state(rc, "Cart", "ivy") == {"a": 1}
+    listing = httpx.get(ui.base + "/api/objects", params={"service": "Cart"}, timeout=10)
+    assert listing.json() == {
+        "namespace": "restate",
+        "objects": [
+            {"key": "ivy", "kind": "object", "workflow_status": None, "retention_ms": None}
+        ],
+        "cursor": "0",
+    }
+
+
+def test_token_is_required_off_loopback_and_checked(rc: redis.Redis, server: Server) -> None:
+    refused = subprocess.run(
+        [SCRIPT, "ui", "--url", server.url, "--host", "0.0.0.0", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0
+    assert "refusing to listen on 0.0.0.0" in refused.stderr and "--token" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    guarded = start_ui(server, "--token", TOKEN)
+    try:
+        services = guarded.base + "/api/services"
+        assert httpx.get(services, timeout=10).status_code == 401
+        bad = {"authorization": "Bearer nope-nope-nope"}
+        assert httpx.get(services, headers=bad, timeout=10).status_code == 401
+        good = {"authorization": f"Bearer {TOKEN}"}
+        assert httpx.get(services, headers=good, timeout=10).status_code == 200
+        assert httpx.get(services, params={"token": TOKEN}, timeout=10).status_code == 200
+        assert change(guarded.base).status_code == 401
+        seed(server, "Cart", "jo", a=1)
+        assert change(guarded.base, authorization=f"Bearer {TOKEN}").status_code == 200
+        assert httpx.get(guarded.base + "/", timeout=10).status_code == 200  # the page is public
+    finally:
+        guarded.stop()
