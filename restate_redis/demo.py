@@ -431,12 +431,10 @@ def _hints(
 ) -> None:
     lines = [
         "Look at the state:",
-        f"  RESTATE_REDIS_URL={url} restate-redis kv get {cart.SERVICE} {key}",
+        f"  restate-redis kv get {cart.SERVICE} {key} --url {url}",
     ]
     if orders:
-        lines.append(
-            f"  RESTATE_REDIS_URL={url} restate-redis kv get {fulfilment.SERVICE} {orders[0]}"
-        )
+        lines.append(f"  restate-redis kv get {fulfilment.SERVICE} {orders[0]} --url {url}")
     lines.append(f"  restate-redis ui --url {url}   (then open http://127.0.0.1:9071)")
     if embedded and not with_ui:
         lines.append(
