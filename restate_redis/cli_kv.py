@@ -24,7 +24,7 @@ import click
 from redis.exceptions import RedisError
 
 from .admin import Admin, ObjectState
-from .errors import StateError, VersionConflictError
+from .errors import StateError, StoreUnavailableError, VersionConflictError
 from .serde import BytesSerde, JsonSerde, MsgPackSerde, Serde
 from .store import RedisStateStore
 
@@ -94,6 +94,10 @@ class Connection:
             namespace=self.namespace,
             serde=SERDES[self.serde](),
             acquire_timeout=self.acquire_timeout,
+            # a person is waiting: report an unreachable Redis after seconds, not the
+            # long retry budget that rides out a failover in a worker
+            retry_attempts=3,
+            retry_timeout=3,
             socket_connect_timeout=5,
         )
 
@@ -165,6 +169,8 @@ def run(conn: Connection, action: Callable[[Admin], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except VersionConflictError as exc:
         fail(str(exc), conn, EXIT_CONFLICT)
+    except StoreUnavailableError as exc:
+        fail(f"Redis at {redact_url(conn.url)}: {exc}", conn)
     except StateError as exc:
         fail(str(exc), conn)
     except (RedisError, OSError) as exc:

@@ -95,11 +95,11 @@ async def test_acquire_timeout(client: aioredis.Redis) -> None:
 
 
 async def test_lease_is_renewed_while_the_session_runs(client: aioredis.Redis) -> None:
-    store = RedisStateStore(client, lease_ttl=0.3, acquire_timeout=0.05)
+    store = RedisStateStore(client, lease_ttl=2, acquire_timeout=0.05)
     async with store.object("Counter", "a") as ctx:
         ctx.set("n", 1)
-        for _ in range(4):  # three lease lifetimes
-            await asyncio.sleep(0.25)
+        for _ in range(6):  # twice the lease's lifetime
+            await asyncio.sleep(0.7)
             with pytest.raises(LeaseTimeoutError):
                 async with store.object("Counter", "a"):
                     pass
