@@ -316,3 +316,39 @@ async def test_decorator_and_service_switch_reject_what_they_cannot_handle() -> 
     with pytest.raises(ValueError, match="workflow_retention"):
         store.restate_state(workflow_retention=-1)
     await store.aclose()
+
+
+async def test_the_example_service_answers_through_restate(
+    redis_server: Server, r: aioredis.Redis
+) -> None:
+    """examples/service.py, as the README runs it: Counter, NativeCounter and Signup."""
+    env = {"RESTATE_REDIS_URL": redis_server.url, "RESTATE_REDIS_NAMESPACE": "example"}
+    example = start_stack("examples.service:app", env)
+    try:
+        async with httpx.AsyncClient(base_url=example.ingress, timeout=60) as c:
+            key, email = new_key(), f"{new_key()}@example.com"
+            assert await call(c, f"/Counter/{key}/add", 5) == 5
+            assert await call(c, f"/Counter/{key}/add", 2) == 7
+            assert await call(c, f"/Counter/{key}/get") == 7
+            assert await call(c, f"/NativeCounter/{key}/add", 3) == 3
+            sent = await c.post(f"/Signup/{email}/run/send", json=email)
+            assert sent.status_code in (200, 202), sent.text
+            assert await call(c, f"/Signup/{email}/status") == {
+                "email": None,
+                "user_id": None,
+                "status": None,
+            }
+            await call(c, f"/Signup/{email}/confirm", True)
+            attached = await c.get(f"/restate/workflow/Signup/{email}/attach")
+            assert attached.status_code == 200 and attached.json() == "active"
+            status = await call(c, f"/Signup/{email}/status")
+            assert status["email"] == email and status["status"] == "active"
+            assert status["user_id"].startswith("user-")
+            await call(c, f"/Counter/{key}/reset")
+            assert await call(c, f"/Counter/{key}/get") == 0
+        example_keys = Keyspace("example")
+        assert not await r.exists(example_keys.object_keys("Counter", key).state)
+        assert await r.exists(example_keys.object_keys("Signup", email).state)
+        assert not await r.exists(example_keys.object_keys("NativeCounter", key).state)
+    finally:
+        example.stop()
