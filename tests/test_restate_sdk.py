@@ -37,13 +37,17 @@ def redis_server() -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server: Server) -> Iterator[RestateStack]:
+def stack(redis_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestateStack]:
     env = {
         "RESTATE_REDIS_URL": redis_server.url,
         "RESTATE_REDIS_NAMESPACE": NAMESPACE,
         "RR_TEST_RETENTION": "1.5",
     }
-    s = start_stack("tests.restate_app:app", env)
+    # No connection recycling here (hypercorn's default closes one after 1,000 requests and an
+    # invocation cut off by it waits a minute): these tests count attempts exactly.
+    config = tmp_path_factory.mktemp("hypercorn") / "hypercorn.toml"
+    config.write_text("keep_alive_max_requests = 1000000000\n")
+    s = start_stack("tests.restate_app:app", env, ("--config", str(config)))
     yield s
     s.stop()
 
