@@ -265,7 +265,7 @@ class Session:
         run = "1" if self.kind == "workflow" and not self.shared else "0"
         args: list[Any] = [
             self._token,
-            int(store.lease_ttl * 1000),
+            store.lease_ttl_ms,
             self.mode,
             store.eager_state_size_limit,
             run,
@@ -344,14 +344,17 @@ class Session:
         if self._lease_lost:
             raise self._lost()
         deletes = [n for n, v in self._writes.items() if v is None]
+        flags = (
+            ("c" if self._cleared_all else "")
+            + ("r" if self.record_prior else "")
+            + ("w" if self.kind == "workflow" else "")
+        )
         args: list[Any] = [
             self._token,
             self._commit_id,
-            "1" if self._cleared_all else "0",
-            "1" if self.record_prior else "0",
+            flags,
             int(self._expire * 1000) if self._expire else 0,
-            "1" if self.kind == "workflow" else "0",
-            int(store.lease_ttl * 1000),
+            store.lease_ttl_ms,
             len(deletes),
             *deletes,
         ]
@@ -371,6 +374,8 @@ class Session:
         def attempt() -> Any:
             nonlocal attempts
             attempts += 1
+            if attempts == 2:  # a retry: the first attempt may have applied
+                args[2] = flags + "a"
             return store.run_commit(keys, args, self.where)
 
         reply = await self._call("commit", attempt)
@@ -392,7 +397,7 @@ class Session:
         if self._lease_lost:
             return
         keys = [self.keys.lease, self.keys.wake]
-        args: list[Any] = [self._token, int(self.store.lease_ttl * 1000)]
+        args: list[Any] = [self._token, self.store.lease_ttl_ms]
         await self._call("release", lambda: self.store.scripts.release(keys, args))
 
     def _start_renewer(self) -> None:
@@ -404,7 +409,7 @@ class Session:
         store = self.store
         interval = store.lease_ttl / 3
         keys = [self.keys.lease]
-        args: list[Any] = [self._token, int(store.lease_ttl * 1000)]
+        args: list[Any] = [self._token, store.lease_ttl_ms]
         while True:
             try:
                 renewed = await self._call("renew", lambda: store.scripts.renew(keys, args))
