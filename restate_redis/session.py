@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -438,7 +439,7 @@ class Session:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def where(self) -> str:
         """The 'service'/'key' phrase error messages use for this session."""
         return where(self.service, self._key)
