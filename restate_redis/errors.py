@@ -82,3 +82,7 @@ class UnknownObjectError(StateError, LookupError):
 
 class InvalidPatchError(StateError, ValueError):
     """A JSON Patch (RFC 6902) is malformed or does not apply to the object's state."""
+
+
+class EmbeddedServerError(StateError):
+    """The embedded Valkey server (restate-redis demo / bench) could not be started."""

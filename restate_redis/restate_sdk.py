@@ -135,7 +135,7 @@ class RestateState:
         handlers = getattr(target, "handlers", None)
         if isinstance(handlers, dict) and hasattr(target, "service_tag"):
             return self._switch_service(target, handlers)
-        registered = vars(target).get(RESTATE_UNIQUE_HANDLER_SYMBOL) if callable(target) else None
+        registered = getattr(target, "__dict__", {}).get(RESTATE_UNIQUE_HANDLER_SYMBOL)
         if registered is not None:
             # Put above @obj.handler() instead of under it: switch the registered handler.
             registered.fn = self._wrap(registered.fn)

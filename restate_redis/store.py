@@ -121,6 +121,7 @@ class RedisStateStore:
         self.client = client
         self.keyspace = Keyspace(namespace)
         self.lease_ttl = seconds(lease_ttl, "lease_ttl")
+        self.lease_ttl_ms = max(1, int(self.lease_ttl * 1000))
         self.acquire_timeout = seconds(acquire_timeout, "acquire_timeout", allow_zero=True)
         self.eager_state_size_limit = _positive_int(
             eager_state_size_limit, "eager_state_size_limit"

@@ -202,5 +202,20 @@ def make_flow(mode: str) -> restate.Workflow:
     return store.restate_state(state_preload=MODES[mode], workflow_retention=RETENTION)(flow)
 
 
+crash_flow = restate.Workflow("FlowCrash")
+
+
+@crash_flow.main(name="run")
+@after_commit("crash", times=1)
+@store.restate_state(workflow_retention=timedelta(minutes=5))
+async def crash_run(ctx: WorkflowContext, name: str) -> str:
+    """Completes the workflow in Redis, then its worker dies; Restate retries the run."""
+    ctx.set("name", name)
+    runs = (await ctx.get("runs", type_hint=int) or 0) + 1
+    ctx.set("runs", runs)
+    return f"{name} run {runs}"
+
+
 services: list[Any] = [make_counter(m) for m in MODES] + [make_flow(m) for m in MODES]
+services.append(crash_flow)
 app = restate.app(services)

@@ -37,13 +37,17 @@ def redis_server() -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server: Server) -> Iterator[RestateStack]:
+def stack(redis_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestateStack]:
     env = {
         "RESTATE_REDIS_URL": redis_server.url,
         "RESTATE_REDIS_NAMESPACE": NAMESPACE,
         "RR_TEST_RETENTION": "1.5",
     }
-    s = start_stack("tests.restate_app:app", env)
+    # No connection recycling here (hypercorn's default closes one after 1,000 requests and an
+    # invocation cut off by it waits a minute): these tests count attempts exactly.
+    config = tmp_path_factory.mktemp("hypercorn") / "hypercorn.toml"
+    config.write_text("keep_alive_max_requests = 1000000000\n")
+    s = start_stack("tests.restate_app:app", env, ("--config", str(config)))
     yield s
     s.stop()
 
@@ -181,6 +185,24 @@ async def test_crash_after_the_commit_applies_once_and_returns_the_same(
     assert await call(ingress, f"/{service}/{key}/add", 1) == 16
 
 
+async def test_a_workflow_run_cut_after_its_commit_completes_once(
+    stack: RestateStack, ingress: httpx.AsyncClient, r: aioredis.Redis
+) -> None:
+    # The retry opens a run session on a workflow already completed by its own commit id:
+    # it replays the view from before that commit instead of being refused.
+    wf_id, restarts = new_key(), stack.deployment.restarts
+    resp = await ingress.post(f"/FlowCrash/{wf_id}/run", json="ann")
+    assert resp.status_code == 200 and resp.json() == "ann run 1"
+    stack.deployment.wait_restarts(restarts + 1)
+    inv = resp.headers["x-restate-id"]
+    assert await attempts(r, "after-crash", inv) == 2
+    assert await r.lrange(f"rrtest:results:{inv}", 0, -1) == [b"'ann run 1'"]
+    assert await stored(r, "FlowCrash", wf_id) == {"name": "ann", "runs": 1}
+    keys = keyspace.object_keys("FlowCrash", wf_id)
+    assert await r.hget(keys.meta, "wf") == b"completed"
+    assert 0 < await r.pttl(keys.state) <= 300_000
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_crash_inside_the_session_retry_takes_over_its_lease(
     mode: str, stack: RestateStack, ingress: httpx.AsyncClient, r: aioredis.Redis
@@ -298,3 +320,39 @@ async def test_decorator_and_service_switch_reject_what_they_cannot_handle() -> 
     with pytest.raises(ValueError, match="workflow_retention"):
         store.restate_state(workflow_retention=-1)
     await store.aclose()
+
+
+async def test_the_example_service_answers_through_restate(
+    redis_server: Server, r: aioredis.Redis
+) -> None:
+    """examples/service.py, as the README runs it: Counter, NativeCounter and Signup."""
+    env = {"RESTATE_REDIS_URL": redis_server.url, "RESTATE_REDIS_NAMESPACE": "example"}
+    example = start_stack("examples.service:app", env)
+    try:
+        async with httpx.AsyncClient(base_url=example.ingress, timeout=60) as c:
+            key, email = new_key(), f"{new_key()}@example.com"
+            assert await call(c, f"/Counter/{key}/add", 5) == 5
+            assert await call(c, f"/Counter/{key}/add", 2) == 7
+            assert await call(c, f"/Counter/{key}/get") == 7
+            assert await call(c, f"/NativeCounter/{key}/add", 3) == 3
+            sent = await c.post(f"/Signup/{email}/run/send", json=email)
+            assert sent.status_code in (200, 202), sent.text
+            assert await call(c, f"/Signup/{email}/status") == {
+                "email": None,
+                "user_id": None,
+                "status": None,
+            }
+            await call(c, f"/Signup/{email}/confirm", True)
+            attached = await c.get(f"/restate/workflow/Signup/{email}/attach")
+            assert attached.status_code == 200 and attached.json() == "active"
+            status = await call(c, f"/Signup/{email}/status")
+            assert status["email"] == email and status["status"] == "active"
+            assert status["user_id"].startswith("user-")
+            await call(c, f"/Counter/{key}/reset")
+            assert await call(c, f"/Counter/{key}/get") == 0
+        example_keys = Keyspace("example")
+        assert not await r.exists(example_keys.object_keys("Counter", key).state)
+        assert await r.exists(example_keys.object_keys("Signup", email).state)
+        assert not await r.exists(example_keys.object_keys("NativeCounter", key).state)
+    finally:
+        example.stop()

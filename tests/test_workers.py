@@ -95,7 +95,7 @@ def test_commit_cut_off_mid_send_applies_nothing(server: Server) -> None:
         r.flushall()
         r.hset(keys.state, mapping={"a": b"old", "b": b"old"})
         sha = r.script_load(source("commit"))
-        args = ["", "", "1", "0", 0, "0", 1000, 0, "a", b"new" * 10_000, "b", b"new"]
+        args = ["", "", "c", 0, 1000, 0, "a", b"new" * 10_000, "b", b"new"]
         packed = b"".join(
             Connection().pack_command(
                 "EVALSHA", sha, 5, keys.state, keys.meta, keys.lease, keys.wake, keys.prev, *args

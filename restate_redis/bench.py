@@ -1,0 +1,440 @@
+"""``restate-redis bench``: the adapter measured against raw redis-py and a Dapr-style layout.
+
+One run, one server, several repetitions of every case (interleaved, so drift hits every case
+alike), medians reported. Round trips and bytes per session are counted on the wire
+(:mod:`restate_redis.bench_meter`), not assumed. The workloads and what "raw redis-py" means
+are in :mod:`restate_redis.bench_workloads`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import click
+from redis.exceptions import RedisError
+
+from .bench_meter import METER, CountingConnection
+from .bench_workloads import NAMESPACE, Case, Workloads
+from .errors import StateError
+from .store import RedisStateStore
+from .urls import redact
+
+SCHEMA = 1
+
+
+@dataclass
+class Sample:
+    """One repetition of one case."""
+
+    ops_per_s: float
+    p50_ms: float
+    p99_ms: float
+    round_trips: float  # per session
+    replies: float
+    bytes_out: float
+    bytes_in: float
+    client_cpu_us: float  # this process's CPU time per session
+    server_cpu_us: float  # the server's CPU time per session (INFO cpu), if it is ours alone
+
+
+@dataclass
+class Result:
+    """Every repetition of one case, and their medians."""
+
+    case: Case
+    samples: list[Sample] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def median(self, name: str) -> float:
+        return float(statistics.median(getattr(s, name) for s in self.samples))
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.case
+        names = (
+            "ops_per_s", "p50_ms", "p99_ms", "round_trips", "replies", "bytes_out", "bytes_in",
+            "client_cpu_us", "server_cpu_us",
+        )  # fmt: skip
+        return {
+            "id": c.id,
+            "workload": c.workload,
+            "system": c.system,
+            "variant": c.variant,
+            "concurrency": c.concurrency,
+            "sessions": c.sessions,
+            **{name: round(self.median(name), 4) for name in names},
+            "samples": [s.__dict__ for s in self.samples],
+            "problems": self.problems,
+        }
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Nearest-rank quantile ``q`` (0..1)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+async def server_cpu(client: Any) -> float:
+    """Seconds of CPU the server has used (user + system)."""
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def measure(case: Case, client: Any) -> Sample:
+    """Run ``case.sessions`` sessions over ``case.concurrency`` lanes.
+
+    Besides wall-clock numbers it records CPU time per session, client and server: on a
+    shared machine those are far steadier than throughput, and on a saturated box they are
+    what bounds it.
+    """
+    latencies: list[float] = []
+
+    async def lane(j: int) -> None:
+        op, clock = case.op, time.perf_counter
+        for _ in range(j, case.sessions, case.concurrency):
+            started = clock()
+            await op(j)
+            latencies.append(clock() - started)
+
+    server_before = await server_cpu(client)
+    METER.reset()
+    cpu_before = time.process_time()
+    started = time.perf_counter()
+    await asyncio.gather(*(lane(j) for j in range(case.concurrency)))
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_before
+    counted = (METER.round_trips, METER.replies, METER.bytes_out, METER.bytes_in)
+    server = await server_cpu(client) - server_before
+    n = case.sessions
+    return Sample(
+        ops_per_s=n / elapsed,
+        p50_ms=quantile(latencies, 0.5) * 1000,
+        p99_ms=quantile(latencies, 0.99) * 1000,
+        round_trips=counted[0] / n,
+        replies=counted[1] / n,
+        bytes_out=counted[2] / n,
+        bytes_in=counted[3] / n,
+        client_cpu_us=cpu / n * 1e6,
+        server_cpu_us=server / n * 1e6,
+    )
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo ("" where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+async def machine(client: Any) -> dict[str, Any]:
+    """Where the numbers come from."""
+    info = await client.info("server")
+    cpu = cpu_model()
+    from redis.utils import HIREDIS_AVAILABLE
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    server = (
+        "valkey" if info.get("valkey_version") or info.get("server_name") == "valkey" else "redis"
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu or platform.processor(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "server": server,
+        "server_version": info.get("valkey_version") or info.get("redis_version"),
+        "redis_py": version("redis"),
+        "hiredis": version("hiredis") if HIREDIS_AVAILABLE else None,
+        "parser": "hiredis" if HIREDIS_AVAILABLE else "python",
+    }
+
+
+def ratios(results: dict[str, Result]) -> dict[str, float]:
+    """Adapter over its comparison, from the medians of the same run (throughput ratios)."""
+
+    def r(a: str, b: str) -> float:
+        return results[a].median("ops_per_s") / results[b].median("ops_per_s")
+
+    def cpu(case_id: str) -> float:
+        return results[case_id].median("client_cpu_us") + results[case_id].median("server_cpu_us")
+
+    out: dict[str, float] = {}
+    for case_id in results:
+        if case_id.startswith("w1.adapter."):
+            out[f"adapter/raw {case_id[11:]}"] = r(case_id, "w2.raw." + case_id[11:])
+            # The same comparison by CPU (client + server) per session, inverted so that it
+            # reads like a throughput ratio: steadier than wall time on a shared machine.
+            out[f"adapter/raw by CPU {case_id[11:]}"] = cpu("w2.raw." + case_id[11:]) / cpu(case_id)
+        elif case_id.startswith("w3.adapter."):
+            out[f"adapter/dapr {case_id[11:]}"] = r(case_id, "w3.dapr." + case_id[11:])
+        elif case_id.startswith("w6.adapter."):
+            out[f"adapter/raw shared {case_id[11:]}"] = r(case_id, "w6.raw." + case_id[11:])
+    out["lazy/eager 1 of 1,000 x 1 KiB"] = r("w4.adapter.lazy", "w4.adapter.eager")
+    out["preload/eager 1 of 1,000 x 1 KiB"] = r("w4.adapter.preload", "w4.adapter.eager")
+    return out
+
+
+def targets(results: dict[str, Result], rat: dict[str, float]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and whether it is met."""
+    c = max(r.case.concurrency for r in results.values())
+    rows: list[tuple[str, float, str, bool]] = []
+    for key in ("eager.c1", f"eager.c{c}"):
+        v = rat[f"adapter/raw {key}"]
+        rows.append((f"workload 1 adapter/raw throughput, {key}", v, ">= 0.85", v >= 0.85))
+    for name, case_id, want in (
+        ("round trips, eager exclusive session", "w1.adapter.eager.c1", 2),
+        ("round trips, shared eager session", "w6.adapter.c1", 1),
+        ("round trips, lazy read of one key", "w4.adapter.lazy", 3),
+    ):
+        v = results[case_id].median("round_trips")
+        rows.append((name, v, f"= {want}", v == want))
+    v = rat["lazy/eager 1 of 1,000 x 1 KiB"]
+    rows.append(("lazy/eager one-key read, 1,000 x 1 KiB", v, ">= 20", v >= 20))
+    for k in (5, 10):
+        v = rat[f"adapter/dapr k{k}"]
+        rows.append((f"adapter/dapr-style throughput, {k} keys", v, "> 1", v > 1))
+    return [{"target": t, "measured": round(v, 3), "want": w, "met": ok} for t, v, w, ok in rows]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown tables (for the README)."""
+    m = report["machine"]
+    lines = [
+        f"Machine: {m['nproc']} cores, {m['cpu']}, {m['os']}; {m['server']} "
+        f"{m['server_version']} on loopback; Python {m['python']}, redis-py {m['redis_py']} "
+        f"with the {m['parser']} parser"
+        + (f" (hiredis {m['hiredis']})" if m["hiredis"] else "")
+        + f"; medians of {report['settings']['repetitions']} repetitions.",
+        "",
+        "| workload | system | variant | conc | ops/s | p50 ms | p99 ms | RT/session "
+        "| bytes out | bytes in | client CPU µs | server CPU µs |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in report["cases"]:
+        lines.append(
+            f"| {c['workload']} | {c['system']} | {c['variant']} | {c['concurrency']} "
+            f"| {c['ops_per_s']:,.0f} | {c['p50_ms']:.3f} | {c['p99_ms']:.3f} "
+            f"| {c['round_trips']:g} | {c['bytes_out']:,.0f} | {c['bytes_in']:,.0f} "
+            f"| {c['client_cpu_us']:,.0f} | {c['server_cpu_us']:,.0f} |"
+        )
+    lines += ["", "| ratio (throughput) | value |", "| --- | ---: |"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in report["ratios"].items()]
+    lines += ["", "| target | measured | want | met |", "| --- | ---: | --- | --- |"]
+    lines += [
+        f"| {t['target']} | {t['measured']:g} | {t['want']} | {'yes' if t['met'] else 'NO'} |"
+        for t in report["targets"]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+async def run_bench(
+    url: str,
+    *,
+    repetitions: int,
+    scale: float,
+    concurrency: int,
+    hot_concurrency: int,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Run every case ``repetitions`` times against ``url``; the JSON report."""
+    from redis.asyncio import ConnectionPool, Redis
+
+    pool = ConnectionPool.from_url(url, connection_class=CountingConnection)
+    client = Redis(connection_pool=pool)
+    store = RedisStateStore(client, namespace=NAMESPACE, acquire_timeout=60)
+    try:
+        mach = await machine(client)
+        work = Workloads(store, concurrency, scale)
+        await work.setup()
+        cases = work.cases(hot_concurrency)
+        results = {c.id: Result(c) for c in cases}
+        for case in cases:  # warm: scripts loaded, one connection per lane in the pool
+            await measure(Case(**{**case.__dict__, "sessions": case.concurrency}), client)
+            if case.check is not None:
+                await case.check(case.concurrency)
+        for rep in range(repetitions):
+            for case in cases:
+                if progress is not None:
+                    progress(rep, case)
+                sample = await measure(case, client)
+                results[case.id].samples.append(sample)
+                if case.check is not None and (problem := await case.check(case.sessions)):
+                    results[case.id].problems.append(problem)
+        await work.cleanup()
+    finally:
+        await client.aclose()
+    rat = ratios(results)
+    return {
+        "schema": SCHEMA,
+        "machine": mach,
+        "settings": {
+            "repetitions": repetitions,
+            "scale": scale,
+            "concurrency": concurrency,
+            "hot_concurrency": hot_concurrency,
+            "url": redact(url),
+        },
+        "cases": [r.to_json() for r in results.values()],
+        "ratios": {k: round(v, 4) for k, v in rat.items()},
+        "targets": targets(results, rat),
+    }
+
+
+@click.command("bench")
+@click.option("--url", default=None, help="Measure this Redis instead of the embedded server.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the report as JSON here.",
+)
+@click.option("--quick", is_flag=True, help="A few sessions per case, one repetition: seconds.")
+@click.option(
+    "--repetitions",
+    type=click.IntRange(1, 100),
+    default=None,
+    help="Repetitions of every case [default: 5, --quick: 1].",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    default=64,
+    show_default=True,
+    help="Concurrent objects in the concurrent cases.",
+)
+@click.option(
+    "--hot-concurrency",
+    type=click.IntRange(1, 1024),
+    default=16,
+    show_default=True,
+    help="Concurrent sessions on the one object of the hot-key case.",
+)
+@click.option(
+    "--markdown",
+    "md_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the tables as Markdown here.",
+)
+def bench_command(
+    url: str | None,
+    json_path: Path | None,
+    quick: bool,
+    repetitions: int | None,
+    concurrency: int,
+    hot_concurrency: int,
+    md_path: Path | None,
+) -> None:
+    """Measure the adapter against raw redis-py and a Dapr-style layout on one server."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:  # a log file: keep each table row on one line
+        console = Console(width=160)
+    reps = repetitions or (1 if quick else 5)
+    scale = 0.05 if quick else 1.0
+    embedded = None
+    if url is None:
+        from .embedded import EmbeddedServer, exit_cleanly_on_sigterm
+
+        exit_cleanly_on_sigterm()
+        embedded = EmbeddedServer()
+        try:
+            url = embedded.start()
+        except Exception as exc:
+            raise click.ClickException(str(exc)) from exc
+    try:
+        from redis.utils import HIREDIS_AVAILABLE
+
+        parser = "hiredis parser" if HIREDIS_AVAILABLE else "pure-Python parser (no hiredis)"
+        where = "embedded Valkey" if embedded else "Redis"
+        console.print(f"Benchmarking {where} at {redact(url)} with redis-py and the {parser}")
+
+        def progress(rep: int, case: Case) -> None:
+            console.print(f"  repetition {rep + 1}/{reps}: {case.id}", highlight=False, end="\r")
+
+        try:
+            report = asyncio.run(
+                run_bench(
+                    url,
+                    repetitions=reps,
+                    scale=scale,
+                    concurrency=concurrency,
+                    hot_concurrency=hot_concurrency,
+                    progress=progress if console.is_terminal else None,
+                )
+            )
+        except (ValueError, RedisError, StateError) as exc:
+            raise click.ClickException(f"{redact(url)}: {exc}") from exc
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    _print(console, report)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        console.print(f"JSON report: {json_path}")
+    if md_path is not None:
+        md_path.write_text(markdown(report), encoding="utf-8")
+    problems = [p for c in report["cases"] for p in c["problems"]]
+    if problems:
+        for p in problems:
+            console.print(f"[red]{p}[/]")
+        sys.exit(1)
+
+
+def _print(console: Any, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    m = report["machine"]
+    console.print(
+        f"{m['nproc']} cores, {m['cpu']}; {m['server']} {m['server_version']}; Python "
+        f"{m['python']}, redis-py {m['redis_py']}, parser {m['parser']}"
+        + (f" (hiredis {m['hiredis']})" if m["hiredis"] else " (hiredis NOT installed)"),
+        highlight=False,
+    )
+    table = Table(title=f"medians of {report['settings']['repetitions']} repetition(s)")
+    cols = ("workload", "system", "variant", "conc", "ops/s", "p50 ms", "p99 ms", "RT/sess",
+            "B out", "B in", "client CPU us", "server CPU us")  # fmt: skip
+    for col in cols:
+        table.add_column(col, justify="left" if col in cols[:3] else "right")
+    for c in report["cases"]:
+        table.add_row(
+            c["workload"], c["system"], c["variant"], str(c["concurrency"]),
+            f"{c['ops_per_s']:,.0f}", f"{c['p50_ms']:.3f}", f"{c['p99_ms']:.3f}",
+            f"{c['round_trips']:g}", f"{c['bytes_out']:,.0f}", f"{c['bytes_in']:,.0f}",
+            f"{c['client_cpu_us']:,.0f}", f"{c['server_cpu_us']:,.0f}",
+        )  # fmt: skip
+    console.print(table)
+    ratio = Table(title="ratios (throughput, same run)")
+    ratio.add_column("ratio")
+    ratio.add_column("value", justify="right")
+    for k, v in report["ratios"].items():
+        ratio.add_row(k, f"{v:.2f}")
+    console.print(ratio)
+    tgt = Table(title="targets")
+    for col in ("target", "measured", "want", "met"):
+        tgt.add_column(col, justify="right" if col == "measured" else "left")
+    for t in report["targets"]:
+        tgt.add_row(
+            t["target"], f"{t['measured']:g}", t["want"], "yes" if t["met"] else "[red]NO[/]"
+        )
+    console.print(tgt)

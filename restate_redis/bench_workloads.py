@@ -1,0 +1,237 @@
+"""The benchmark's workloads: the adapter, raw redis-py and a Dapr-style layout, side by side.
+
+Every case is a coroutine doing one session (one invocation's state work), run ``sessions``
+times over ``concurrency`` lanes; lane ``j`` of a multi-object case works on its own object.
+
+What "raw redis-py" means here, precisely: the fewest commands a hand-written handler needs to
+do the same reads and writes on the same hash, and nothing else: no lease (so no mutual
+exclusion), no atomic multi-key commit, no version, no commit id. For an eager read that is
+``HGETALL`` of the state hash then ``HSET`` of the written field (2 round trips); for a lazy
+read ``HGET`` then ``HSET`` (2 round trips); for a shared read ``HGETALL`` (1). It is the floor
+the adapter pays on top of, not a correct alternative. Both sides decode the value read and
+encode the value written with msgpack, so the ratio measures the state protocol, not the serde.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from .bench_dapr import DaprStyleState
+from .store import RedisStateStore
+
+NAMESPACE = "restate-bench"  # every key the bench writes starts with this or DAPR_APP
+DAPR_APP = "restate-bench-dapr"
+
+SMALL_KEYS = 10  # workload 1, 3, 6: an object of 10 state keys of 100 bytes
+SMALL_VALUE = msgpack.packb(b"v" * 98)  # 100 bytes encoded
+BIG_KEYS = 1000  # workload 4: 1,000 state keys of 1 KiB
+BIG_VALUE = msgpack.packb(b"b" * 1021)  # 1,024 bytes encoded
+DAPR_KEYS = (1, 5, 10)
+
+Op = Callable[[int], Awaitable[None]]
+
+
+@dataclass
+class Case:
+    """One measured line of the table."""
+
+    id: str
+    workload: str
+    system: str  # adapter | raw | dapr
+    variant: str
+    concurrency: int
+    sessions: int
+    op: Op
+    check: Callable[[int], Awaitable[str | None]] | None = None  # after a run of n sessions
+
+
+def small_names() -> list[str]:
+    return [f"k{i}" for i in range(SMALL_KEYS)]
+
+
+class Workloads:
+    """Builds the state the cases need, and the cases themselves."""
+
+    def __init__(self, store: RedisStateStore, concurrency: int, scale: float) -> None:
+        self.store = store
+        self.client = store.client
+        self.concurrency = concurrency
+        self.scale = scale
+        self.objects = [f"obj-{j}" for j in range(concurrency)]
+
+    def n(self, sessions: int) -> int:
+        """A session count scaled for --quick, at least one per lane."""
+        return max(self.concurrency, int(sessions * self.scale))
+
+    def state_key(self, service: str, key: str) -> str:
+        return self.store.keyspace.object_keys(service, key).state
+
+    async def setup(self) -> None:
+        await self.cleanup()
+        for svc in ("W1", "W3", "W6"):
+            for obj in self.objects:
+                async with self.store.object(svc, obj) as ctx:
+                    for name in small_names():
+                        ctx.set(name, b"v" * 98)
+        async with self.store.object("W4", "big") as ctx:
+            for i in range(BIG_KEYS):
+                ctx.set(f"k{i:04d}", b"b" * 1021)
+        async with self.store.object("W5", "hot") as ctx:
+            ctx.set("n", 0)
+        self.dapr = DaprStyleState(self.client, DAPR_APP, "W3", "obj-0")
+        for name in small_names():
+            await self.dapr.set(name, SMALL_VALUE, "")
+
+    async def cleanup(self) -> None:
+        """Delete every key the bench wrote (only those: the server may be the user's)."""
+        for prefix in (NAMESPACE, DAPR_APP):
+            batch: list[bytes] = []
+            async for key in self.client.scan_iter(match=f"{prefix}*", count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    await self.client.unlink(*batch)
+                    batch = []
+            if batch:
+                await self.client.unlink(*batch)
+
+    # -- workload 1 and 2: one read and one write, adapter versus raw redis-py --------------
+
+    def adapter_rw(self, lazy: bool) -> Op:
+        store, objects = self.store, self.objects
+
+        async def op(j: int) -> None:
+            async with store.object("W1", objects[j], state_preload=not lazy) as ctx:
+                ctx.set("k7", await ctx.get("k3"))
+
+        return op
+
+    def raw_rw(self, lazy: bool) -> Op:
+        client = self.client
+        keys = [self.state_key("W1", obj) for obj in self.objects]
+
+        async def op(j: int) -> None:
+            if lazy:
+                value = msgpack.unpackb(await client.hget(keys[j], "k3"))
+            else:
+                value = msgpack.unpackb((await client.hgetall(keys[j]))[b"k3"])
+            await client.hset(keys[j], "k7", msgpack.packb(value))
+
+        return op
+
+    # -- workload 3: read and write k keys, adapter versus the Dapr-style layout -------------
+
+    def adapter_k(self, k: int) -> Op:
+        store, names = self.store, small_names()[:k]
+
+        async def op(j: int) -> None:
+            async with store.object("W3", "obj-0") as ctx:
+                for name in names:
+                    ctx.set(name, await ctx.get(name))
+
+        return op
+
+    def dapr_k(self, k: int) -> Op:
+        dapr, names = self.dapr, small_names()[:k]
+
+        async def op(j: int) -> None:
+            read = [await dapr.get(name) for name in names]
+            for name, (data, etag) in zip(names, read, strict=True):
+                await dapr.set(name, msgpack.packb(msgpack.unpackb(data or b"\xc0")), etag)
+
+        return op
+
+    # -- workload 4: large state, a handler that reads one key -------------------------------
+
+    def big_read(self, mode: str) -> Op:
+        store = self.store
+        preload: Any = {"lazy": False, "eager": True, "preload": ["k0500"]}[mode]
+
+        async def op(j: int) -> None:
+            async with store.object("W4", "big", state_preload=preload) as ctx:
+                await ctx.get("k0500")
+
+        return op
+
+    # -- workload 5: hot key, every lane on one object ---------------------------------------
+
+    def hot(self) -> tuple[Op, Callable[[int], Awaitable[str | None]]]:
+        store = self.store
+        before = [0]
+
+        async def op(j: int) -> None:
+            async with store.object("W5", "hot") as ctx:
+                ctx.set("n", (await ctx.get("n")) + 1)
+
+        async def check(n: int) -> str | None:
+            async with store.object("W5", "hot", shared=True) as ctx:
+                now = int(await ctx.get("n"))
+            lost = before[0] + n - now
+            before[0] = now
+            return None if lost == 0 else f"hot key: {lost} lost updates"
+
+        return op, check
+
+    # -- workload 6: shared read-only sessions -----------------------------------------------
+
+    def adapter_shared(self) -> Op:
+        store, objects = self.store, self.objects
+
+        async def op(j: int) -> None:
+            async with store.object("W6", objects[j], shared=True) as ctx:
+                await ctx.get("k3")
+                await ctx.get("k7")
+
+        return op
+
+    def raw_shared(self) -> Op:
+        client = self.client
+        keys = [self.state_key("W6", obj) for obj in self.objects]
+
+        async def op(j: int) -> None:
+            fields = await client.hgetall(keys[j])
+            msgpack.unpackb(fields[b"k3"])
+            msgpack.unpackb(fields[b"k7"])
+
+        return op
+
+    # -- the list ------------------------------------------------------------------------------
+
+    def cases(self, hot_concurrency: int) -> list[Case]:
+        c = self.concurrency
+        n_seq, n_conc = self.n(1000), self.n(2000)
+        out: list[Case] = []
+        w1 = "1/2 read+write, 10 x 100 B"
+        for lazy in (False, True):
+            mode = "lazy" if lazy else "eager"
+            for conc, n in ((1, n_seq), (c, n_conc)):
+                out.append(
+                    Case(f"w1.adapter.{mode}.c{conc}", w1, "adapter", mode, conc, n,
+                         self.adapter_rw(lazy))
+                )  # fmt: skip
+                out.append(
+                    Case(f"w2.raw.{mode}.c{conc}", w1, "raw", mode, conc, n, self.raw_rw(lazy))
+                )
+        w3 = "3 read+write k keys"
+        for k in DAPR_KEYS:
+            n = self.n(600 // k + 100)
+            out.append(Case(f"w3.adapter.k{k}", w3, "adapter", f"k={k}", 1, n, self.adapter_k(k)))
+            out.append(Case(f"w3.dapr.k{k}", w3, "dapr", f"k={k}", 1, n, self.dapr_k(k)))
+        w4 = "4 read 1 of 1,000 x 1 KiB"
+        for mode, n in (("lazy", 500), ("preload", 500), ("eager", 60)):
+            out.append(Case(f"w4.adapter.{mode}", w4, "adapter", mode, 1, self.n(n),
+                            self.big_read(mode)))  # fmt: skip
+        op, check = self.hot()
+        hc = min(hot_concurrency, c) if self.scale < 1 else hot_concurrency
+        out.append(
+            Case("w5.adapter.hot", "5 hot key", "adapter", "eager", hc, self.n(800), op, check)
+        )
+        w6 = "6 shared read"
+        for conc, n in ((1, n_seq), (c, n_conc)):
+            out.append(Case(f"w6.adapter.c{conc}", w6, "adapter", "shared", conc, n,
+                            self.adapter_shared()))  # fmt: skip
+            out.append(Case(f"w6.raw.c{conc}", w6, "raw", "shared", conc, n, self.raw_shared()))
+        return out
