@@ -167,8 +167,11 @@ class RestateState:
             target = _target_of(ctx)
             try:
                 session = _open(store, options, target, ctx)
-                async with session:
-                    return await fn(RestateStateContext(ctx, session), *args, **kwargs)
+                # state spans join the trace Restate sends with the attempt (a no-op when
+                # tracing is off)
+                with store.telemetry.invocation(ctx.request().attempt_headers):
+                    async with session:
+                        return await fn(RestateStateContext(ctx, session), *args, **kwargs)
             except _TERMINAL_TYPES as exc:
                 code = next(c for t, c in _TERMINAL if isinstance(exc, t))
                 if isinstance(exc, ReadOnlySessionError):

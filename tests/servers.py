@@ -30,6 +30,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is a valid, free port too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 def server_binary(flavour: str) -> str:
     if flavour == "valkey":
         try:
@@ -137,7 +152,8 @@ def start_server(flavour: str, *extra: str) -> Server:
     last: Exception | None = None
     for _ in range(3):  # a free port can be taken between the probe and the bind
         try:
-            return make_server(flavour, *extra).start()
+            port = cluster_port() if "--cluster-enabled" in extra else None
+            return make_server(flavour, *extra, port=port).start()
         except RuntimeError as exc:
             last = exc
     raise RuntimeError(str(last))
@@ -231,9 +247,11 @@ def start_cluster(n: int = 3) -> Cluster:
 
 def start_server_in(flavour: str, dir: Path, *extra: str) -> Server:
     last: Exception | None = None
+    clustered = "--cluster-enabled" in extra
     for _ in range(3):
         try:
-            return make_server(flavour, *extra, dir=dir).start()
+            port = cluster_port() if clustered else None
+            return make_server(flavour, *extra, port=port, dir=dir).start()
         except RuntimeError as exc:
             last = exc
     raise RuntimeError(str(last))

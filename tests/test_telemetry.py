@@ -605,9 +605,11 @@ def test_state_spans_join_a_real_restate_invocation_trace() -> None:
     try:
         stack = start_stack("tests.traced_app:app", env, server_env=server_env)
         try:
-            reply = httpx.post(f"{stack.ingress}/Traced/k1/bump", timeout=60)
-            assert reply.status_code == 200, reply.text
-            traceparent = reply.json()
+            parents = []
+            for handler in ("bump", "bump_switched"):
+                reply = httpx.post(f"{stack.ingress}/Traced/k1/{handler}", timeout=60)
+                assert reply.status_code == 200, reply.text
+                parents.append(reply.json())
         finally:
             stack.stop()
     finally:
@@ -616,11 +618,12 @@ def test_state_spans_join_a_real_restate_invocation_trace() -> None:
         thread.join(10)
         srv.stop()
         shutil.rmtree(srv.dir, ignore_errors=True)
-    version, trace_id, parent_id, _flags = traceparent.split("-")
-    assert version == "00"
     links = receiver.trace_links()
     assert [name for name, _, _ in links] == [
         "EVALSHA restate_redis.open",
         "EVALSHA restate_redis.commit",
-    ]
-    assert all((t, p) == (trace_id, parent_id) for _, t, p in links)
+    ] * 2
+    for traceparent, pair in zip(parents, (links[:2], links[2:]), strict=True):
+        version, trace_id, parent_id, _flags = traceparent.split("-")
+        assert version == "00"
+        assert all((t, p) == (trace_id, parent_id) for _, t, p in pair)

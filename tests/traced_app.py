@@ -32,4 +32,12 @@ async def bump(ctx: ObjectContext) -> str:
     return headers.get("traceparent", "")
 
 
+@traced.handler()
+@store.restate_state()
+async def bump_switched(ctx: ObjectContext) -> str:
+    """The same through @store.restate_state(), which joins the trace by itself."""
+    ctx.set("n", (await ctx.get("n") or 0) + 1)
+    return ctx.request().attempt_headers.get("traceparent", "")
+
+
 app = restate.app([traced])
