@@ -354,14 +354,13 @@ def bench_command(
     scale = 0.05 if quick else 1.0
     embedded = None
     if url is None:
-        from .embedded import EmbeddedServer, exit_cleanly_on_sigterm
+        from .embedded import start_for_command
 
-        exit_cleanly_on_sigterm()
-        embedded = EmbeddedServer()
         try:
-            url = embedded.start()
+            embedded = start_for_command()
         except Exception as exc:
             raise click.ClickException(str(exc)) from exc
+        url = embedded.url
     try:
         from redis.utils import HIREDIS_AVAILABLE
 

@@ -377,14 +377,13 @@ def demo_command(
     console = Console()
     embedded = None
     if url is None:
-        from .embedded import EmbeddedServer, exit_cleanly_on_sigterm
+        from .embedded import start_for_command
 
-        exit_cleanly_on_sigterm()
-        embedded = EmbeddedServer()
         try:
-            url = embedded.start()
+            embedded = start_for_command()
         except Exception as exc:
             raise click.ClickException(str(exc)) from exc
+        url = embedded.url
         console.print(f"Embedded Valkey server on [bold]{url}[/] (stopped at exit)")
     else:
         console.print(f"Using Redis at [bold]{redact(url)}[/]")

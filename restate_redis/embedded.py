@@ -100,3 +100,11 @@ class EmbeddedServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def start_for_command() -> EmbeddedServer:
+    """Start a server for a command line run: SIGTERM exits cleanly, so it is always stopped."""
+    exit_cleanly_on_sigterm()
+    server = EmbeddedServer()
+    server.start()
+    return server

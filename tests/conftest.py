@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from restate_redis import RedisStateStore
 
 from .servers import Server, start_server
+from .workload import Workers
 
 FLAVOURS = ["valkey", "redis"]
 
@@ -36,3 +37,11 @@ async def store(client: aioredis.Redis) -> AsyncIterator[RedisStateStore]:
     s = RedisStateStore(client, lease_ttl=5, acquire_timeout=10)
     yield s
     await s.aclose()
+
+
+@pytest.fixture
+def workers() -> Iterator[Workers]:
+    """Worker processes for the scale and fault tests, all stopped at the end."""
+    w = Workers()
+    yield w
+    w.stop()

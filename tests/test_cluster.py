@@ -32,13 +32,6 @@ async def cstore(cluster: Cluster) -> AsyncIterator[RedisStateStore]:
     await store.aclose()
 
 
-@pytest.fixture
-def workers() -> Iterator[Workers]:
-    w = Workers()
-    yield w
-    w.stop()
-
-
 def master_port_of(store: RedisStateStore, key: str) -> int:
     node = store.client.get_node_from_key(store.keyspace.object_keys(SERVICE, key).state)
     return int(node.port)

@@ -44,13 +44,6 @@ async def direct(redis_server: Server) -> AsyncIterator[RedisStateStore]:
     await store.aclose()
 
 
-@pytest.fixture
-def workers() -> Iterator[Workers]:
-    w = Workers()
-    yield w
-    w.stop()
-
-
 def commit_sha(store: RedisStateStore) -> bytes:
     return store.scripts.commit.sha.encode()
 

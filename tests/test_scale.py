@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from restate_redis import RedisStateStore
 
 from .servers import Server
 from .workload import Workers, object_keys, read_counts
 
 WORKERS, STEPS, OBJECTS = 4, 500, 20
-
-
-@pytest.fixture
-def workers() -> Iterator[Workers]:
-    w = Workers()
-    yield w
-    w.stop()
 
 
 async def test_four_processes_exact_counts(

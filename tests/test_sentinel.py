@@ -24,13 +24,6 @@ def group() -> Iterator[SentinelGroup]:
     g.stop()
 
 
-@pytest.fixture
-def workers() -> Iterator[Workers]:
-    w = Workers()
-    yield w
-    w.stop()
-
-
 async def final_counts(url: str, keys: list[str]) -> dict[str, int]:
     async with RedisStateStore.from_url(url) as store:
         return await read_counts(store, keys)
