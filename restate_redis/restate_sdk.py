@@ -240,6 +240,9 @@ def _invocation_id(ctx: Any) -> str:
 def _open(store: RedisStateStore, options: _Options, target: _Target, ctx: Any) -> Session:
     key = ctx.key()
     commit_id = None if target.shared else _invocation_id(ctx)
+    # Restate runs one attempt of an invocation at a time; a retry whose previous attempt was
+    # killed mid-session takes its lease over at once instead of waiting for lease_ttl.
+    lease_token = None if commit_id is None else LEASE_TOKEN_PREFIX + commit_id
     preload: StatePreload = (
         list(options.state_preload)
         if isinstance(options.state_preload, tuple)
@@ -254,6 +257,7 @@ def _open(store: RedisStateStore, options: _Options, target: _Target, ctx: Any) 
             state_preload=preload,
             retention=retention,
             commit_id=commit_id,
+            lease_token=lease_token,
         )
     else:
         session = store.object(
@@ -263,11 +267,8 @@ def _open(store: RedisStateStore, options: _Options, target: _Target, ctx: Any) 
             state_preload=preload,
             ttl=options.ttl,
             commit_id=commit_id,
+            lease_token=lease_token,
         )
-    if commit_id is not None:
-        # Restate runs one attempt of an invocation at a time; a retry whose previous attempt
-        # was killed mid-session takes its lease over at once instead of waiting for lease_ttl.
-        session._token = LEASE_TOKEN_PREFIX + commit_id
     return session
 
 

@@ -70,6 +70,7 @@ class Session:
         expire: float | None,
         commit_id: str | None,
         record_prior: bool = False,
+        lease_token: str | None = None,
     ) -> None:
         self.store = store
         self.kind: Kind = kind
@@ -106,7 +107,9 @@ class Session:
         before that commit, and its own commit is recognised and not applied again."""
         self.lease_wait = 0.0
         """Seconds spent waiting for the exclusive lease."""
-        self._token = "" if self.shared else secrets.token_hex(16)
+        if lease_token is not None and (not isinstance(lease_token, str) or not lease_token):
+            raise InvalidNameError(f"lease_token must be a non-empty str, got {lease_token!r}")
+        self._token = "" if self.shared else (lease_token or secrets.token_hex(16))
         self._cache: dict[str, Any] = {}  # state key -> stored bytes, or _MISSING
         self._complete = False  # _cache holds every stored key
         self._stored_keys: set[str] | None = None  # lazy: the stored field names, once read

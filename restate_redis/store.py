@@ -213,6 +213,7 @@ class RedisStateStore:
         state_preload: StatePreload = True,
         ttl: Duration | None = None,
         commit_id: str | None = None,
+        lease_token: str | None = None,
     ) -> Session:
         """A session on Virtual Object ``service``/``key``, used as ``async with``.
 
@@ -223,6 +224,9 @@ class RedisStateStore:
         session's work (a request or invocation id): if the last commit of this object carried
         the same id, the session is a replay: it sees the state as it was before that commit
         (``session.replayed`` is True) and its own commit is recognised and not applied again.
+        ``lease_token``: the lease holder's token (random by default); a session with the
+        same token as a holder that died mid-session re-enters its lease at once instead of
+        waiting out ``lease_ttl``. Give it only to a retry of the same work.
         """
         from .session import Session
 
@@ -236,6 +240,7 @@ class RedisStateStore:
             expire=None if ttl is None else seconds(ttl, "ttl"),
             commit_id=commit_id,
             record_prior=commit_id is not None,
+            lease_token=lease_token,
         )
 
     def workflow(
@@ -247,6 +252,7 @@ class RedisStateStore:
         state_preload: StatePreload = True,
         retention: Duration | None = None,
         commit_id: str | None = None,
+        lease_token: str | None = None,
     ) -> Session:
         """A session on workflow ``service``/``workflow_id``, used as ``async with``.
 
@@ -270,6 +276,7 @@ class RedisStateStore:
             else seconds(retention, "retention"),
             commit_id=commit_id,
             record_prior=commit_id is not None,
+            lease_token=lease_token,
         )
 
     def restate_state(self, **options: Any) -> RestateState:

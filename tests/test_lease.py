@@ -135,3 +135,21 @@ async def test_lease_of_a_crashed_holder_expires(
     assert ctx.lease_wait > 0
     async with store.object("Counter", "a", shared=True) as ctx:
         assert await ctx.get("n") == 1
+
+
+async def test_a_retry_with_the_same_lease_token_re_enters_the_lease(
+    client: aioredis.Redis,
+) -> None:
+    store = RedisStateStore(client, lease_ttl=60, acquire_timeout=0.2)
+    died = store.object("Counter", "a", lease_token="attempt-of-inv-1")
+    await died.__aenter__()  # a worker that never came back: its lease lives for a minute
+    died.set("n", "never committed")
+    with pytest.raises(LeaseTimeoutError):
+        async with store.object("Counter", "a"):
+            pass
+    async with store.object("Counter", "a", lease_token="attempt-of-inv-1") as retry:
+        assert await retry.get("n") is None
+        retry.set("n", 1)
+    assert await client.exists(store.keyspace.object_keys("Counter", "a").lease) == 0
+    async with store.object("Counter", "a", shared=True) as ctx:
+        assert await ctx.get("n") == 1
