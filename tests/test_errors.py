@@ -224,3 +224,19 @@ def test_client_that_decodes_responses_is_refused() -> None:
 def test_bad_state_preload(store: RedisStateStore, bad: Any) -> None:
     with pytest.raises(TypeError, match="state_preload"):
         store.object("S", "k", state_preload=bad)
+
+
+def test_store_options_are_the_same_in_both_constructors_and_documented() -> None:
+    import inspect
+    from pathlib import Path
+
+    def options(func: object) -> dict[str, object]:
+        params = inspect.signature(func).parameters.values()  # type: ignore[arg-type]
+        return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+
+    init = options(RedisStateStore.__init__)
+    assert len(init) > 10
+    assert init == options(RedisStateStore.from_url)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("Store options, keyword arguments", 1)[1].split("## Values", 1)[0]
+    assert [name for name in init if f"| `{name}` |" not in table] == []
