@@ -283,7 +283,9 @@ class Session:
         started = time.monotonic()
         deadline = started + store.acquire_timeout
         while True:
-            reply = await self._call("open", lambda: store.scripts.open(keys, args))
+            reply = await self._call(
+                "open", lambda: store.wire.script(store.scripts.open, keys, args)
+            )
             status = int(reply[0])
             if status == 1:
                 break
@@ -338,7 +340,9 @@ class Session:
         if cached is None:
             try:
                 value = await self._call(
-                    "get", lambda: self.store.client.hget(self.keys.state, name), ("HGET", name)
+                    "get",
+                    lambda: self.store.wire.execute("HGET", self.keys.state, name),
+                    ("HGET", name),
                 )
             except ResponseError as exc:
                 if "WRONGTYPE" in str(exc):
@@ -407,7 +411,8 @@ class Session:
             return
         keys = [self.keys.lease, self.keys.wake]
         args: list[Any] = [self._token, self.store.lease_ttl_ms]
-        await self._call("release", lambda: self.store.scripts.release(keys, args))
+        store = self.store
+        await self._call("release", lambda: store.wire.script(store.scripts.release, keys, args))
 
     def _start_renewer(self) -> None:
         self._renew_timer = None
@@ -421,7 +426,9 @@ class Session:
         args: list[Any] = [self._token, store.lease_ttl_ms]
         while True:
             try:
-                renewed = await self._call("renew", lambda: store.scripts.renew(keys, args))
+                renewed = await self._call(
+                    "renew", lambda: store.wire.script(store.scripts.renew, keys, args)
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep trying until the lease runs out

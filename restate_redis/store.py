@@ -15,6 +15,7 @@ from .retry import RetryPolicy
 from .scripts import Scripts
 from .serde import MsgPackSerde, Serde
 from .telemetry import ObjectKeyMode, Telemetry
+from .wire import Wire
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -130,6 +131,7 @@ class RedisStateStore:
         self.serde: Serde[Any] = serde if serde is not None else MsgPackSerde()
         self.workflow_retention = seconds(workflow_retention, "workflow_retention")
         self.scripts = Scripts.register(client)
+        self.wire = Wire(client)
         self.retry = RetryPolicy(
             attempts=_positive_int(retry_attempts, "retry_attempts"),
             timeout=seconds(retry_timeout, "retry_timeout"),
@@ -318,7 +320,7 @@ class RedisStateStore:
     async def run_commit(self, keys: list[str], args: list[Any], where: str) -> Any:
         """Run commit.lua once; with ``min_replicas``, WAIT in the same round trip."""
         if not self.min_replicas:
-            return await self.scripts.commit(keys, args)
+            return await self.wire.script(self.scripts.commit, keys, args)
         return await commit_and_wait(self, keys, args, where)
 
     async def aclose(self) -> None:

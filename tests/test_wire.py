@@ -1,0 +1,86 @@
+"""The direct command path (wire.py): same results as redis-py's own, and safe connections."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from restate_redis import RedisStateStore
+
+from .counting import CountingConnection
+from .servers import Server
+
+
+@pytest.fixture
+async def counted(server: Server) -> AsyncIterator[RedisStateStore]:
+    pool = aioredis.ConnectionPool.from_url(server.url, connection_class=CountingConnection)
+    client = aioredis.Redis(connection_pool=pool)
+    await client.flushall()
+    store = RedisStateStore(client, lease_ttl=5, acquire_timeout=10)
+    CountingConnection.sent.clear()
+    yield store
+    await client.aclose()
+
+
+async def test_a_plain_client_takes_the_direct_path_and_a_pinned_one_does_not(
+    server: Server,
+) -> None:
+    plain = aioredis.Redis.from_url(server.url)
+    pinned = aioredis.Redis.from_url(server.url, single_connection_client=True)
+    try:
+        await plain.flushall()
+        a, b = RedisStateStore(plain), RedisStateStore(pinned)
+        assert a.wire.direct and not b.wire.direct
+        for store, n in ((a, 1), (b, 2), (a, 3)):
+            async with store.object("Svc", "obj", state_preload=False) as ctx:
+                before = await ctx.get("n")
+                assert before == (None if n == 1 else n - 1)
+                ctx.set("n", n)
+                ctx.set("blob", bytes(range(256)) * 4)
+        async with b.object("Svc", "obj", shared=True) as ctx:
+            assert await ctx.get("n") == 3
+            assert await ctx.get("blob") == bytes(range(256)) * 4
+    finally:
+        await plain.aclose()
+        await pinned.aclose()
+
+
+async def test_scripts_flushed_from_the_server_are_loaded_again(
+    counted: RedisStateStore,
+) -> None:
+    async with counted.object("Svc", "obj") as ctx:
+        ctx.set("n", 1)
+    await counted.client.script_flush()
+    CountingConnection.sent.clear()
+    async with counted.object("Svc", "obj") as ctx:
+        ctx.set("n", await ctx.get("n") + 1)
+    # open: NOSCRIPT, load, again; commit: NOSCRIPT, load, again
+    assert CountingConnection.sent == ["EVALSHA", "SCRIPT", "EVALSHA"] * 2
+    assert await counted.client.hget(counted.keyspace.object_keys("Svc", "obj").state, "n")
+    async with counted.object("Svc", "obj", shared=True) as ctx:
+        assert await ctx.get("n") == 2
+
+
+async def test_a_command_cancelled_in_flight_does_not_leave_its_reply_to_the_next(
+    counted: RedisStateStore,
+) -> None:
+    """A cancelled read drops its connection: a later command on the pool never reads the
+    reply meant for the cancelled one."""
+    client = counted.client
+    keys = counted.keyspace.object_keys("Svc", "obj")
+    await client.hset(keys.state, mapping={"a": b"\x01", "b": b"\x02"})
+    admin = aioredis.Redis(
+        connection_pool=aioredis.ConnectionPool(**client.connection_pool.connection_kwargs)
+    )
+    try:
+        await admin.execute_command("CLIENT", "PAUSE", 300, "ALL")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(counted.wire.execute("HGET", keys.state, "a"), 0.05)
+        await asyncio.sleep(0.4)  # the pause ends; the cancelled HGET's reply is sent
+        assert await counted.wire.execute("HGET", keys.state, "b") == b"\x02"
+        assert await counted.wire.execute("HGET", keys.state, "a") == b"\x01"
+    finally:
+        await admin.aclose()
