@@ -1,10 +1,11 @@
-"""Round trips and bytes on the wire, counted by a redis-py connection class (for the bench).
+"""Round trips and bytes on the wire, counted by a redis-py connection class.
 
-``CountingConnection`` is passed to a ``redis.asyncio`` pool as ``connection_class``. A round
-trip is one ``send_packed_command`` call (one write, then the caller waits for the replies;
-a pipeline is one round trip however many commands it carries); a reply is one
-``read_response`` call. Bytes out are what ``send_packed_command`` writes; bytes in are what
-the parser reads from the socket's stream.
+``CountingConnection`` is passed to a ``redis.asyncio`` pool as ``connection_class``. It wraps
+the connection's stream writer and reader, so it counts what reaches the socket whichever
+path sent it (redis-py's ``execute_command``, a pipeline, or the store's direct path in
+``wire.py``). A round trip is one write call: redis-py writes a command, or a whole pipeline,
+at once and then waits for the replies. Bytes out are what those writes carry; bytes in are
+what the parser reads from the stream; a reply is one ``read_response`` call.
 """
 
 from __future__ import annotations
@@ -57,24 +58,45 @@ class _CountingReader:
         return getattr(self._reader, name)
 
 
+class _CountingWriter:
+    """Wraps the connection's StreamWriter; each write is one round trip of ``owner``."""
+
+    def __init__(self, writer: asyncio.StreamWriter, owner: CountingConnection) -> None:
+        self._writer = writer
+        self._owner = owner
+
+    def write(self, data: bytes) -> None:
+        self._owner.sent([data])
+        self._writer.write(data)
+
+    def writelines(self, data: Any) -> None:
+        chunks = list(data)
+        self._owner.sent(chunks)
+        self._writer.writelines(chunks)
+
+    def __getattr__(self, name: str) -> Any:  # drain, close, wait_closed, transport, ...
+        return getattr(self._writer, name)
+
+
 class CountingConnection(Connection):
     """A TCP connection that counts its round trips, replies and bytes in :data:`METER`."""
 
     async def _connect(self) -> None:
         await super()._connect()  # type: ignore[no-untyped-call]
         self._reader = _CountingReader(self._reader)  # type: ignore[arg-type, assignment]
+        self._writer = _CountingWriter(self._writer, self)  # type: ignore[arg-type, assignment]
 
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+    def sent(self, chunks: list[bytes]) -> None:
+        """One write of ``chunks`` (a command or a pipeline) went to the socket."""
         METER.round_trips += 1
-        if isinstance(command, str):
-            METER.bytes_out += len(command.encode())
-        elif isinstance(command, bytes | bytearray | memoryview):
-            METER.bytes_out += len(command)
-        else:
-            command = list(command)
-            METER.bytes_out += sum(len(chunk) for chunk in command)
-        await super().send_packed_command(command, check_health)
+        METER.bytes_out += sum(len(chunk) for chunk in chunks)
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         METER.replies += 1
         return await super().read_response(*args, **kwargs)
+
+
+def command_name(chunks: list[bytes]) -> str:
+    """The name of the (first) command in a packed write: ``*N\\r\\n$len\\r\\nNAME\\r\\n...``."""
+    parts = b"".join(chunks[:2]).split(b"\r\n")
+    return parts[2].decode(errors="replace").upper() if len(parts) > 2 else "?"

@@ -7,7 +7,9 @@ turns off and replaces with one policy around the whole round trip, its command-
 and observability hooks) and its pure-Python packer, which is slow for the 10 to 20
 arguments of an ``EVALSHA``. The connection's own behaviour is unchanged: it connects, checks
 health, parses replies and raises errors exactly as under ``execute_command``, and drops
-itself on a network error or a cancellation mid-command.
+itself on a network error, a timeout or a cancellation mid-command. Writes are bounded by
+``socket_timeout`` as in redis-py, with ``asyncio.timeout`` instead of ``asyncio.wait_for``
+(which creates a task per command on Python 3.11).
 
 On a cluster, or a client bound to one connection (``single_connection_client``), commands go
 through redis-py's ``execute_command``, which routes them.
@@ -15,12 +17,15 @@ through redis-py's ``execute_command``, which routes them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 try:  # a dependency (redis[hiredis]), but the library stays correct without it
     import hiredis
@@ -58,10 +63,31 @@ class Wire:
             return await self.client.execute_command(*command)
         conn = await pool.get_connection()
         try:
-            await conn.send_packed_command(self._pack(conn, command))
+            await self._send(conn, self._pack(conn, command))
             return await conn.read_response()
         finally:
             await pool.release(conn)
+
+    @staticmethod
+    async def _send(conn: Any, packed: Any) -> None:
+        """``conn.send_packed_command``, its ``wait_for`` replaced by ``asyncio.timeout``."""
+        timeout = conn.socket_timeout
+        send = getattr(conn, "_send_packed_command", None)
+        if not timeout or send is None or not conn.is_connected or conn.health_check_interval:
+            await conn.send_packed_command(packed)
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await send([packed] if isinstance(packed, bytes) else packed)
+        except TimeoutError:
+            await conn.disconnect(nowait=True)
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            await conn.disconnect(nowait=True)
+            raise RedisConnectionError(f"Error while writing to socket. {exc}.") from exc
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
 
     async def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """EVALSHA ``script``; loads it first when the server does not know it (restarted,

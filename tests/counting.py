@@ -1,24 +1,16 @@
-"""Counts client round trips: each command or pipeline written to a connection is one."""
+"""Counts client round trips by command name: each command or pipeline written is one."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from redis.asyncio.connection import Connection
-
-
-class CountingConnection(Connection):
-    """A redis.asyncio connection that counts what it sends, by command name."""
-
-    sent: list[str] = []  # noqa: RUF012 - one shared log, reset by the tests
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        CountingConnection.sent.append(_name(command))
-        await super().send_packed_command(command, check_health)
+from restate_redis.bench_meter import CountingConnection as MeteredConnection
+from restate_redis.bench_meter import command_name
 
 
-def _name(packed: Any) -> str:
-    chunk = packed if isinstance(packed, bytes | bytearray) else b"".join(packed[:2])
-    # *N\r\n$len\r\nNAME\r\n...
-    parts = bytes(chunk).split(b"\r\n")
-    return parts[2].decode(errors="replace").upper() if len(parts) > 2 else "?"
+class CountingConnection(MeteredConnection):
+    """A redis.asyncio connection that logs what it writes, by command name."""
+
+    sent_log: list[str] = []  # noqa: RUF012 - one shared log, reset by the tests
+
+    def sent(self, chunks: list[bytes]) -> None:
+        CountingConnection.sent_log.append(command_name(chunks))
+        super().sent(chunks)

@@ -70,10 +70,10 @@ async def test_waiter_wakes_on_release_without_polling(counted_store: RedisState
 
     task = asyncio.create_task(holder())
     await holder_in.wait()
-    CountingConnection.sent.clear()
+    CountingConnection.sent_log.clear()
     waiter = asyncio.create_task(store.object("Counter", "a").__aenter__())
     await asyncio.sleep(0.5)  # the waiter is blocked: it must not be sending anything
-    sent_while_blocked = list(CountingConnection.sent)
+    sent_while_blocked = list(CountingConnection.sent_log)
     release.set()
     await task
     session = await asyncio.wait_for(waiter, 5)

@@ -26,7 +26,7 @@ async def counted(server: Server) -> AsyncIterator[RedisStateStore]:
     for i in range(10):
         async with store.object("Svc", "obj") as ctx:
             ctx.set(f"k{i}", "x" * 100)
-    CountingConnection.sent.clear()
+    CountingConnection.sent_log.clear()
     yield store
     await client.aclose()
 
@@ -37,13 +37,13 @@ async def test_eager_exclusive_session_is_two_round_trips(counted: RedisStateSto
         assert await ctx.get("k2") == n
         ctx.set("k1", "y")
         await ctx.state_keys()
-    assert CountingConnection.sent == ["EVALSHA", "EVALSHA"]
+    assert CountingConnection.sent_log == ["EVALSHA", "EVALSHA"]
 
 
 async def test_eager_session_without_writes_is_two_round_trips(counted: RedisStateStore) -> None:
     async with counted.object("Svc", "obj") as ctx:
         await ctx.get("k1")
-    assert CountingConnection.sent == ["EVALSHA", "EVALSHA"]  # open, release
+    assert CountingConnection.sent_log == ["EVALSHA", "EVALSHA"]  # open, release
 
 
 async def test_lazy_exclusive_session_reading_one_key_is_three(counted: RedisStateStore) -> None:
@@ -51,14 +51,14 @@ async def test_lazy_exclusive_session_reading_one_key_is_three(counted: RedisSta
         v = await ctx.get("k3")
         assert await ctx.get("k3") == v  # cached after the first read
         ctx.set("k3", "z")
-    assert CountingConnection.sent == ["EVALSHA", "HGET", "EVALSHA"]
+    assert CountingConnection.sent_log == ["EVALSHA", "HGET", "EVALSHA"]
 
 
 async def test_lazy_state_keys_is_one_hkeys(counted: RedisStateStore) -> None:
     async with counted.object("Svc", "obj", state_preload=False, shared=True) as ctx:
         assert len(await ctx.state_keys()) == 10
         assert len(await ctx.state_keys()) == 10
-    assert CountingConnection.sent == ["EVALSHA", "HKEYS"]
+    assert CountingConnection.sent_log == ["EVALSHA", "HKEYS"]
 
 
 async def test_preload_reads_named_keys_up_front(counted: RedisStateStore) -> None:
@@ -67,14 +67,14 @@ async def test_preload_reads_named_keys_up_front(counted: RedisStateStore) -> No
         assert await ctx.get("nope") is None
         assert await ctx.get("k2") == "x" * 100  # lazy for the rest
         ctx.set("k1", 1)
-    assert CountingConnection.sent == ["EVALSHA", "HGET", "EVALSHA"]
+    assert CountingConnection.sent_log == ["EVALSHA", "HGET", "EVALSHA"]
 
 
 async def test_shared_eager_session_is_one_round_trip(counted: RedisStateStore) -> None:
     async with counted.object("Svc", "obj", shared=True) as ctx:
         assert len(await ctx.state_keys()) == 10
         await ctx.get("k5")
-    assert CountingConnection.sent == ["EVALSHA"]
+    assert CountingConnection.sent_log == ["EVALSHA"]
 
 
 async def test_eager_state_over_the_size_limit_falls_back_to_lazy(server: Server) -> None:
@@ -87,14 +87,14 @@ async def test_eager_state_over_the_size_limit_falls_back_to_lazy(server: Server
             ctx.set(f"k{i}", b"x" * 100)
     async with store.object("Svc", "small") as ctx:
         ctx.set("k", b"x" * 100)
-    CountingConnection.sent.clear()
+    CountingConnection.sent_log.clear()
     async with store.object("Svc", "big", shared=True) as ctx:
         assert ctx.mode == "lazy"
         assert await ctx.get("k7") == b"x" * 100
     async with store.object("Svc", "small", shared=True) as ctx:
         assert ctx.mode == "eager"
         assert await ctx.get("k") == b"x" * 100
-    assert CountingConnection.sent == ["EVALSHA", "HGET", "EVALSHA"]
+    assert CountingConnection.sent_log == ["EVALSHA", "HGET", "EVALSHA"]
     await client.aclose()
 
 
@@ -103,4 +103,4 @@ async def test_lazy_get_after_state_keys_skips_absent_keys(counted: RedisStateSt
         await ctx.state_keys()
         assert await ctx.get("absent") is None
         assert await ctx.get("k1") == "x" * 100
-    assert CountingConnection.sent == ["EVALSHA", "HKEYS", "HGET"]
+    assert CountingConnection.sent_log == ["EVALSHA", "HKEYS", "HGET"]

@@ -59,10 +59,10 @@ async def test_min_replicas_keeps_two_round_trips(group: SentinelGroup) -> None:
     try:
         async with store.object("Cart", "warm") as s:  # loads the scripts
             s.set("n", 0)
-        CountingConnection.sent.clear()
+        CountingConnection.sent_log.clear()
         async with store.object("Cart", "c") as s:
             s.set("n", 1)
-        assert CountingConnection.sent == ["EVALSHA", "EVALSHA"]
+        assert CountingConnection.sent_log == ["EVALSHA", "EVALSHA"]
         for srv in group.replicas:
             with redis.Redis(port=srv.port) as r:
                 assert r.hget("restate:{Cart:c}:meta", "v") == b"1"

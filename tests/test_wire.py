@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from restate_redis import RedisStateStore
 
@@ -14,13 +18,17 @@ from .counting import CountingConnection
 from .servers import Server
 
 
-@pytest.fixture
-async def counted(server: Server) -> AsyncIterator[RedisStateStore]:
-    pool = aioredis.ConnectionPool.from_url(server.url, connection_class=CountingConnection)
+@pytest.fixture(params=[None, 5.0], ids=["no-socket-timeout", "socket-timeout"])
+async def counted(server: Server, request: pytest.FixtureRequest) -> AsyncIterator[RedisStateStore]:
+    """A store whose connections log what they send; with and without a socket_timeout, which
+    bounds the writes of the direct path."""
+    pool = aioredis.ConnectionPool.from_url(
+        server.url, connection_class=CountingConnection, socket_timeout=request.param
+    )
     client = aioredis.Redis(connection_pool=pool)
     await client.flushall()
     store = RedisStateStore(client, lease_ttl=5, acquire_timeout=10)
-    CountingConnection.sent.clear()
+    CountingConnection.sent_log.clear()
     yield store
     await client.aclose()
 
@@ -54,11 +62,11 @@ async def test_scripts_flushed_from_the_server_are_loaded_again(
     async with counted.object("Svc", "obj") as ctx:
         ctx.set("n", 1)
     await counted.client.script_flush()
-    CountingConnection.sent.clear()
+    CountingConnection.sent_log.clear()
     async with counted.object("Svc", "obj") as ctx:
         ctx.set("n", await ctx.get("n") + 1)
     # open: NOSCRIPT, load, again; commit: NOSCRIPT, load, again
-    assert CountingConnection.sent == ["EVALSHA", "SCRIPT", "EVALSHA"] * 2
+    assert CountingConnection.sent_log == ["EVALSHA", "SCRIPT", "EVALSHA"] * 2
     assert await counted.client.hget(counted.keyspace.object_keys("Svc", "obj").state, "n")
     async with counted.object("Svc", "obj", shared=True) as ctx:
         assert await ctx.get("n") == 2
@@ -84,3 +92,26 @@ async def test_a_command_cancelled_in_flight_does_not_leave_its_reply_to_the_nex
         assert await counted.wire.execute("HGET", keys.state, "a") == b"\x01"
     finally:
         await admin.aclose()
+
+
+async def test_a_write_to_a_stalled_server_times_out_and_drops_the_connection(
+    server: Server,
+) -> None:
+    client = aioredis.Redis.from_url(server.url, socket_timeout=0.5)
+    store = RedisStateStore(client)
+    key = store.keyspace.object_keys("Svc", "obj").state
+    try:
+        assert await store.wire.execute("HSET", key, "n", b"1") in (0, 1)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            # far more than the socket buffers take, so the write itself must wait
+            with pytest.raises(RedisTimeoutError, match="writing"):
+                await store.wire.execute("HSET", key, "big", b"x" * (64 << 20))
+            assert time.monotonic() - started < 5
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert await store.wire.execute("HGET", key, "n") == b"1"
+        assert await store.wire.execute("HEXISTS", key, "big") == 0
+    finally:
+        await client.aclose()
