@@ -7,9 +7,8 @@ turns off and replaces with one policy around the whole round trip, its command-
 and observability hooks) and its pure-Python packer, which is slow for the 10 to 20
 arguments of an ``EVALSHA``. The connection's own behaviour is unchanged: it connects, checks
 health, parses replies and raises errors exactly as under ``execute_command``, and drops
-itself on a network error, a timeout or a cancellation mid-command. Writes are bounded by
-``socket_timeout`` as in redis-py, with ``asyncio.timeout`` instead of ``asyncio.wait_for``
-(which creates a task per command on Python 3.11).
+itself on a network error, a timeout or a cancellation mid-command. A write the socket does
+not take at once waits for the drain, bounded by ``socket_timeout`` as in redis-py.
 
 On a cluster, or a client bound to one connection (``single_connection_client``), commands go
 through redis-py's ``execute_command``, which routes them.
@@ -70,15 +69,24 @@ class Wire:
 
     @staticmethod
     async def _send(conn: Any, packed: Any) -> None:
-        """``conn.send_packed_command``, its ``wait_for`` replaced by ``asyncio.timeout``."""
-        timeout = conn.socket_timeout
-        send = getattr(conn, "_send_packed_command", None)
-        if not timeout or send is None or not conn.is_connected or conn.health_check_interval:
+        """``conn.send_packed_command``, without its ``wait_for`` (a task per command on
+        Python 3.11): the write goes to the transport at once, and only a write the socket
+        did not take whole waits for the drain, bounded by ``socket_timeout``."""
+        writer: Any = getattr(conn, "_writer", None)
+        transport = getattr(writer, "transport", None)
+        if (
+            transport is None
+            or transport.is_closing()
+            or not conn.is_connected
+            or conn.health_check_interval
+        ):
             await conn.send_packed_command(packed)
             return
         try:
-            async with asyncio.timeout(timeout):
-                await send([packed] if isinstance(packed, bytes) else packed)
+            writer.writelines([packed] if isinstance(packed, bytes) else packed)
+            if transport.get_write_buffer_size():
+                async with asyncio.timeout(conn.socket_timeout):
+                    await writer.drain()
         except TimeoutError:
             await conn.disconnect(nowait=True)
             raise RedisTimeoutError("Timeout writing to socket") from None
