@@ -48,10 +48,13 @@ WORKFLOW_RUNNING = "running"
 WORKFLOW_COMPLETED = "completed"
 
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]*")  # RFC 3986: what percent-encoding keeps
 
 
 def encode_name(name: str) -> str:
     """Percent-encode a service name or object key for use inside a Redis key."""
+    if _UNRESERVED.fullmatch(name):
+        return name  # the common case, and nothing to encode
     return quote(name, safe="", encoding="utf-8", errors="strict")
 
 

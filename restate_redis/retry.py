@@ -89,7 +89,19 @@ class RetryPolicy:
         except Exception as exc:
             if self.attempts <= 1 or not is_transient(exc):
                 raise
-            _log_retry(op, where)(exc, 1)
+            first = exc
+        return await self.after_failure(op, where, call, first, started)
+
+    async def after_failure(
+        self,
+        op: str,
+        where: str,
+        call: Callable[[], Awaitable[T]],
+        first: BaseException,
+        started: float,
+    ) -> T:
+        """Go on after a first attempt, begun at ``started``, failed with transient ``first``."""
+        _log_retry(op, where)(first, 1)
         remaining = self.timeout - (time.monotonic() - started)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.attempts - 1) | stop_after_delay(max(0.0, remaining)),

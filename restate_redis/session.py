@@ -94,7 +94,8 @@ class Session:
             raise InvalidNameError(f"commit_id must be a non-empty str, got {commit_id!r}")
         self.commit_id = commit_id
         # Every exclusive commit carries an id, so a retry after a lost reply is recognised.
-        self._commit_id = commit_id or ("" if self.shared else secrets.token_hex(8))
+        nonce = "" if self.shared else secrets.token_hex(16)  # one random draw per session
+        self._commit_id = commit_id or nonce[:16]
         self.record_prior = record_prior
         self._expire = expire
         self.keys = store.keyspace.object_keys(service, key)
@@ -109,7 +110,7 @@ class Session:
         """Seconds spent waiting for the exclusive lease."""
         if lease_token is not None and (not isinstance(lease_token, str) or not lease_token):
             raise InvalidNameError(f"lease_token must be a non-empty str, got {lease_token!r}")
-        self._token = "" if self.shared else (lease_token or secrets.token_hex(16))
+        self._token = "" if self.shared else (lease_token or nonce)
         self._cache: dict[str, Any] = {}  # state key -> stored bytes, or _MISSING
         self._complete = False  # _cache holds every stored key
         self._stored_keys: set[str] | None = None  # lazy: the stored field names, once read
@@ -142,7 +143,9 @@ class Session:
         """
         self._check_usable()
         name = self._check_name(name)
-        raw = await self._raw(name)
+        raw = self._known(name)
+        if raw is _MISSING:
+            raw = await self._raw(name)
         if raw is None:
             return None
         serde = serde if serde is not None else self.store.serde
@@ -255,7 +258,11 @@ class Session:
     ) -> None:
         self._open = False
         self._closed = True
-        await self._stop_renewer()
+        if self._renew_timer is not None:
+            self._renew_timer.cancel()
+            self._renew_timer = None
+        if self._renewer is not None:
+            await self._stop_renewer()
         if self.shared:
             return
         if exc_type is not None:
@@ -315,7 +322,11 @@ class Session:
         data = reply[5:]
         if loaded == "eager":
             self.mode = "eager" if self.mode == "eager" or self.replayed else self.mode
-            self._cache = {self._field(data[i]): data[i + 1] for i in range(0, len(data), 2)}
+            pairs = iter(data)
+            try:
+                self._cache = {f.decode(): v for f, v in zip(pairs, pairs, strict=True)}
+            except (AttributeError, UnicodeDecodeError):  # str replies, or a non-UTF-8 name
+                self._cache = {self._field(data[i]): data[i + 1] for i in range(0, len(data), 2)}
             self._complete = True
         elif loaded == "preload":
             self._cache = {
@@ -328,6 +339,17 @@ class Session:
             # cancelling a timer costs no event loop turn (a task per session cost ~40 us).
             loop = asyncio.get_running_loop()
             self._renew_timer = loop.call_later(store.lease_ttl / 3, self._start_renewer)
+
+    def _known(self, name: str) -> Any:
+        """The stored bytes or None when known without a round trip, else _MISSING."""
+        if name in self._writes:
+            return self._writes[name]
+        if self._cleared_all:
+            return None
+        cached = self._cache.get(name, _MISSING if self._complete else None)
+        if cached is None:
+            return _MISSING
+        return None if cached is _MISSING else cached
 
     async def _raw(self, name: str) -> bytes | None:
         if name in self._writes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
@@ -11,7 +12,7 @@ from .connection import connect, socket_timeout_of
 from .errors import StateError
 from .keyspace import DEFAULT_NAMESPACE, Keyspace, check_key, check_service
 from .replication import commit_and_wait
-from .retry import RetryPolicy
+from .retry import RetryPolicy, is_transient
 from .scripts import Scripts
 from .serde import MsgPackSerde, Serde
 from .telemetry import ObjectKeyMode, Telemetry
@@ -306,16 +307,19 @@ class RedisStateStore:
 
         ``call`` can be called again: it is retried after transient errors (see retry.py).
         """
-        attempts = 0
+        telemetry, started = self.telemetry, time.monotonic()
+        try:  # the first attempt inline: the hot path, no closure or retry frame
+            return await telemetry.traced(op, session, call)
+        except Exception as exc:
+            if self.retry.attempts <= 1 or not is_transient(exc):
+                raise
+            first = exc
 
         def attempt() -> Awaitable[T]:  # one span per attempt, inside the retries
-            nonlocal attempts
-            if attempts:
-                self.telemetry.record_retry(op, session)
-            attempts += 1
-            return self.telemetry.traced(op, session, call)
+            telemetry.record_retry(op, session)
+            return telemetry.traced(op, session, call)
 
-        return await self.retry.run(op, session.where, attempt)
+        return await self.retry.after_failure(op, session.where, attempt, first, started)
 
     async def run_commit(self, keys: list[str], args: list[Any], where: str) -> Any:
         """Run commit.lua once; with ``min_replicas``, WAIT in the same round trip."""

@@ -17,7 +17,7 @@ through redis-py's ``execute_command``, which routes them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -55,8 +55,12 @@ class Wire:
         utf8 = str(kwargs.get("encoding", "utf-8")).lower().replace("-", "") == "utf8"
         self._pack: Packer = _pack_hiredis if hiredis is not None and utf8 else _pack_python
 
-    async def execute(self, *command: Arg) -> Any:
-        """Send one command, return its reply (redis-py's parsed reply, errors raised)."""
+    async def execute(self, *command: Arg, script: AsyncScript | None = None) -> Any:
+        """Send one command, return its reply (redis-py's parsed reply, errors raised).
+
+        ``script``: the command is its EVALSHA; on NOSCRIPT (a restarted, flushed or
+        failed-over server) the script is loaded and the command sent again.
+        """
         pool = self._pool
         if pool is None:
             return await self.client.execute_command(*command)
@@ -64,8 +68,13 @@ class Wire:
         try:
             await self._send(conn, self._pack(conn, command))
             return await conn.read_response()
+        except NoScriptError:
+            if script is None:
+                raise
         finally:
             await pool.release(conn)
+        await self.execute("SCRIPT", "LOAD", script.script)
+        return await self.execute(*command)
 
     @staticmethod
     async def _send(conn: Any, packed: Any) -> None:
@@ -97,14 +106,10 @@ class Wire:
             await conn.disconnect(nowait=True)
             raise
 
-    async def script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        """EVALSHA ``script``; loads it first when the server does not know it (restarted,
-        flushed, failed over) and sends it again."""
+    def script(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]
+    ) -> Awaitable[Any]:
+        """EVALSHA ``script`` (loading it first where the server does not know it)."""
         if self._pool is None:
-            return await script(keys, args)
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        try:
-            return await self.execute(*command)
-        except NoScriptError:
-            await self.execute("SCRIPT", "LOAD", script.script)
-            return await self.execute(*command)
+            return script(keys, args)
+        return self.execute("EVALSHA", script.sha, len(keys), *keys, *args, script=script)
