@@ -189,6 +189,9 @@ def ratios(results: dict[str, Result]) -> dict[str, float]:
             out[f"adapter/raw shared {case_id[11:]}"] = r(case_id, "w6.raw." + case_id[11:])
     out["lazy/eager 1 of 1,000 x 1 KiB"] = r("w4.adapter.lazy", "w4.adapter.eager")
     out["preload/eager 1 of 1,000 x 1 KiB"] = r("w4.adapter.preload", "w4.adapter.eager")
+    out["shared lazy/eager 1 of 1,000 x 1 KiB"] = r(
+        "w4.adapter.shared-lazy", "w4.adapter.shared-eager"
+    )
     return out
 
 
@@ -208,6 +211,8 @@ def targets(results: dict[str, Result], rat: dict[str, float]) -> list[dict[str,
         rows.append((name, v, f"= {want}", v == want))
     v = rat["lazy/eager 1 of 1,000 x 1 KiB"]
     rows.append(("lazy/eager one-key read, 1,000 x 1 KiB", v, ">= 20", v >= 20))
+    v = rat["shared lazy/eager 1 of 1,000 x 1 KiB"]
+    rows.append(("the same, shared (read-only) sessions", v, ">= 20", v >= 20))
     for k in (5, 10):
         v = rat[f"adapter/dapr k{k}"]
         rows.append((f"adapter/dapr-style throughput, {k} keys", v, "> 1", v > 1))

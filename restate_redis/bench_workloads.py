@@ -146,12 +146,13 @@ class Workloads:
 
     # -- workload 4: large state, a handler that reads one key -------------------------------
 
-    def big_read(self, mode: str) -> Op:
+    def big_read(self, mode: str, shared: bool = False) -> Op:
+        """An exclusive session, or a shared one (a read-only handler), reading one key."""
         store = self.store
         preload: Any = {"lazy": False, "eager": True, "preload": ["k0500"]}[mode]
 
         async def op(j: int) -> None:
-            async with store.object("W4", "big", state_preload=preload) as ctx:
+            async with store.object("W4", "big", shared=shared, state_preload=preload) as ctx:
                 await ctx.get("k0500")
 
         return op
@@ -224,6 +225,9 @@ class Workloads:
         for mode, n in (("lazy", 500), ("preload", 500), ("eager", 60)):
             out.append(Case(f"w4.adapter.{mode}", w4, "adapter", mode, 1, self.n(n),
                             self.big_read(mode)))  # fmt: skip
+        for mode, n in (("lazy", 1000), ("eager", 60)):
+            out.append(Case(f"w4.adapter.shared-{mode}", w4, "adapter", f"shared {mode}", 1,
+                            self.n(n), self.big_read(mode, shared=True)))  # fmt: skip
         op, check = self.hot()
         hc = min(hot_concurrency, c) if self.scale < 1 else hot_concurrency
         out.append(

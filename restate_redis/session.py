@@ -99,10 +99,9 @@ class Session:
         self.record_prior = record_prior
         self._expire = expire
         self.keys = store.keyspace.object_keys(service, key)
-        self.version = 0
-        """The object's version when the session opened (commits since it was created)."""
-        self.workflow_status: str | None = None
-        """For workflows: None (never run), "running" or "completed"."""
+        self._version = 0
+        self._workflow_status: str | None = None
+        self._meta_read = True  # False: a shared lazy session, which reads nothing at open
         self.replayed = False
         """True when ``commit_id`` had already been committed: the session sees the state from
         before that commit, and its own commit is recognised and not applied again."""
@@ -121,6 +120,26 @@ class Session:
         self._lease_lost = False
         self._renewer: asyncio.Task[None] | None = None
         self._renew_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def version(self) -> int:
+        """The object's version when the session opened (commits since it was created)."""
+        self._check_meta_read("version")
+        return self._version
+
+    @property
+    def workflow_status(self) -> str | None:
+        """For workflows: None (never run), "running" or "completed"."""
+        self._check_meta_read("workflow_status")
+        return self._workflow_status
+
+    def _check_meta_read(self, what: str) -> None:
+        if not self._meta_read:
+            raise StateError(
+                f"the {what} of {where(self.service, self._key)} was not read: a shared lazy "
+                f"session on an object makes no round trip when it opens (each get is one "
+                f"HGET); open it with state_preload=True or a preload list to read it"
+            )
 
     # -- the Restate API ---------------------------------------------------------------------
 
@@ -208,7 +227,7 @@ class Session:
             stored = {k for k, v in self._cache.items() if v is not _MISSING}
         else:
             if self._stored_keys is None:
-                fields = await self._call("keys", lambda: self.store.client.hkeys(self.keys.state))
+                fields = await self._read("keys", lambda: self.store.client.hkeys(self.keys.state))
                 self._stored_keys = {self._field(f) for f in fields}
             stored = set(self._stored_keys)
         for name, buf in self._writes.items():
@@ -226,7 +245,7 @@ class Session:
         """Every state key and its value (loads whatever is not loaded yet in one HGETALL)."""
         self._check_usable()
         if not self._complete and not self._cleared_all:
-            data = await self._call(
+            data = await self._read(
                 "keys", lambda: self.store.client.hgetall(self.keys.state), ("HGETALL", None)
             )
             for f, v in data.items():
@@ -276,6 +295,11 @@ class Session:
 
     async def _open_session(self) -> None:
         store = self.store
+        if self.shared and self.mode == "lazy" and self.kind == "object":
+            # Nothing to lock and nothing to load: each read is one HGET, with no open before
+            # it. (A workflow's shared session still opens, for its workflow_status.)
+            self._meta_read = False
+            return
         run = "1" if self.kind == "workflow" and not self.shared else "0"
         args: list[Any] = [
             self._token,
@@ -315,8 +339,8 @@ class Session:
             await self._call("wait", lambda w=wait: store.client.blpop([self.keys.wake], timeout=w))
             self.lease_wait = time.monotonic() - started  # so far, for the next open's span
         self.lease_wait = time.monotonic() - started
-        self.version = int(reply[1])
-        self.workflow_status = self._text(reply[2]) or None
+        self._version = int(reply[1])
+        self._workflow_status = self._text(reply[2]) or None
         loaded = self._text(reply[3])
         self.replayed = bool(int(reply[4]))
         data = reply[5:]
@@ -360,16 +384,11 @@ class Session:
         if cached is None and self._stored_keys is not None and name not in self._stored_keys:
             cached = _MISSING  # state_keys() already showed it is not stored
         if cached is None:
-            try:
-                value = await self._call(
-                    "get",
-                    lambda: self.store.wire.execute("HGET", self.keys.state, name),
-                    ("HGET", name),
-                )
-            except ResponseError as exc:
-                if "WRONGTYPE" in str(exc):
-                    raise self._wrong_type(b"non-hash") from exc
-                raise
+            value = await self._read(
+                "get",
+                lambda: self.store.wire.execute("HGET", self.keys.state, name),
+                ("HGET", name),
+            )
             cached = _MISSING if value is None else value
             self._cache[name] = cached
         return None if cached is _MISSING else cached
@@ -426,7 +445,7 @@ class Session:
             raise self._lost()
         if status == -1:
             raise self._wrong_type(reply[1])
-        self.version = int(reply[1])
+        self._version = int(reply[1])
 
     async def _release(self) -> None:
         if self._lease_lost:
@@ -490,6 +509,15 @@ class Session:
             return await self.store.roundtrip(op, self, call)
         finally:
             ROUNDTRIP.reset(token)
+
+    async def _read(self, op: Any, call: Any, detail: tuple[str, str | None] | None = None) -> Any:
+        """A round trip that reads the state hash: a key of another type raises WrongTypeError."""
+        try:
+            return await self._call(op, call, detail)
+        except ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                raise self._wrong_type(b"non-hash") from exc
+            raise
 
     def _changes(self) -> tuple[int, int]:
         """(state keys set or cleared, encoded bytes set) of the buffered writes."""

@@ -29,6 +29,8 @@ CASES = {
     "w4.adapter.lazy": 3,  # open, HGET, release
     "w4.adapter.preload": 2,
     "w4.adapter.eager": 2,
+    "w4.adapter.shared-lazy": 1,  # HGET: a shared lazy session opens without a round trip
+    "w4.adapter.shared-eager": 1,
     "w6.adapter.c1": 1,  # a shared eager session: open only
     "w6.raw.c1": 1,
 }
@@ -66,6 +68,8 @@ def test_quick_bench_reports_exact_round_trips(server: Server, tmp_path: Path) -
     assert cases["w4.adapter.eager"]["bytes_in"] > 1000 * 1024
     assert cases["w4.adapter.lazy"]["bytes_in"] < 4096
     assert cases["w4.adapter.preload"]["bytes_in"] < 4096
+    assert cases["w4.adapter.shared-eager"]["bytes_in"] > 1000 * 1024
+    assert cases["w4.adapter.shared-lazy"]["bytes_in"] < 2048
     # The hot key: every increment landed.
     assert cases["w5.adapter.hot"]["concurrency"] == 4 and cases["w5.adapter.hot"]["problems"] == []
 
@@ -82,6 +86,7 @@ def test_quick_bench_reports_exact_round_trips(server: Server, tmp_path: Path) -
         "adapter/dapr k5",
         "adapter/dapr k10",
         "lazy/eager 1 of 1,000 x 1 KiB",
+        "shared lazy/eager 1 of 1,000 x 1 KiB",
     } <= set(report["ratios"])
     md = out_md.read_text()
     assert "| workload | system |" in md and "hiredis" in md

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from restate_redis import RedisStateStore
+from restate_redis import RedisStateStore, StateError
 
 from .counting import CountingConnection
 from .servers import Server
@@ -58,7 +58,7 @@ async def test_lazy_state_keys_is_one_hkeys(counted: RedisStateStore) -> None:
     async with counted.object("Svc", "obj", state_preload=False, shared=True) as ctx:
         assert len(await ctx.state_keys()) == 10
         assert len(await ctx.state_keys()) == 10
-    assert CountingConnection.sent_log == ["EVALSHA", "HKEYS"]
+    assert CountingConnection.sent_log == ["HKEYS"]  # a shared lazy session does not open
 
 
 async def test_preload_reads_named_keys_up_front(counted: RedisStateStore) -> None:
@@ -103,4 +103,17 @@ async def test_lazy_get_after_state_keys_skips_absent_keys(counted: RedisStateSt
         await ctx.state_keys()
         assert await ctx.get("absent") is None
         assert await ctx.get("k1") == "x" * 100
-    assert CountingConnection.sent_log == ["EVALSHA", "HKEYS", "HGET"]
+    assert CountingConnection.sent_log == ["HKEYS", "HGET"]
+
+
+async def test_a_shared_lazy_read_of_one_key_is_one_hget(counted: RedisStateStore) -> None:
+    async with counted.object("Svc", "obj", state_preload=False, shared=True) as ctx:
+        assert await ctx.get("k4") == "x" * 100
+        with pytest.raises(StateError, match="version of 'Svc'/'obj' was not read"):
+            _ = ctx.version
+    assert CountingConnection.sent_log == ["HGET"]
+    # a workflow's shared lazy session still opens: its status is read there
+    async with counted.workflow("Flow", "w", state_preload=False, shared=True) as ctx:
+        assert ctx.workflow_status is None and ctx.version == 0
+        assert await ctx.get("k") is None
+    assert CountingConnection.sent_log == ["HGET", "EVALSHA", "HGET"]
