@@ -10,7 +10,10 @@ handlers did, and the final state in Redis must be exactly what those invocation
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import multiprocessing as mp
+import os
 import random
 import secrets
 import signal
@@ -69,9 +72,21 @@ _ready: Any = None  # shared counter of workers connected and waiting for the st
 _go: Any = None  # event: all workers ready, start now
 
 
-def _init_worker(progress: Any, ready: Any, go: Any) -> None:
+def _init_worker(progress: Any, ready: Any, go: Any, parent: int) -> None:
     global _progress, _ready, _go
     _progress, _ready, _go = progress, ready, go
+    _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int) -> None:
+    """On Linux, a worker is sent SIGTERM when the demo process ends, however it ends (a
+    worker waiting for the start signal would otherwise wait forever)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it was already gone
+        os._exit(1)
 
 
 def run_worker(url: str, plan: list[Invocation], concurrency: int, retention: float) -> Any:
@@ -229,7 +244,10 @@ def _run(
     ctx = mp.get_context("spawn")  # no inherited event loop, sockets or threads
     progress, ready, go = ctx.Value("l", 0), ctx.Value("i", 0), ctx.Event()
     with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(progress, ready, go)
+        workers,
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(progress, ready, go, os.getpid()),
     ) as pool:
         futures: list[Future[WorkerReport]] = [
             pool.submit(run_worker, url, share, concurrency, retention)
