@@ -95,6 +95,8 @@ def check_key(service: str, key: object, what: str = "object key") -> str:
 
 
 def _check_utf8(text: str, what: str) -> None:
+    if text.isascii():
+        return
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -13,6 +13,7 @@ import functools
 import logging
 import secrets
 import time
+from collections.abc import Awaitable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -500,9 +501,14 @@ class Session:
         """The 'service'/'key' phrase error messages use for this session."""
         return where(self.service, self._key)
 
-    async def _call(self, op: Any, call: Any, detail: tuple[str, str | None] | None = None) -> Any:
+    def _call(
+        self, op: Any, call: Any, detail: tuple[str, str | None] | None = None
+    ) -> Awaitable[Any]:
         if detail is None:
-            return await self.store.roundtrip(op, self, call)
+            return self.store.roundtrip(op, self, call)  # no frame of its own on the hot path
+        return self._call_detailed(op, call, detail)
+
+    async def _call_detailed(self, op: Any, call: Any, detail: tuple[str, str | None]) -> Any:
         # (command, state key) for the round trip's span, where the op alone does not say
         token = ROUNDTRIP.set(detail)
         try:
@@ -539,6 +545,8 @@ class Session:
             )
 
     def _check_name(self, name: object) -> str:
+        if type(name) is str and name.isascii():
+            return name  # the common case: nothing that can fail to encode
         if not isinstance(name, str):
             raise InvalidNameError(
                 f"state key of {where(self.service, self._key)} must be a str, "
