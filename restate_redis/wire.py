@@ -81,6 +81,8 @@ class Wire:
         """``conn.send_packed_command``, without its ``wait_for`` (a task per command on
         Python 3.11): the write goes to the transport at once, and only a write the socket
         did not take whole waits for the drain, bounded by ``socket_timeout``."""
+        # The connection's StreamWriter (redis-py keeps it in ``_writer``; without it, or
+        # when the connection needs its own handling first, its public method does the send).
         writer: Any = getattr(conn, "_writer", None)
         transport = getattr(writer, "transport", None)
         if (
