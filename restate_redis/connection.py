@@ -219,7 +219,11 @@ def create_client(spec: ConnectionSpec, **redis_options: Any) -> Any:
         if spec.tls:
             options.setdefault("ssl", True)
         # The cluster client keeps its own retries: they refresh the slot map after a node
-        # fails, which the store's policy cannot do from outside.
+        # fails. (A commit they send again after it applied is recognised by commit.lua.)
+        # A MOVED reply only patches the slot map (reinitialize_steps=0): redis-py's default
+        # rebuilds the client on every fifth one, closing the connections other sessions'
+        # commands are in flight on.
+        options.setdefault("reinitialize_steps", 0)
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in spec.hosts], **options)
     from redis.asyncio.sentinel import Sentinel
 

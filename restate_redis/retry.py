@@ -56,6 +56,10 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, rex.SlotNotCoveredError):
         return True
+    if type(exc) is rex.ClusterError:
+        # "TTL exhausted": redirections (MOVED, ASK, TRYAGAIN) did not settle within one call,
+        # as while a slot's new owner is announced node by node; none of them ran the command.
+        return True
     if isinstance(exc, OSError | asyncio.TimeoutError):
         return True
     if isinstance(exc, rex.ResponseError) and not isinstance(exc, rex.NoScriptError):

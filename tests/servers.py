@@ -200,8 +200,8 @@ def redis_cli() -> str:
     return path
 
 
-def start_cluster(n: int = 3) -> Cluster:
-    """A ready ``n``-master cluster of Debian redis-server (redis-cli creates it)."""
+def start_cluster(n: int = 3, flavour: str = "redis") -> Cluster:
+    """A ready ``n``-master cluster of ``flavour`` servers (redis-cli creates it)."""
     cli = redis_cli()
     masters: list[Server] = []
     try:
@@ -209,7 +209,7 @@ def start_cluster(n: int = 3) -> Cluster:
             d = Path(tempfile.mkdtemp(prefix="rr-cluster-"))
             masters.append(
                 start_server_in(
-                    "redis",
+                    flavour,
                     d,
                     "--cluster-enabled",
                     "yes",
@@ -292,18 +292,19 @@ def _replica_linked(master_port: int, replica_port: int) -> bool:
     return bool(info.get("master_port") == master_port and info.get("master_link_status") == "up")
 
 
-def start_sentinel_group(n_replicas: int = 2) -> SentinelGroup:
-    """Master + ``n_replicas`` replicas + one sentinel with short failure detection."""
+def start_sentinel_group(n_replicas: int = 2, flavour: str = "redis") -> SentinelGroup:
+    """Master + ``n_replicas`` replicas + one sentinel with short failure detection, all
+    ``flavour`` servers."""
     fast = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0")
     started: list[Server] = []
     try:
-        master = start_server_in("redis", Path(tempfile.mkdtemp(prefix="rr-master-")), *fast)
+        master = start_server_in(flavour, Path(tempfile.mkdtemp(prefix="rr-master-")), *fast)
         started.append(master)
         replicas = []
         for _ in range(n_replicas):
             d = Path(tempfile.mkdtemp(prefix="rr-replica-"))
             replica = start_server_in(
-                "redis", d, *fast, "--replicaof", "127.0.0.1", str(master.port)
+                flavour, d, *fast, "--replicaof", "127.0.0.1", str(master.port)
             )
             started.append(replica)
             replicas.append(replica)
@@ -320,7 +321,7 @@ def start_sentinel_group(n_replicas: int = 2) -> SentinelGroup:
             "sentinel failover-timeout mymaster 2000\n"
             "sentinel parallel-syncs mymaster 2\n"
         )
-        binary = server_binary("redis")
+        binary = server_binary(flavour)
         sentinel = Server("sentinel", sport, sdir, [binary, str(conf), "--sentinel"]).start()
         started.append(sentinel)
 

@@ -17,9 +17,10 @@ from .workload import SERVICE, Workers, object_keys, read_counts
 WORKERS, STEPS, OBJECTS = 4, 500, 20
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    c = start_cluster(3)
+@pytest.fixture(scope="module", params=["redis", "valkey"])
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A 3-master cluster of Debian redis-server, and one of Valkey."""
+    c = start_cluster(3, flavour=request.param)
     yield c
     c.stop()
 

@@ -126,6 +126,31 @@ async def test_retried_commit_recognised_after_other_commits(direct: RedisStateS
         assert s.version == 1101
 
 
+async def test_a_commit_sent_again_below_the_store_is_recognised(direct: RedisStateStore) -> None:
+    """A client library that resends a commit on its own (redis-py's cluster client does
+    after a connection error) sends it without the retry flag: once its first execution
+    released the lease, the script still finds its id among the recent commits."""
+    keys = direct.keyspace.object_keys(SERVICE, "resent")
+    redis_keys = [keys.state, keys.meta, keys.lease, keys.wake, keys.prev, keys.commits]
+    first = direct.object(SERVICE, "resent")
+    await first.__aenter__()
+    first.set("n", 1)
+    await first.__aexit__(None, None, None)
+    async with direct.object(SERVICE, "resent") as s:  # another commit, then a new holder
+        s.set("other", 1)
+    second = direct.object(SERVICE, "resent")
+    await second.__aenter__()
+    args = [first._token, first._commit_id, "", 0, 2000, 0, "n", b"\x05"]
+    assert [int(x) for x in await direct.scripts.commit(redis_keys, args)] == [2, 2]
+    assert await direct.client.get(keys.lease) == second._token.encode()  # untouched
+    unknown = [first._token, "never-committed", "", 0, 2000, 0, "n", b"\x05"]
+    assert [int(x) for x in await direct.scripts.commit(redis_keys, unknown)] == [-3]
+    await second.__aexit__(None, None, None)
+    async with direct.object(SERVICE, "resent", shared=True) as s:
+        assert await s.get("n") == 1
+        assert s.version == 2
+
+
 async def test_random_cuts_no_lost_no_doubled_increment(
     redis_server: Server, direct: RedisStateStore
 ) -> None:
@@ -172,6 +197,7 @@ def test_what_is_transient() -> None:
         rex.ReadOnlyError("READONLY You can't write against a read only replica."),
         rex.TryAgainError("TRYAGAIN"),
         rex.ClusterDownError("CLUSTERDOWN"),
+        rex.ClusterError("TTL exhausted."),  # redirections that did not settle in one call
         rex.ResponseError("UNBLOCKED force unblock from blocking operation"),
         rex.ResponseError(
             "Error running script (call to f_x): @user_script:1: @user_script: 1: "
@@ -184,6 +210,7 @@ def test_what_is_transient() -> None:
         rex.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
         rex.NoScriptError("NOSCRIPT"),
         rex.DataError("bad value"),
+        rex.ClusterCrossSlotError("CROSSSLOT"),
         LeaseLostError("lost"),
         ValueError("bad"),
     ]:

@@ -17,17 +17,18 @@ from .servers import SentinelGroup, start_sentinel_group, wait_until
 from .workload import SERVICE, Workers, object_keys, read_counts
 
 
-@pytest.fixture
-def group() -> Iterator[SentinelGroup]:
-    g = start_sentinel_group(n_replicas=2)
+@pytest.fixture(params=["redis", "valkey"])
+def group(request: pytest.FixtureRequest) -> Iterator[SentinelGroup]:
+    """Master, two replicas and a sentinel: Debian redis-server, and Valkey."""
+    g = start_sentinel_group(n_replicas=2, flavour=request.param)
     yield g
     g.stop()
 
 
-@pytest.fixture
-def single_replica_group() -> Iterator[SentinelGroup]:
+@pytest.fixture(params=["redis", "valkey"])
+def single_replica_group(request: pytest.FixtureRequest) -> Iterator[SentinelGroup]:
     """A master and the one replica Sentinel can promote: WAIT 1 reaches every candidate."""
-    g = start_sentinel_group(n_replicas=1)
+    g = start_sentinel_group(n_replicas=1, flavour=request.param)
     yield g
     g.stop()
 

@@ -9,9 +9,10 @@
 --   (the keyspace is described in open.lua and keyspace.py)
 -- ARGV[1] token        the session's lease token; "" for an unfenced commit
 -- ARGV[2] commit id    "" or a unique id; a second commit with the same id is not applied
---                      while it is the last commit (meta c) or, for a retry, in KEYS[6], so a
---                      retry whose first attempt applied but lost its reply is recognised even
---                      after other sessions committed in between
+--                      while it is the last commit (meta c) or, for a retry or when the lease
+--                      is no longer held, in KEYS[6], so a commit sent again after its first
+--                      attempt applied is recognised even after other sessions committed in
+--                      between
 -- ARGV[3] flags        letters: c clear every stored key first, r record prior values in prev
 --                      (for replays), w mark the workflow completed, a a retry of a commit
 --                      whose reply was lost
@@ -42,14 +43,18 @@ end
 
 -- m: last commit id, version, stored bytes, prev flag (nil: prev holds nothing)
 local m = redis.call('HMGET', meta, 'c', 'v', 'b', 'pf')
+local held = token == '' or redis.call('GET', lease) == token
 local tag = commit_id ~= '' and commits and string.sub(redis.sha1hex(commit_id), 1, 16)
 if commit_id ~= '' then
   local seen = m[1] == commit_id
-  if not seen and tag and string.find(flags, 'a', 1, true) then
+  -- Look further back on a retry, and whenever the lease is gone: a commit sent again by
+  -- anything below the store (a client library's own retry) finds its lease released by
+  -- its first, applied, execution, and must be recognised rather than refused.
+  if not seen and tag and (not held or string.find(flags, 'a', 1, true)) then
     seen = redis.call('ZSCORE', commits, tag) ~= false
   end
   if seen then
-    if token ~= '' and redis.call('GET', lease) == token then
+    if token ~= '' and held then
       release()
     elseif m[2] then  -- a write, so that a WAIT after it covers the applied attempt too
       redis.call('HSET', meta, 'v', m[2])
@@ -57,7 +62,7 @@ if commit_id ~= '' then
     return {2, m[2]}
   end
 end
-if token ~= '' and redis.call('GET', lease) ~= token then
+if not held then
   return {-3}
 end
 local t = redis.call('TYPE', state)['ok']
