@@ -11,17 +11,29 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import redis
 
 IN_CI = bool(os.environ.get("CI"))
+
+
+def unavailable(message: str, note: str | None = None) -> NoReturn:
+    """Something a test needs is missing: a failure in CI, a skip elsewhere (with ``note``
+    printed past pytest's capture, where ``-q`` would hide the skip reason)."""
+    if IN_CI:
+        pytest.fail(message + " (required in CI)")
+    if note:
+        print(f"\n{note}: {message}", file=sys.__stderr__)
+    pytest.skip(message)
 
 
 def free_port() -> int:
@@ -58,10 +70,7 @@ def server_binary(flavour: str) -> str:
     else:
         raise ValueError(flavour)
     if not path:
-        message = f"no {flavour} server binary on this machine"
-        if IN_CI:
-            pytest.fail(message + " (required in CI)")
-        pytest.skip(message)
+        unavailable(f"no {flavour} server binary on this machine")
     return path
 
 
@@ -193,10 +202,7 @@ class Cluster:
 def redis_cli() -> str:
     path = shutil.which("redis-cli")
     if not path:
-        message = "no redis-cli on this machine (it creates and reshards the test cluster)"
-        if IN_CI:
-            pytest.fail(message + " (required in CI)")
-        pytest.skip(message)
+        unavailable("no redis-cli on this machine (it creates and reshards the test cluster)")
     return path
 
 

@@ -28,7 +28,7 @@ import redis
 
 from restate_redis import RedisStateStore
 
-from .servers import IN_CI, Server, free_port
+from .servers import Server, free_port, unavailable
 
 T = TypeVar("T")
 
@@ -109,18 +109,14 @@ def rc(server: Server) -> Iterator[redis.Redis]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
-        reason = f"no Chromium at {CHROMIUM}: apt-get install chromium"
-        if IN_CI:
-            pytest.fail(reason + " (required in CI)")
-        print(f"skipping the browser tests: {reason}", file=sys.stderr)
-        pytest.skip(reason)
+        unavailable(
+            f"no Chromium at {CHROMIUM}: apt-get install chromium",
+            note="skipping the browser tests",
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        reason = "the playwright package is missing: pip install -e '.[dev]'"
-        if IN_CI:
-            pytest.fail(reason + " (required in CI)")
-        pytest.skip(reason)
+        unavailable("the playwright package is missing: pip install -e '.[dev]'")
 
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
