@@ -361,10 +361,7 @@ def bench_command(
     if url is None:
         from .embedded import start_for_command
 
-        try:
-            embedded = start_for_command()
-        except Exception as exc:
-            raise click.ClickException(str(exc)) from exc
+        embedded = start_for_command()
         url = embedded.url
     try:
         from redis.utils import HIREDIS_AVAILABLE

@@ -397,10 +397,7 @@ def demo_command(
     if url is None:
         from .embedded import start_for_command
 
-        try:
-            embedded = start_for_command()
-        except Exception as exc:
-            raise click.ClickException(str(exc)) from exc
+        embedded = start_for_command()
         url = embedded.url
         console.print(f"Embedded Valkey server on [bold]{url}[/] (stopped at exit)")
     else:

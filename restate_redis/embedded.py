@@ -103,8 +103,14 @@ class EmbeddedServer:
 
 
 def start_for_command() -> EmbeddedServer:
-    """Start a server for a command line run: SIGTERM exits cleanly, so it is always stopped."""
+    """Start a server for a command line run: SIGTERM exits cleanly, so it is always stopped;
+    a server that cannot start is a one-line command error."""
+    import click
+
     exit_cleanly_on_sigterm()
     server = EmbeddedServer()
-    server.start()
+    try:
+        server.start()
+    except Exception as exc:
+        raise click.ClickException(str(exc)) from exc
     return server
