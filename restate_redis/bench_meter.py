@@ -16,6 +16,8 @@ from typing import Any
 
 from redis.asyncio.connection import Connection
 
+from .wire import Batch
+
 
 @dataclass
 class Meter:
@@ -70,9 +72,12 @@ class _CountingWriter:
         self._writer.write(data)
 
     def writelines(self, data: Any) -> None:
-        chunks = list(data)
-        self._owner.sent(chunks)
-        self._writer.writelines(chunks)
+        if isinstance(data, Batch):  # several sessions' commands, written together
+            for command in data:
+                self._owner.sent([command])
+        else:
+            self._owner.sent(list(data))
+        self._writer.writelines(data)
 
     def __getattr__(self, name: str) -> Any:  # drain, close, wait_closed, transport, ...
         return getattr(self._writer, name)

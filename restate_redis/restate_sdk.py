@@ -169,7 +169,7 @@ class RestateState:
                 session = _open(store, options, target, ctx)
                 # state spans join the trace Restate sends with the attempt (a no-op when
                 # tracing is off)
-                with store.telemetry.invocation(ctx.request().attempt_headers):
+                with store.telemetry.invocation(functools.partial(_attempt_headers, ctx)):
                     async with session:
                         return await fn(RestateStateContext(ctx, session), *args, **kwargs)
             except _TERMINAL_TYPES as exc:
@@ -228,6 +228,11 @@ def _target_of(ctx: Any) -> _Target:
     )
     _targets[id(handler)] = target
     return target
+
+
+def _attempt_headers(ctx: Any) -> Any:
+    headers = getattr(ctx, "attempt_headers", None)  # ServerInvocationContext: no Request built
+    return headers if headers is not None else ctx.request().attempt_headers
 
 
 def _invocation_id(ctx: Any) -> str:

@@ -328,7 +328,8 @@ class RedisStateStore:
         return await commit_and_wait(self, keys, args, where)
 
     async def aclose(self) -> None:
-        """Close the client if this store created it."""
+        """Close the store's own connection, and the client if this store created it."""
+        await self.wire.aclose()
         if self._owns_client:
             await self.client.aclose()
 

@@ -30,7 +30,7 @@ import importlib
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -155,6 +155,18 @@ def _sizes(values: Any) -> tuple[int, int]:
     """(values present, their total bytes) of a sequence of values or None/False."""
     present = [v for v in values if v is not None and v is not False]
     return len(present), sum(len(v) for v in present)
+
+
+_NOTHING: AbstractContextManager[None] = nullcontext()
+
+
+@contextmanager
+def _attached(headers: Mapping[str, str]) -> Iterator[None]:
+    token = otel_context.attach(propagate.extract(headers))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 class Telemetry:
@@ -346,23 +358,20 @@ class Telemetry:
                 otel_context.detach(token)
             span.end()
 
-    @contextmanager
-    def invocation(self, headers: Mapping[str, str]) -> Iterator[None]:
+    def invocation(
+        self, headers: Mapping[str, str] | Callable[[], Mapping[str, str]]
+    ) -> AbstractContextManager[None]:
         """Within this block, spans nest under the trace context that ``headers`` carry.
 
         For a Restate handler, pass the attempt headers of its request
         (``ctx.request().attempt_headers``): the Restate server sends the invocation's W3C
         ``traceparent`` there, so the state spans join the invocation's trace. Nothing changes
-        when a span is already current or when tracing is off.
+        when a span is already current or when tracing is off. ``headers`` can be a function
+        returning them, called only when they are needed.
         """
         if not self.tracing() or trace.get_current_span().get_span_context().is_valid:
-            yield
-            return
-        token = otel_context.attach(propagate.extract(headers))
-        try:
-            yield
-        finally:
-            otel_context.detach(token)
+            return _NOTHING
+        return _attached(headers() if callable(headers) else headers)
 
     def record_retry(self, op: str, session: Session) -> None:
         """Count a retry of round trip ``op`` (called by the retry policy between attempts)."""

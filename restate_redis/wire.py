@@ -1,14 +1,24 @@
 """How a session's commands reach Redis: the hot path of every round trip.
 
 On a single server (a ``redis.asyncio.Redis`` with a connection pool, Sentinel-managed pools
-included) a command is packed by hiredis and sent on a pooled connection directly. That skips
-the layers redis-py puts around each ``execute_command`` (its own retries, which the store
-turns off and replaces with one policy around the whole round trip, its command-name parsing
-and observability hooks) and its pure-Python packer, which is slow for the 10 to 20
-arguments of an ``EVALSHA``. The connection's own behaviour is unchanged: it connects, checks
-health, parses replies and raises errors exactly as under ``execute_command``, and drops
-itself on a network error, a timeout or a cancellation mid-command. A write the socket does
-not take at once waits for the drain, bounded by ``socket_timeout`` as in redis-py.
+included) the store keeps one connection of its own, its *link*, and sends every session's
+non-blocking commands on it (the open, commit, release and renew scripts, and lazy HGETs):
+
+- Commands issued while the event loop runs one step are packed by hiredis and written
+  together, in one system call; Redis answers them in order, and one reader task hands each
+  reply to its caller. Under load that turns many small writes and reads, each a system call
+  and a wake-up on both ends, into a few large ones; alone, a command waits for nothing.
+- A caller that is cancelled while its command is in flight leaves the connection usable:
+  its reply is read and dropped.
+- A network error or a ``socket_timeout`` with no reply fails every command in flight on the
+  link (the store's retry policy takes over; commits are recognised if they had applied) and
+  the next command opens a new connection. A server that closed the idle link is noticed
+  before the next write.
+
+The link is made by the client's pool (``make_connection``), so it has the client's address,
+TLS, credentials, database and protocol, and follows Sentinel to the current master. Blocking
+commands (the lease wait's BLPOP, WAIT) and everything else go through redis-py as usual, on
+pooled connections, so a slow reply never holds up the link.
 
 On a cluster, or a client bound to one connection (``single_connection_client``), commands go
 through redis-py's ``execute_command``, which routes them.
@@ -17,13 +27,15 @@ through redis-py's ``execute_command``, which routes them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 try:  # a dependency (redis[hiredis]), but the library stays correct without it
@@ -32,15 +44,20 @@ except ImportError:  # pragma: no cover
     hiredis = None  # type: ignore[assignment]
 
 Arg = Any  # str, bytes or int: what both packers take
-Packer = Callable[[Any, tuple[Arg, ...]], Any]
+Packer = Callable[[Any, tuple[Arg, ...]], bytes]
 
 
-def _pack_hiredis(conn: Any, command: tuple[Arg, ...]) -> Any:
-    return hiredis.pack_command(command)
+def _pack_hiredis(conn: Any, command: tuple[Arg, ...]) -> bytes:
+    return hiredis.pack_command(command)  # type: ignore[no-any-return]
 
 
-def _pack_python(conn: Any, command: tuple[Arg, ...]) -> Any:
-    return conn.pack_command(*command)
+def _pack_python(conn: Any, command: tuple[Arg, ...]) -> bytes:
+    return b"".join(conn.pack_command(*command))
+
+
+class Batch(list[bytes]):
+    """Commands written to the link in one write, one packed command per item (so that
+    :mod:`restate_redis.bench_meter` counts each as its session's round trip)."""
 
 
 class Wire:
@@ -54,6 +71,9 @@ class Wire:
         self._pool = pool if self.direct else None
         utf8 = str(kwargs.get("encoding", "utf-8")).lower().replace("-", "") == "utf8"
         self._pack: Packer = _pack_hiredis if hiredis is not None and utf8 else _pack_python
+        self._link: _Link | None = None
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
 
     async def execute(self, *command: Arg, script: AsyncScript | None = None) -> Any:
         """Send one command, return its reply (redis-py's parsed reply, errors raised).
@@ -61,52 +81,18 @@ class Wire:
         ``script``: the command is its EVALSHA; on NOSCRIPT (a restarted, flushed or
         failed-over server) the script is loaded and the command sent again.
         """
-        pool = self._pool
-        if pool is None:
+        if self._pool is None:
             return await self.client.execute_command(*command)
-        conn = await pool.get_connection()
+        link = self._link
+        if link is None or not link.usable():
+            link = await self._connect()
         try:
-            await self._send(conn, self._pack(conn, command))
-            return await conn.read_response()
+            return await link.submit(self._pack(link.conn, command))
         except NoScriptError:
             if script is None:
                 raise
-        finally:
-            await pool.release(conn)
         await self.execute("SCRIPT", "LOAD", script.script)
         return await self.execute(*command)
-
-    @staticmethod
-    async def _send(conn: Any, packed: Any) -> None:
-        """``conn.send_packed_command``, without its ``wait_for`` (a task per command on
-        Python 3.11): the write goes to the transport at once, and only a write the socket
-        did not take whole waits for the drain, bounded by ``socket_timeout``."""
-        # The connection's StreamWriter (redis-py keeps it in ``_writer``; without it, or
-        # when the connection needs its own handling first, its public method does the send).
-        writer: Any = getattr(conn, "_writer", None)
-        transport = getattr(writer, "transport", None)
-        if (
-            transport is None
-            or transport.is_closing()
-            or not conn.is_connected
-            or conn.health_check_interval
-        ):
-            await conn.send_packed_command(packed)
-            return
-        try:
-            writer.writelines([packed] if isinstance(packed, bytes) else packed)
-            if transport.get_write_buffer_size():
-                async with asyncio.timeout(conn.socket_timeout):
-                    await writer.drain()
-        except TimeoutError:
-            await conn.disconnect(nowait=True)
-            raise RedisTimeoutError("Timeout writing to socket") from None
-        except OSError as exc:
-            await conn.disconnect(nowait=True)
-            raise RedisConnectionError(f"Error while writing to socket. {exc}.") from exc
-        except BaseException:
-            await conn.disconnect(nowait=True)
-            raise
 
     def script(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]
@@ -115,3 +101,139 @@ class Wire:
         if self._pool is None:
             return script(keys, args)
         return self.execute("EVALSHA", script.sha, len(keys), *keys, *args, script=script)
+
+    async def _connect(self) -> _Link:
+        """The link, connected now if it is missing or broken (once for concurrent callers)."""
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        async with self._lock:
+            old = self._link
+            if old is not None and old.usable():
+                return old
+            self._link = None
+            if old is not None and old.loop is loop:  # (a link of another loop is left alone)
+                await old.aclose()
+            conn = self._pool.make_connection()  # type: ignore[union-attr]
+            try:
+                await conn.connect()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
+                raise
+            self._link = _Link(conn, loop)
+            return self._link
+
+    async def aclose(self) -> None:
+        """Close the store's link (its pooled connections belong to the client)."""
+        link, self._link = self._link, None
+        if link is not None:
+            await link.aclose()
+
+
+class _Link:
+    """One connection carrying the commands of many sessions, replies matched in order."""
+
+    def __init__(self, conn: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.conn = conn
+        self.loop = loop
+        self.error: BaseException | None = None
+        self._writer: Any = conn._writer  # redis-py's StreamWriter for the connection
+        self._transport: Any = self._writer.transport
+        self._queued = Batch()  # packed, not written yet
+        self._waiting: deque[asyncio.Future[Any]] = deque()  # written or queued, in order
+        self._flush_handle: asyncio.Handle | None = None
+        self._idle: asyncio.Future[None] | None = None  # the reader waits here for work
+        self._reader = loop.create_task(self._read_replies())
+
+    def usable(self) -> bool:
+        """Still healthy, and on the running loop; an idle link also must not have been
+        closed by the server (EOF or unexpected bytes seen by its stream reader)."""
+        if self.error is not None or self._transport.is_closing():
+            return False
+        if not self._waiting:
+            stream = self.conn._reader
+            if stream is None or stream.at_eof() or stream._buffer:
+                return False
+        return self.loop is asyncio.get_running_loop()
+
+    def submit(self, packed: bytes) -> asyncio.Future[Any]:
+        """Queue one command; written with the others queued in this step of the loop."""
+        future = self.loop.create_future()
+        self._queued.append(packed)
+        self._waiting.append(future)
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+        idle = self._idle
+        if idle is not None:
+            self._idle = None
+            if not idle.done():
+                idle.set_result(None)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        queued, self._queued = self._queued, Batch()
+        if self.error is not None or not queued:
+            return
+        try:
+            self._writer.writelines(queued)
+        except Exception as exc:  # the transport is gone; its reader sees the same
+            self._fail(RedisConnectionError(f"Error while writing to socket. {exc}."))
+            self._reader.cancel()
+
+    async def _read_replies(self) -> None:
+        conn, waiting = self.conn, self._waiting
+        try:
+            while True:
+                if not waiting:
+                    self._idle = self.loop.create_future()
+                    await self._idle
+                    continue
+                try:
+                    reply = await conn.read_response()
+                except ResponseError as exc:  # an error reply: that command's, not the link's
+                    if not waiting:
+                        continue
+                    future = waiting.popleft()
+                    if not future.done():
+                        future.set_exception(exc)
+                    continue
+                if not waiting:
+                    continue
+                future = waiting.popleft()
+                if not future.done():
+                    future.set_result(reply)
+        except asyncio.CancelledError:
+            self._fail(RedisConnectionError("Connection closed by the store."))
+            raise
+        except Exception as exc:
+            self._fail(self._link_error(exc))
+
+    def _link_error(self, exc: Exception) -> Exception:
+        if isinstance(exc, RedisTimeoutError | TimeoutError):
+            if self._transport.get_write_buffer_size():  # the server took not even the command
+                return RedisTimeoutError("Timeout writing to socket")
+            return RedisTimeoutError(f"Timeout reading from socket: {exc}")
+        if isinstance(exc, RedisConnectionError):
+            return exc
+        return RedisConnectionError(f"Error while reading from socket: {exc!r}")
+
+    def _fail(self, exc: Exception) -> None:
+        """End the link: every command in flight fails with (a copy of) ``exc``."""
+        if self.error is None:
+            self.error = exc
+            self._transport.abort()  # unsent bytes dropped: no half-written command remains
+        waiting, self._waiting = self._waiting, deque()
+        self._queued = Batch()
+        for future in waiting:
+            if not future.done():
+                future.set_exception(type(exc)(*exc.args))
+
+    async def aclose(self) -> None:
+        if self.error is None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        with contextlib.suppress(Exception):
+            await self.conn.disconnect(nowait=True)

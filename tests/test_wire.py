@@ -75,8 +75,8 @@ async def test_scripts_flushed_from_the_server_are_loaded_again(
 async def test_a_command_cancelled_in_flight_does_not_leave_its_reply_to_the_next(
     counted: RedisStateStore,
 ) -> None:
-    """A cancelled read drops its connection: a later command on the pool never reads the
-    reply meant for the cancelled one."""
+    """The reply of a command whose caller was cancelled is read and dropped: the next
+    command on the link gets its own reply, and the link stays up."""
     client = counted.client
     keys = counted.keyspace.object_keys("Svc", "obj")
     await client.hset(keys.state, mapping={"a": b"\x01", "b": b"\x02"})
@@ -84,12 +84,14 @@ async def test_a_command_cancelled_in_flight_does_not_leave_its_reply_to_the_nex
         connection_pool=aioredis.ConnectionPool(**client.connection_pool.connection_kwargs)
     )
     try:
+        link_id = await counted.wire.execute("CLIENT", "ID")
         await admin.execute_command("CLIENT", "PAUSE", 300, "ALL")
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(counted.wire.execute("HGET", keys.state, "a"), 0.05)
         await asyncio.sleep(0.4)  # the pause ends; the cancelled HGET's reply is sent
         assert await counted.wire.execute("HGET", keys.state, "b") == b"\x02"
         assert await counted.wire.execute("HGET", keys.state, "a") == b"\x01"
+        assert await counted.wire.execute("CLIENT", "ID") == link_id
     finally:
         await admin.aclose()
 
@@ -114,4 +116,81 @@ async def test_a_write_to_a_stalled_server_times_out_and_drops_the_connection(
         assert await store.wire.execute("HGET", key, "n") == b"1"
         assert await store.wire.execute("HEXISTS", key, "big") == 0
     finally:
+        await client.aclose()
+
+
+async def _stat(client: aioredis.Redis, field: str) -> int:
+    return int((await client.info("stats"))[field])
+
+
+async def test_commands_issued_together_reach_the_server_in_one_read(
+    server: Server,
+) -> None:
+    """Concurrent sessions' commands share the store's link and one write: the server sees
+    far fewer reads than commands, and every caller gets its own reply."""
+    client = aioredis.Redis.from_url(server.url)
+    admin = aioredis.Redis.from_url(server.url)
+    store = RedisStateStore(client)
+    key = store.keyspace.object_keys("Svc", "obj").state
+    try:
+        await client.hset(key, mapping={f"f{i}": f"v{i}".encode() for i in range(50)})
+        await store.wire.execute("PING")  # the link is connected
+        reads = await _stat(admin, "total_reads_processed")
+        replies = await asyncio.gather(
+            *(store.wire.execute("HGET", key, f"f{i}") for i in range(50))
+        )
+        assert replies == [f"v{i}".encode() for i in range(50)]
+        # 50 commands; the INFO call itself is one read; allow a split write
+        assert await _stat(admin, "total_reads_processed") - reads <= 4
+    finally:
+        await store.aclose()
+        await client.aclose()
+        await admin.aclose()
+
+
+async def test_a_link_closed_by_the_server_is_replaced_before_the_next_command(
+    server: Server,
+) -> None:
+    client = aioredis.Redis.from_url(server.url)
+    admin = aioredis.Redis.from_url(server.url)
+    store = RedisStateStore(client)
+    try:
+        first = await store.wire.execute("CLIENT", "ID")
+        assert await admin.client_kill_filter(_id=first) == 1
+        await asyncio.sleep(0.1)  # the close reaches the idle link's stream
+        second = await store.wire.execute("CLIENT", "ID")  # no error: a new link
+        assert second != first
+        async with store.object("Svc", "obj") as ctx:
+            ctx.set("n", 1)
+        assert await store.wire.execute("CLIENT", "ID") == second
+        await store.aclose()
+        ids = [int(c["id"]) for c in await admin.client_list()]
+        assert second not in ids  # aclose closed the link
+    finally:
+        await client.aclose()
+        await admin.aclose()
+
+
+async def test_commands_in_flight_fail_together_when_the_server_stalls_then_a_new_link_serves(
+    server: Server,
+) -> None:
+    client = aioredis.Redis.from_url(server.url, socket_timeout=0.5)
+    store = RedisStateStore(client)
+    key = store.keyspace.object_keys("Svc", "obj").state
+    try:
+        await store.wire.execute("HSET", key, "n", b"1")
+        first = await store.wire.execute("CLIENT", "ID")
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            results = await asyncio.gather(
+                *(store.wire.execute("HINCRBY", key, "i", 1) for _ in range(5)),
+                return_exceptions=True,
+            )
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert all(isinstance(r, RedisTimeoutError) for r in results), results
+        assert await store.wire.execute("CLIENT", "ID") != first
+        assert await store.wire.execute("HGET", key, "n") == b"1"
+    finally:
+        await store.aclose()
         await client.aclose()
