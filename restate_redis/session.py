@@ -95,7 +95,9 @@ class Session:
             raise InvalidNameError(f"commit_id must be a non-empty str, got {commit_id!r}")
         self.commit_id = commit_id
         # Every exclusive commit carries an id, so a retry after a lost reply is recognised.
-        nonce = "" if self.shared else secrets.token_hex(16)  # one random draw per session
+        # one random draw per session, none when the caller names both (a Restate invocation)
+        named = commit_id is not None and lease_token is not None
+        nonce = "" if self.shared or named else secrets.token_hex(16)
         self._commit_id = commit_id or nonce[:16]
         self.record_prior = record_prior
         self._expire = expire

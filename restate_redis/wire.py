@@ -158,12 +158,17 @@ class _Link:
         return self.loop is asyncio.get_running_loop()
 
     def submit(self, packed: bytes) -> asyncio.Future[Any]:
-        """Queue one command; written with the others queued in this step of the loop."""
+        """Send one command: at once when none is in flight, else with the others issued in
+        this step of the loop, in one write."""
         future = self.loop.create_future()
-        self._queued.append(packed)
-        self._waiting.append(future)
-        if self._flush_handle is None:
-            self._flush_handle = self.loop.call_soon(self._flush)
+        if not self._waiting:  # nothing in flight: no batch to join, write at once
+            self._waiting.append(future)
+            self._write(Batch((packed,)))
+        else:
+            self._waiting.append(future)
+            self._queued.append(packed)
+            if self._flush_handle is None:
+                self._flush_handle = self.loop.call_soon(self._flush)
         idle = self._idle
         if idle is not None:
             self._idle = None
@@ -174,10 +179,14 @@ class _Link:
     def _flush(self) -> None:
         self._flush_handle = None
         queued, self._queued = self._queued, Batch()
-        if self.error is not None or not queued:
+        if queued:
+            self._write(queued)
+
+    def _write(self, batch: Batch) -> None:
+        if self.error is not None:
             return
         try:
-            self._writer.writelines(queued)
+            self._writer.writelines(batch)
         except Exception as exc:  # the transport is gone; its reader sees the same
             self._fail(RedisConnectionError(f"Error while writing to socket. {exc}."))
             self._reader.cancel()

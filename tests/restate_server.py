@@ -77,16 +77,42 @@ def restate_binaries(cache: Path = NPM_CACHE) -> tuple[Path, Path]:
     return server, cli
 
 
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _children(pid: int) -> dict[int, bytes | None]:
+    """The child processes of ``pid`` and their command lines (Linux /proc; empty where that
+    is not available)."""
+    kids: dict[int, bytes | None] = {}
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
+                kids.update((int(k), _cmdline(int(k))) for k in f.read().split())
+    return kids
+
+
 def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
-    """End one process we started, by its pid: SIGTERM, then SIGKILL."""
+    """End one process we started, by its pid: SIGTERM, then SIGKILL; then any of its
+    children still running (hypercorn's worker processes ignore SIGTERM and would outlive a
+    parent that did not stop them), by their pids."""
     if proc is None or proc.poll() is not None:
         return
+    kids = _children(proc.pid)
     os.kill(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=timeout)
+    for kid, cmdline in kids.items():
+        if cmdline is not None and _cmdline(kid) == cmdline:  # still that process, not a reuse
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(kid, signal.SIGKILL)
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
