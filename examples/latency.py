@@ -6,11 +6,13 @@
 Without ``--ingress`` it runs from a checkout with the dev extra installed: a Redis server
 on a free port (tests/servers.py), restate-server from npm (tests/restate_server.py) with its
 data on tmpfs where there is one, and ``hypercorn examples.service:app``; everything stops
-at the end. Calls ``POST /NativeCounter/<key>/add`` and ``POST /Counter/<key>/add`` through
-the ingress over keep-alive HTTP/1.1 (aiohttp: httpx's pool costs several ms of CPU per call
-at 32 connections, which would hide what is measured), sequentially (one client) and with
+at the end. Calls ``POST /NativeCounter/<key>/add``, ``/PingCounter/<key>/add`` (the same
+plus two plain Redis PINGs: the floor of any state kept outside Restate) and
+``/Counter/<key>/add`` through the ingress over keep-alive HTTP/1.1 (aiohttp: httpx's pool
+costs several ms of CPU per call at 32 connections, which would hide what is measured),
+sequentially (one client) and with
 32 concurrent clients (each on its own key, as Restate runs one exclusive call per key at a
-time); the two services alternate in rounds so that drift of a noisy machine hits both alike.
+time); the services alternate in rounds so that drift of a noisy machine hits both alike.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from contextlib import contextmanager
 
 import aiohttp
 
-SERVICES = {"native": "NativeCounter", "redis": "Counter"}
+# native state; native state plus two plain redis-py PINGs (two round trips to the same Redis,
+# the least any state kept outside Restate costs); this backend
+SERVICES = {"native": "NativeCounter", "native+2 pings": "PingCounter", "redis": "Counter"}
 
 
 @contextmanager
@@ -79,7 +83,9 @@ async def measure(
                 *(_client_loop(client, service, k, max(1, warmup // clients), []) for k in keys)
             )
         for rnd in range(rounds):
-            order = list(SERVICES.items()) if rnd % 2 == 0 else list(SERVICES.items())[::-1]
+            items = list(SERVICES.items())
+            shift = rnd % len(items)  # each service goes first, middle and last in turn
+            order = items[shift:] + items[:shift]
             for backend, service in order:
                 await asyncio.gather(
                     *(_client_loop(client, service, k, per_client, samples[backend]) for k in keys)

@@ -2,7 +2,8 @@
 
 - ``Counter`` (Virtual Object): ``add`` (exclusive) and ``get`` (shared), state in Redis through
   ``@store.restate_state()`` on each handler.
-- ``NativeCounter``: the same handlers on Restate's own state, to compare with.
+- ``NativeCounter``: the same handlers on Restate's own state, to compare with;
+  ``PingCounter``: its ``add`` plus two plain Redis PINGs, the floor of any external state.
 - ``Signup`` (Workflow): ``run`` once per id, waiting for ``confirm``; ``status`` reads the
   state; every handler switched to Redis at once with ``store.restate_state(...)(signup)``.
 
@@ -76,6 +77,22 @@ async def native_get(ctx: ObjectSharedContext) -> int:
     return await ctx.get("count", type_hint=int) or 0
 
 
+# -- the native object plus two plain Redis round trips: the least that any state kept outside
+#    Restate costs (read before the handler, write before its result); the latency
+#    comparison's floor -------------------------------------------------------------------------
+
+ping_counter = restate.VirtualObject("PingCounter")
+
+
+@ping_counter.handler("add")
+async def ping_add(ctx: ObjectContext, delta: int) -> int:
+    await store.client.ping()
+    n = await ctx.get("count", type_hint=int) or 0
+    ctx.set("count", n + delta)
+    await store.client.ping()
+    return n + delta
+
+
 # -- a Workflow, all of its handlers switched at once -------------------------------------------
 
 signup = restate.Workflow("Signup")
@@ -111,4 +128,4 @@ async def status(ctx: WorkflowSharedContext) -> dict[str, str | None]:
 
 store.restate_state(workflow_retention=timedelta(days=1))(signup)
 
-app = restate.app([counter, native_counter, signup])
+app = restate.app([counter, native_counter, ping_counter, signup])
