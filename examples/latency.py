@@ -10,9 +10,9 @@ at the end. Calls ``POST /NativeCounter/<key>/add``, ``/PingCounter/<key>/add`` 
 plus two plain Redis PINGs: the floor of any state kept outside Restate) and
 ``/Counter/<key>/add`` through the ingress over keep-alive HTTP/1.1 (aiohttp: httpx's pool
 costs several ms of CPU per call at 32 connections, which would hide what is measured),
-sequentially (one client) and with
-32 concurrent clients (each on its own key, as Restate runs one exclusive call per key at a
-time); the services alternate in rounds so that drift of a noisy machine hits both alike.
+sequentially (one client) and with 32 concurrent clients (each on its own key, as Restate
+runs one exclusive call per key at a time); the services alternate in rounds so that drift
+of a noisy machine hits them alike.
 """
 
 from __future__ import annotations
