@@ -167,7 +167,7 @@ class Session:
         name = self._check_name(name)
         raw = self._known(name)
         if raw is _MISSING:
-            raw = await self._raw(name)
+            raw = await self._fetch(name)
         if raw is None:
             return None
         serde = serde if serde is not None else self.store.serde
@@ -375,26 +375,20 @@ class Session:
             return None
         cached = self._cache.get(name, _MISSING if self._complete else None)
         if cached is None:
+            if self._stored_keys is not None and name not in self._stored_keys:
+                return None  # state_keys() already showed it is not stored
             return _MISSING
         return None if cached is _MISSING else cached
 
-    async def _raw(self, name: str) -> bytes | None:
-        if name in self._writes:
-            return self._writes[name]
-        if self._cleared_all:
-            return None
-        cached = self._cache.get(name, _MISSING if self._complete else None)
-        if cached is None and self._stored_keys is not None and name not in self._stored_keys:
-            cached = _MISSING  # state_keys() already showed it is not stored
-        if cached is None:
-            value = await self._read(
-                "get",
-                lambda: self.store.wire.execute("HGET", self.keys.state, name),
-                ("HGET", name),
-            )
-            cached = _MISSING if value is None else value
-            self._cache[name] = cached
-        return None if cached is _MISSING else cached
+    async def _fetch(self, name: str) -> bytes | None:
+        """One HGET of a state key that is not known yet; the answer is cached."""
+        value: bytes | None = await self._read(
+            "get",
+            lambda: self.store.wire.execute("HGET", self.keys.state, name),
+            ("HGET", name),
+        )
+        self._cache[name] = _MISSING if value is None else value
+        return value
 
     async def _commit(self) -> None:
         store = self.store

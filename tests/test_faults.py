@@ -20,7 +20,9 @@ from restate_redis import (
     RedisStateStore,
     StoreUnavailableError,
 )
+from restate_redis.keyspace import ObjectKeys
 from restate_redis.retry import is_transient
+from restate_redis.session import Session
 
 from .proxy import CutProxy
 from .servers import Server, free_port, start_server
@@ -58,6 +60,16 @@ def proxy_to(server: Server, **options: object) -> Iterator[CutProxy]:
 
 
 # -- retries that never apply a commit twice ----------------------------------------------------
+
+
+async def committed_n_1(store: RedisStateStore, key: str) -> tuple[ObjectKeys, list[str], Session]:
+    """Commit n=1 on ``key``: its keys, commit.lua's KEYS, and the (closed) session, whose
+    token and commit id a test sends again by hand."""
+    keys = store.keyspace.object_keys(SERVICE, key)
+    redis_keys = [keys.state, keys.meta, keys.lease, keys.wake, keys.prev, keys.commits]
+    async with store.object(SERVICE, key) as first:
+        first.set("n", 1)
+    return keys, redis_keys, first
 
 
 async def test_lost_commit_reply_is_retried_and_recognised(
@@ -98,12 +110,7 @@ async def test_retried_commit_recognised_after_other_commits(direct: RedisStateS
     """A retry that lands after other sessions committed is still recognised (for at least
     the last 1000 commits, while the object commits at least once a minute); past that it is
     a fencing rejection, never a second application."""
-    keys = direct.keyspace.object_keys(SERVICE, "hot")
-    redis_keys = [keys.state, keys.meta, keys.lease, keys.wake, keys.prev, keys.commits]
-    first = direct.object(SERVICE, "hot")
-    await first.__aenter__()
-    first.set("n", 1)
-    await first.__aexit__(None, None, None)
+    keys, redis_keys, first = await committed_n_1(direct, "hot")
     args = [first._token, first._commit_id, "a", 0, 2000, 0, "n", b"\x01"]
 
     async def retry_first() -> list[int]:
@@ -130,12 +137,7 @@ async def test_a_commit_sent_again_below_the_store_is_recognised(direct: RedisSt
     """A client library that resends a commit on its own (redis-py's cluster client does
     after a connection error) sends it without the retry flag: once its first execution
     released the lease, the script still finds its id among the recent commits."""
-    keys = direct.keyspace.object_keys(SERVICE, "resent")
-    redis_keys = [keys.state, keys.meta, keys.lease, keys.wake, keys.prev, keys.commits]
-    first = direct.object(SERVICE, "resent")
-    await first.__aenter__()
-    first.set("n", 1)
-    await first.__aexit__(None, None, None)
+    keys, redis_keys, first = await committed_n_1(direct, "resent")
     async with direct.object(SERVICE, "resent") as s:  # another commit, then a new holder
         s.set("other", 1)
     second = direct.object(SERVICE, "resent")

@@ -45,11 +45,11 @@ def versions(port: int, keys: list[str]) -> int:
 
 async def test_sentinel_url_commits_reach_the_replicas(group: SentinelGroup) -> None:
     async with RedisStateStore.from_url(group.url, min_replicas=2, replica_timeout=5) as store:
-        assert store.wire.direct  # the Sentinel-managed pool takes the direct command path
+        assert store.wire.direct  # the store's link comes from the Sentinel-managed pool
         async with store.object("Cart", "a") as s:
             s.set("n", 1)
         async with store.object("Cart", "a", state_preload=False) as s:
-            assert await s.get("n") == 1  # an HGET on the direct path
+            assert await s.get("n") == 1  # an HGET on the link
         for srv in group.data_nodes:  # WAIT 2 returned: both replicas already have it
             with redis.Redis(port=srv.port) as r:
                 assert r.hget("restate:{Cart:a}:meta", "v") == b"1", srv.port

@@ -1,10 +1,9 @@
-"""The direct command path (wire.py): same results as redis-py's own, and safe connections."""
+"""The store's command path (wire.py): same results as redis-py's own, commands of concurrent
+sessions written together on the store's link, and a link that fails safely."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -21,7 +20,7 @@ from .servers import Server
 @pytest.fixture(params=[None, 5.0], ids=["no-socket-timeout", "socket-timeout"])
 async def counted(server: Server, request: pytest.FixtureRequest) -> AsyncIterator[RedisStateStore]:
     """A store whose connections log what they send; with and without a socket_timeout, which
-    bounds the writes of the direct path."""
+    bounds the wait for the link's replies."""
     pool = aioredis.ConnectionPool.from_url(
         server.url, connection_class=CountingConnection, socket_timeout=request.param
     )
@@ -30,17 +29,18 @@ async def counted(server: Server, request: pytest.FixtureRequest) -> AsyncIterat
     store = RedisStateStore(client, lease_ttl=5, acquire_timeout=10)
     CountingConnection.sent_log.clear()
     yield store
+    await store.aclose()
     await client.aclose()
 
 
-async def test_a_plain_client_takes_the_direct_path_and_a_pinned_one_does_not(
+async def test_a_plain_client_takes_the_link_and_a_pinned_one_does_not(
     server: Server,
 ) -> None:
     plain = aioredis.Redis.from_url(server.url)
     pinned = aioredis.Redis.from_url(server.url, single_connection_client=True)
+    a, b = RedisStateStore(plain), RedisStateStore(pinned)
     try:
         await plain.flushall()
-        a, b = RedisStateStore(plain), RedisStateStore(pinned)
         assert a.wire.direct and not b.wire.direct
         for store, n in ((a, 1), (b, 2), (a, 3)):
             async with store.object("Svc", "obj", state_preload=False) as ctx:
@@ -52,6 +52,8 @@ async def test_a_plain_client_takes_the_direct_path_and_a_pinned_one_does_not(
             assert await ctx.get("n") == 3
             assert await ctx.get("blob") == bytes(range(256)) * 4
     finally:
+        await a.aclose()
+        await b.aclose()
         await plain.aclose()
         await pinned.aclose()
 
@@ -104,18 +106,16 @@ async def test_a_write_to_a_stalled_server_times_out_and_drops_the_connection(
     key = store.keyspace.object_keys("Svc", "obj").state
     try:
         assert await store.wire.execute("HSET", key, "n", b"1") in (0, 1)
-        os.kill(server.proc.pid, signal.SIGSTOP)
-        try:
+        with server.paused():
             started = time.monotonic()
             # far more than the socket buffers take, so the write itself must wait
             with pytest.raises(RedisTimeoutError, match="writing"):
                 await store.wire.execute("HSET", key, "big", b"x" * (64 << 20))
             assert time.monotonic() - started < 5
-        finally:
-            os.kill(server.proc.pid, signal.SIGCONT)
         assert await store.wire.execute("HGET", key, "n") == b"1"
         assert await store.wire.execute("HEXISTS", key, "big") == 0
     finally:
+        await store.aclose()
         await client.aclose()
 
 
@@ -180,14 +180,11 @@ async def test_commands_in_flight_fail_together_when_the_server_stalls_then_a_ne
     try:
         await store.wire.execute("HSET", key, "n", b"1")
         first = await store.wire.execute("CLIENT", "ID")
-        os.kill(server.proc.pid, signal.SIGSTOP)
-        try:
+        with server.paused():
             results = await asyncio.gather(
                 *(store.wire.execute("HINCRBY", key, "i", 1) for _ in range(5)),
                 return_exceptions=True,
             )
-        finally:
-            os.kill(server.proc.pid, signal.SIGCONT)
         assert all(isinstance(r, RedisTimeoutError) for r in results), results
         assert await store.wire.execute("CLIENT", "ID") != first
         assert await store.wire.execute("HGET", key, "n") == b"1"
