@@ -102,6 +102,11 @@ class CountingConnection(Connection):
         METER.replies += 1
         return await super().read_response(*args, **kwargs)
 
+    def link_received(self, size: int, replies: int) -> None:
+        """The store's link parsed ``size`` bytes holding ``replies`` replies."""
+        METER.bytes_in += size
+        METER.replies += replies
+
 
 def command_name(chunks: list[bytes]) -> str:
     """The name of the (first) command in a packed write: ``*N\\r\\n$len\\r\\nNAME\\r\\n...``."""
