@@ -40,7 +40,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 try:  # a dependency (redis[hiredis]), but the library stays correct without it
@@ -244,7 +244,7 @@ class _Link:
                 if _PUSH is not None and isinstance(reply, _PUSH):
                     continue  # RESP3 push data (no caller waits for it)
                 if isinstance(reply, Exception):  # an error reply, parsed by redis-py's rules
-                    if isinstance(reply, RedisConnectionError):  # LOADING, auth...: the link's
+                    if isinstance(reply, _LINK_ERRORS):
                         self._fail(reply)
                         return
                     if waiting and not (future := waiting.popleft()).done():
@@ -267,6 +267,9 @@ class _Link:
                     continue
                 try:
                     reply = await conn.read_response()
+                except _LINK_ERRORS as exc:
+                    self._fail(exc)
+                    return
                 except ResponseError as exc:  # an error reply: that command's, not the link's
                     if not waiting:
                         continue
@@ -346,6 +349,13 @@ class _LinkProtocol(asyncio.Protocol):
 
 
 _MORE = object()  # what the hiredis reader returns until a whole reply is in
+
+# Error replies that end the link rather than one command: the connection's own (LOADING,
+# authentication...), and READONLY: the server was demoted to a replica (a failover), so the
+# next command must connect anew (through Sentinel, or a name that now points at the new
+# master) instead of failing on this connection forever. Every command in flight gets the
+# error; the store's retry policy counts both as transient.
+_LINK_ERRORS = (RedisConnectionError, ReadOnlyError)
 
 
 def _reply_reader(conn: Any) -> Any:

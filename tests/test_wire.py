@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import shutil
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
 from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from restate_redis import RedisStateStore
 
 from .counting import CountingConnection
-from .servers import Server
+from .servers import Server, start_server
 
 Client = Callable[..., aioredis.Redis]
 
@@ -250,3 +251,32 @@ async def test_an_idle_link_does_not_time_out_and_slow_replies_within_the_timeou
     finally:
         await store.aclose()
         await client.aclose()
+
+
+async def test_a_server_demoted_to_a_replica_is_left_for_a_new_connection(
+    server: Server, make_client: Client
+) -> None:
+    """READONLY (a failover made the server a replica) ends the link, so that the next
+    command connects anew, as Sentinel or a moved DNS name would then lead to the master."""
+    own = start_server(server.flavour)
+    parser = make_client.keywords["parser_class"]  # type: ignore[attr-defined]
+    client = aioredis.Redis.from_url(own.url, parser_class=parser)
+    admin = aioredis.Redis.from_url(own.url)
+    store = RedisStateStore(client)
+    key = store.keyspace.object_keys("Svc", "obj").state
+    try:
+        first = await store.wire.execute("CLIENT", "ID")
+        await admin.execute_command("REPLICAOF", "127.0.0.1", server.port)
+        with pytest.raises(ReadOnlyError):
+            await store.wire.execute("HSET", key, "n", b"1")
+        await admin.execute_command("REPLICAOF", "NO", "ONE")
+        assert await store.wire.execute("HSET", key, "n", b"2") == 1
+        second = await store.wire.execute("CLIENT", "ID")
+        assert second != first
+        assert first not in [int(c["id"]) for c in await admin.client_list()]
+    finally:
+        await store.aclose()
+        await client.aclose()
+        await admin.aclose()
+        own.stop()
+        shutil.rmtree(own.dir, ignore_errors=True)
