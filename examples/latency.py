@@ -12,13 +12,16 @@ plus two plain Redis PINGs: the floor of any state kept outside Restate) and
 costs several ms of CPU per call at 32 connections, which would hide what is measured),
 sequentially (one client) and with 32 concurrent clients (each on its own key, as Restate
 runs one exclusive call per key at a time); the services alternate in rounds so that drift
-of a noisy machine hits them alike.
+of a noisy machine hits them alike. With the stack it started, it also reports the CPU time
+(user + system, from /proc) that the worker (hypercorn and its worker process), Restate and
+Redis spent per call while each service's calls ran.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import shutil
@@ -27,6 +30,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -35,10 +39,14 @@ import aiohttp
 SERVICES = {"native": "NativeCounter", "native+2 pings": "PingCounter", "redis": "Counter"}
 
 
+Processes = dict[str, list[int]]  # the name of a CPU column -> the processes it adds up
+
+
 @contextmanager
-def local_stack() -> Iterator[str]:
-    """Redis + restate-server + the example deployment; yields the ingress URL."""
-    from tests.restate_server import start_stack
+def local_stack() -> Iterator[tuple[str, Processes]]:
+    """Redis + restate-server + the example deployment; yields the ingress URL and the
+    process ids of the worker (hypercorn and its worker processes), Restate and Redis."""
+    from tests.restate_server import _children, start_stack
     from tests.servers import start_server
 
     redis_server = start_server("redis")
@@ -46,7 +54,16 @@ def local_stack() -> Iterator[str]:
         env = {"RESTATE_REDIS_URL": redis_server.url, "RESTATE_REDIS_NAMESPACE": "latency"}
         stack = start_stack("examples.service:app", env)
         try:
-            yield stack.ingress
+            assert stack.deployment.proc and stack.server.proc and redis_server.proc
+            hypercorn = stack.deployment.proc.pid
+            yield (
+                stack.ingress,
+                {
+                    "worker": [hypercorn, *_children(hypercorn)],
+                    "Restate": [stack.server.proc.pid],
+                    "Redis": [redis_server.proc.pid],
+                },
+            )
         finally:
             stack.stop()
     finally:
@@ -67,13 +84,35 @@ async def _client_loop(
             raise RuntimeError(f"{service}/{key}/add: {resp.status} {body!r}")
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes, all threads, so far (Linux /proc; 0 for a
+    process that is gone)."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after "pid (name)": field 3 on
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Measured:
+    """Latencies (seconds) per backend, and CPU seconds per backend and process."""
+
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
 async def measure(
-    ingress: str, *, total: int, clients: int, rounds: int, warmup: int
-) -> dict[str, list[float]]:
-    """Latencies (seconds) per backend: ``total`` calls each, in ``rounds`` alternating rounds."""
+    ingress: str, *, total: int, clients: int, rounds: int, warmup: int, processes: Processes
+) -> Measured:
+    """``total`` calls per backend in ``rounds`` alternating rounds; the CPU the ``processes``
+    spent while each backend's calls ran."""
     run = uuid.uuid4().hex[:8]
     keys = [f"{run}-{clients}-{i}" for i in range(clients)]
-    samples: dict[str, list[float]] = {b: [] for b in SERVICES}
+    out = Measured(
+        samples={b: [] for b in SERVICES}, cpu={b: dict.fromkeys(processes, 0.0) for b in SERVICES}
+    )
     per_client = max(1, total // (rounds * clients))
     connector = aiohttp.TCPConnector(limit=clients + 4)
     timeout = aiohttp.ClientTimeout(total=60)
@@ -87,10 +126,14 @@ async def measure(
             shift = rnd % len(items)  # each service goes first, middle and last in turn
             order = items[shift:] + items[:shift]
             for backend, service in order:
+                before = {name: cpu_seconds(pids) for name, pids in processes.items()}
+                into = out.samples[backend]
                 await asyncio.gather(
-                    *(_client_loop(client, service, k, per_client, samples[backend]) for k in keys)
+                    *(_client_loop(client, service, k, per_client, into) for k in keys)
                 )
-    return samples
+                for name, pids in processes.items():
+                    out.cpu[backend][name] += cpu_seconds(pids) - before[name]
+    return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -98,20 +141,26 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def table(results: dict[int, dict[str, list[float]]]) -> str:
-    lines = [
-        "| clients | backend | calls | p50 ms | p99 ms | mean ms | p50 vs native |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for clients, samples in results.items():
-        native_p50 = percentile(samples["native"], 50)
-        for backend, values in samples.items():
+def table(results: dict[int, Measured]) -> str:
+    names = list(next(iter(results.values())).cpu["native"])
+    head = ["clients", "backend", "calls", "p50 ms", "p99 ms", "mean ms", "p50 vs native"]
+    head += [f"{name} CPU ms/call" for name in names]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for clients, measured in results.items():
+        native_p50 = percentile(measured.samples["native"], 50)
+        for backend, values in measured.samples.items():
             p50 = percentile(values, 50)
-            lines.append(
-                f"| {clients} | {backend} | {len(values)} | {p50 * 1e3:.2f} "
-                f"| {percentile(values, 99) * 1e3:.2f} | {statistics.fmean(values) * 1e3:.2f} "
-                f"| {p50 / native_p50:.2f}x |"
-            )
+            row = [
+                str(clients),
+                backend,
+                str(len(values)),
+                f"{p50 * 1e3:.2f}",
+                f"{percentile(values, 99) * 1e3:.2f}",
+                f"{statistics.fmean(values) * 1e3:.2f}",
+                f"{p50 / native_p50:.2f}x",
+            ]
+            row += [f"{measured.cpu[backend][n] / len(values) * 1e3:.2f}" for n in names]
+            lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -134,20 +183,25 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     args = parser.parse_args()
 
-    async def run_all(ingress: str) -> dict[int, dict[str, list[float]]]:
+    async def run_all(ingress: str, processes: Processes) -> dict[int, Measured]:
         results = {}
         for clients in (1, args.concurrency):
             results[clients] = await measure(
-                ingress, total=args.calls, clients=clients, rounds=args.rounds, warmup=args.warmup
+                ingress,
+                total=args.calls,
+                clients=clients,
+                rounds=args.rounds,
+                warmup=args.warmup,
+                processes=processes,
             )
         return results
 
     load_before = os.getloadavg()[0]
-    if args.ingress:
-        results = asyncio.run(run_all(args.ingress))
+    if args.ingress:  # processes unknown: no CPU columns
+        results = asyncio.run(run_all(args.ingress, {}))
     else:
-        with local_stack() as ingress:
-            results = asyncio.run(run_all(ingress))
+        with local_stack() as (ingress, processes):
+            results = asyncio.run(run_all(ingress, processes))
     load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     print(f"machine: {machine()}; {load}")
     print(table(results))
