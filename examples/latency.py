@@ -5,16 +5,18 @@
 
 Without ``--ingress`` it runs from a checkout with the dev extra installed: a Redis server
 on a free port (tests/servers.py), restate-server from npm (tests/restate_server.py) with its
-data on tmpfs where there is one, and ``hypercorn examples.service:app``; everything stops
-at the end. Calls ``POST /NativeCounter/<key>/add``, ``/PingCounter/<key>/add`` (the same
-plus two plain Redis PINGs: the floor of any state kept outside Restate) and
-``/Counter/<key>/add`` through the ingress over keep-alive HTTP/1.1 (aiohttp: httpx's pool
-costs several ms of CPU per call at 32 connections, which would hide what is measured),
-sequentially (one client) and with 32 concurrent clients (each on its own key, as Restate
-runs one exclusive call per key at a time); the services alternate in rounds so that drift
-of a noisy machine hits them alike. With the stack it started, it also reports the CPU time
-(user + system, from /proc) that the worker (hypercorn and its worker process), Restate and
-Redis spent per call while each service's calls ran.
+data on tmpfs where there is one, and ``hypercorn examples.service:app`` with
+``examples/hypercorn.toml``; everything stops at the end.
+
+It calls ``POST /NativeCounter/<key>/add``, ``/PingCounter/<key>/add`` (the same plus two
+plain Redis PINGs: the floor of any state kept outside Restate) and ``/Counter/<key>/add``
+through the ingress over keep-alive HTTP/1.1 (aiohttp: httpx's pool costs several ms of CPU
+per call at 32 connections, which would hide what is measured), sequentially (one client)
+and with 32 concurrent clients (each on its own key, as Restate runs one exclusive call per
+key at a time); the services alternate in rounds so that drift of a noisy machine hits them
+alike. With the stack it started, it also reports the CPU time (user + system, from /proc)
+that the worker (hypercorn and its worker process), Restate and Redis spent per call while
+each service's calls ran.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 
@@ -43,16 +46,17 @@ Processes = dict[str, list[int]]  # the name of a CPU column -> the processes it
 
 
 @contextmanager
-def local_stack() -> Iterator[tuple[str, Processes]]:
-    """Redis + restate-server + the example deployment; yields the ingress URL and the
-    process ids of the worker (hypercorn and its worker processes), Restate and Redis."""
+def local_stack(hypercorn_args: tuple[str, ...] = ()) -> Iterator[tuple[str, Processes]]:
+    """Redis + restate-server + the example deployment (``hypercorn_args``: more options for
+    hypercorn); yields the ingress URL and the process ids of the worker (hypercorn and its
+    worker processes), Restate and Redis."""
     from tests.restate_server import _children, start_stack
     from tests.servers import start_server
 
     redis_server = start_server("redis")
     try:
         env = {"RESTATE_REDIS_URL": redis_server.url, "RESTATE_REDIS_NAMESPACE": "latency"}
-        stack = start_stack("examples.service:app", env)
+        stack = start_stack("examples.service:app", env, hypercorn_args)
         try:
             assert stack.deployment.proc and stack.server.proc and redis_server.proc
             hypercorn = stack.deployment.proc.pid
@@ -181,6 +185,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds")
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument(
+        "--hypercorn-config",
+        default=str(Path(__file__).with_name("hypercorn.toml")),
+        help="hypercorn's config file for the example it starts ('' for hypercorn's defaults)",
+    )
     args = parser.parse_args()
 
     async def run_all(ingress: str, processes: Processes) -> dict[int, Measured]:
@@ -200,7 +209,8 @@ def main() -> None:
     if args.ingress:  # processes unknown: no CPU columns
         results = asyncio.run(run_all(args.ingress, {}))
     else:
-        with local_stack() as (ingress, processes):
+        hypercorn_args = ("--config", args.hypercorn_config) if args.hypercorn_config else ()
+        with local_stack(hypercorn_args) as (ingress, processes):
             results = asyncio.run(run_all(ingress, processes))
     load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     print(f"machine: {machine()}; {load}")
