@@ -280,3 +280,22 @@ async def test_a_server_demoted_to_a_replica_is_left_for_a_new_connection(
         await admin.aclose()
         own.stop()
         shutil.rmtree(own.dir, ignore_errors=True)
+
+
+async def test_a_resp3_client_reads_and_commits_through_the_link(make_client: Client) -> None:
+    client = make_client(protocol=3)
+    store = RedisStateStore(client)
+    keys = store.keyspace.object_keys("Svc", "resp3")
+    try:
+        await client.delete(keys.state, keys.meta)
+        for _ in range(3):
+            async with store.object("Svc", "resp3", state_preload=["n", "missing"]) as ctx:
+                assert await ctx.get("missing") is None
+                ctx.set("n", (await ctx.get("n") or 0) + 1)
+        async with store.object("Svc", "resp3", shared=True) as ctx:
+            assert await ctx.get("n") == 3
+            assert await ctx.state_keys() == ["n"]
+        assert await client.hget(keys.state, "n") == b"\x03"
+    finally:
+        await store.aclose()
+        await client.aclose()
