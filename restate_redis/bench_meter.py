@@ -7,7 +7,8 @@ A round trip is one write call: redis-py writes a command, or a whole pipeline, 
 then waits for the replies; a :class:`~restate_redis.wire.Batch` of several sessions' commands
 written together on the link counts one round trip for each. Bytes out are what those writes
 carry; bytes in are what the parser reads from the stream; a reply is one ``read_response``
-call.
+call. The store's link, which parses its replies as the socket delivers them, reports its
+bytes and replies through :meth:`CountingConnection.link_received`.
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ non-blocking commands on it (the open, commit, release and renew scripts, and la
   redis-py's pure-Python parser a reader task reads the replies through redis-py instead.
 - A caller that is cancelled while its command is in flight leaves the connection usable:
   its reply is read and dropped.
-- A network error or a ``socket_timeout`` with no reply fails every command in flight on the
-  link (the store's retry policy takes over; commits are recognised if they had applied) and
-  the next command opens a new connection. A server that closed the idle link is noticed
-  before the next write.
+- A network error, a ``socket_timeout`` with no reply or a ``READONLY`` reply (a failover
+  demoted the server) fails every command in flight on the link (the store's retry policy
+  takes over; commits are recognised if they had applied) and the next command opens a new
+  connection. A server that closed the idle link is noticed before the next write.
 
 The link is made by the client's pool (``make_connection``), so it has the client's address,
 TLS, credentials, database and protocol, and follows Sentinel to the current master. Blocking
@@ -173,8 +173,9 @@ class _Link:
             self._reader = loop.create_task(self._read_replies())
 
     def usable(self) -> bool:
-        """Still healthy, and on the running loop; an idle link also must not have been
-        closed by the server (EOF or unexpected bytes seen by its stream reader)."""
+        """Still healthy, and on the running loop. A link that parses its own replies learns
+        of a close by the server from its protocol; one read through redis-py checks, when
+        idle, for EOF or unexpected bytes on its stream reader."""
         if self.error is not None or self._transport.is_closing():
             return False
         if self._reader is not None and not self._waiting:

@@ -57,3 +57,15 @@ def test_latency_script_measures_every_backend_with_the_stack_it_starts() -> Non
     # about 0.1 ms per call, can stay under the kernel's 10 ms tick in so short a run)
     assert sum(float(r[-3]) for r in rows) > 0, out
     assert sum(float(r[-2]) for r in rows) > 0, out
+
+
+def test_hypercorn_config_lifts_the_request_limit_per_connection() -> None:
+    """hypercorn reads examples/hypercorn.toml (the worker commands of deploy/ and the README
+    pass it) as lifting its 1,000-requests-per-connection default; a misspelt key would be
+    ignored silently."""
+    from hypercorn.config import Config
+
+    default = Config().keep_alive_max_requests
+    assert Config.from_toml(ROOT / "examples" / "hypercorn.toml").keep_alive_max_requests >= (
+        default * 1_000_000
+    )

@@ -6,7 +6,6 @@ with its Python parser (the link then reads them through redis-py)."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import shutil
 from collections.abc import AsyncIterator, Callable
 
@@ -21,22 +20,38 @@ from restate_redis import RedisStateStore
 from .counting import CountingConnection
 from .servers import Server, start_server
 
-Client = Callable[..., aioredis.Redis]
+MakeStore = Callable[..., RedisStateStore]
 
 
 @pytest.fixture(params=[_AsyncHiredisParser, _AsyncRESP2Parser], ids=["hiredis", "python-parser"])
-def make_client(server: Server, request: pytest.FixtureRequest) -> Client:
-    """Clients of the test server with one of redis-py's reply parsers."""
-    return functools.partial(aioredis.Redis.from_url, server.url, parser_class=request.param)
+def parser(request: pytest.FixtureRequest) -> type:
+    """One of redis-py's reply parsers."""
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def make_store(server: Server, parser: type) -> AsyncIterator[MakeStore]:
+    """Stores on clients with that parser (``url``: another server than the test server;
+    other options go to the client); closed with their clients at the end of the test."""
+    made: list[RedisStateStore] = []
+
+    def make(url: str | None = None, **options: object) -> RedisStateStore:
+        client = aioredis.Redis.from_url(url or server.url, parser_class=parser, **options)
+        made.append(RedisStateStore(client))
+        return made[-1]
+
+    yield make
+    for store in made:
+        await store.aclose()
+        await store.client.aclose()
 
 
 @pytest.fixture(params=[None, 5.0], ids=["no-socket-timeout", "socket-timeout"])
 async def counted(
-    server: Server, make_client: Client, request: pytest.FixtureRequest
+    server: Server, parser: type, request: pytest.FixtureRequest
 ) -> AsyncIterator[RedisStateStore]:
     """A store whose connections log what they send; with and without a socket_timeout, which
     bounds the wait for the link's replies."""
-    parser = make_client.keywords["parser_class"]  # type: ignore[attr-defined]
     pool = aioredis.ConnectionPool.from_url(
         server.url,
         connection_class=CountingConnection,
@@ -53,28 +68,20 @@ async def counted(
 
 
 async def test_a_plain_client_takes_the_link_and_a_pinned_one_does_not(
-    make_client: Client,
+    make_store: MakeStore,
 ) -> None:
-    plain = make_client()
-    pinned = make_client(single_connection_client=True)
-    a, b = RedisStateStore(plain), RedisStateStore(pinned)
-    try:
-        await plain.flushall()
-        assert a.wire.direct and not b.wire.direct
-        for store, n in ((a, 1), (b, 2), (a, 3)):
-            async with store.object("Svc", "obj", state_preload=False) as ctx:
-                before = await ctx.get("n")
-                assert before == (None if n == 1 else n - 1)
-                ctx.set("n", n)
-                ctx.set("blob", bytes(range(256)) * 4)
-        async with b.object("Svc", "obj", shared=True) as ctx:
-            assert await ctx.get("n") == 3
-            assert await ctx.get("blob") == bytes(range(256)) * 4
-    finally:
-        await a.aclose()
-        await b.aclose()
-        await plain.aclose()
-        await pinned.aclose()
+    a, b = make_store(), make_store(single_connection_client=True)
+    await a.client.flushall()
+    assert a.wire.direct and not b.wire.direct
+    for store, n in ((a, 1), (b, 2), (a, 3)):
+        async with store.object("Svc", "obj", state_preload=False) as ctx:
+            before = await ctx.get("n")
+            assert before == (None if n == 1 else n - 1)
+            ctx.set("n", n)
+            ctx.set("blob", bytes(range(256)) * 4)
+    async with b.object("Svc", "obj", shared=True) as ctx:
+        assert await ctx.get("n") == 3
+        assert await ctx.get("blob") == bytes(range(256)) * 4
 
 
 async def test_scripts_flushed_from_the_server_are_loaded_again(
@@ -118,23 +125,18 @@ async def test_a_command_cancelled_in_flight_does_not_leave_its_reply_to_the_nex
 
 
 async def test_a_write_to_a_stalled_server_times_out_and_drops_the_connection(
-    server: Server, make_client: Client
+    server: Server, make_store: MakeStore
 ) -> None:
-    client = make_client(socket_timeout=0.5)
-    store = RedisStateStore(client)
+    store = make_store(socket_timeout=0.5)
     key = store.keyspace.object_keys("Svc", "obj").state
-    try:
-        assert await store.wire.execute("HSET", key, "n", b"1") in (0, 1)
-        # far more than the socket buffers take, so the write itself must wait; the
-        # socket_timeout ends it (wait_for only keeps a broken timeout from hanging the run)
-        with server.paused(), pytest.raises(RedisTimeoutError, match="writing"):
-            big = store.wire.execute("HSET", key, "big", b"x" * (64 << 20))
-            await asyncio.wait_for(big, timeout=60)
-        assert await store.wire.execute("HGET", key, "n") == b"1"
-        assert await store.wire.execute("HEXISTS", key, "big") == 0
-    finally:
-        await store.aclose()
-        await client.aclose()
+    assert await store.wire.execute("HSET", key, "n", b"1") in (0, 1)
+    # far more than the socket buffers take, so the write itself must wait; the
+    # socket_timeout ends it (wait_for only keeps a broken timeout from hanging the run)
+    with server.paused(), pytest.raises(RedisTimeoutError, match="writing"):
+        big = store.wire.execute("HSET", key, "big", b"x" * (64 << 20))
+        await asyncio.wait_for(big, timeout=60)
+    assert await store.wire.execute("HGET", key, "n") == b"1"
+    assert await store.wire.execute("HEXISTS", key, "big") == 0
 
 
 async def _stat(client: aioredis.Redis, field: str) -> int:
@@ -142,73 +144,53 @@ async def _stat(client: aioredis.Redis, field: str) -> int:
 
 
 async def test_commands_issued_together_reach_the_server_in_one_read(
-    server: Server, make_client: Client
+    make_store: MakeStore,
 ) -> None:
     """Concurrent sessions' commands share the store's link and one write: the server sees
     far fewer reads than commands, and every caller gets its own reply."""
-    client = make_client()
-    admin = aioredis.Redis.from_url(server.url)
-    store = RedisStateStore(client)
+    store, admin = make_store(), make_store().client
     key = store.keyspace.object_keys("Svc", "obj").state
-    try:
-        await client.hset(key, mapping={f"f{i}": f"v{i}".encode() for i in range(50)})
-        await store.wire.execute("PING")  # the link is connected
-        reads = await _stat(admin, "total_reads_processed")
-        replies = await asyncio.gather(
-            *(store.wire.execute("HGET", key, f"f{i}") for i in range(50))
-        )
-        assert replies == [f"v{i}".encode() for i in range(50)]
-        # 50 commands; the INFO call itself is one read; allow a split write
-        assert await _stat(admin, "total_reads_processed") - reads <= 4
-    finally:
-        await store.aclose()
-        await client.aclose()
-        await admin.aclose()
+    await admin.hset(key, mapping={f"f{i}": f"v{i}".encode() for i in range(50)})
+    await store.wire.execute("PING")  # the link is connected
+    reads = await _stat(admin, "total_reads_processed")
+    replies = await asyncio.gather(*(store.wire.execute("HGET", key, f"f{i}") for i in range(50)))
+    assert replies == [f"v{i}".encode() for i in range(50)]
+    # 50 commands; the INFO call itself is one read; allow a split write
+    assert await _stat(admin, "total_reads_processed") - reads <= 4
 
 
 async def test_a_link_closed_by_the_server_is_replaced_before_the_next_command(
-    server: Server, make_client: Client
+    make_store: MakeStore,
 ) -> None:
-    client = make_client()
-    admin = aioredis.Redis.from_url(server.url)
-    store = RedisStateStore(client)
-    try:
-        first = await store.wire.execute("CLIENT", "ID")
-        assert await admin.client_kill_filter(_id=first) == 1
-        await asyncio.sleep(0.1)  # the close reaches the idle link's stream
-        second = await store.wire.execute("CLIENT", "ID")  # no error: a new link
-        assert second != first
-        async with store.object("Svc", "obj") as ctx:
-            ctx.set("n", 1)
-        assert await store.wire.execute("CLIENT", "ID") == second
-        await store.aclose()
-        ids = [int(c["id"]) for c in await admin.client_list()]
-        assert second not in ids  # aclose closed the link
-    finally:
-        await client.aclose()
-        await admin.aclose()
+    store, admin = make_store(), make_store().client
+    first = await store.wire.execute("CLIENT", "ID")
+    assert await admin.client_kill_filter(_id=first) == 1
+    await asyncio.sleep(0.1)  # the close reaches the idle link's stream
+    second = await store.wire.execute("CLIENT", "ID")  # no error: a new link
+    assert second != first
+    async with store.object("Svc", "obj") as ctx:
+        ctx.set("n", 1)
+    assert await store.wire.execute("CLIENT", "ID") == second
+    await store.aclose()
+    ids = [int(c["id"]) for c in await admin.client_list()]
+    assert second not in ids  # aclose closed the link
 
 
 async def test_commands_in_flight_fail_together_when_the_server_stalls_then_a_new_link_serves(
-    server: Server, make_client: Client
+    server: Server, make_store: MakeStore
 ) -> None:
-    client = make_client(socket_timeout=0.5)
-    store = RedisStateStore(client)
+    store = make_store(socket_timeout=0.5)
     key = store.keyspace.object_keys("Svc", "obj").state
-    try:
-        await store.wire.execute("HSET", key, "n", b"1")
-        first = await store.wire.execute("CLIENT", "ID")
-        with server.paused():
-            results = await asyncio.gather(
-                *(store.wire.execute("HINCRBY", key, "i", 1) for _ in range(5)),
-                return_exceptions=True,
-            )
-        assert all(isinstance(r, RedisTimeoutError) for r in results), results
-        assert await store.wire.execute("CLIENT", "ID") != first
-        assert await store.wire.execute("HGET", key, "n") == b"1"
-    finally:
-        await store.aclose()
-        await client.aclose()
+    await store.wire.execute("HSET", key, "n", b"1")
+    first = await store.wire.execute("CLIENT", "ID")
+    with server.paused():
+        results = await asyncio.gather(
+            *(store.wire.execute("HINCRBY", key, "i", 1) for _ in range(5)),
+            return_exceptions=True,
+        )
+    assert all(isinstance(r, RedisTimeoutError) for r in results), results
+    assert await store.wire.execute("CLIENT", "ID") != first
+    assert await store.wire.execute("HGET", key, "n") == b"1"
 
 
 async def test_error_replies_go_to_their_own_commands_and_the_link_stays_up(
@@ -231,38 +213,29 @@ async def test_error_replies_go_to_their_own_commands_and_the_link_stays_up(
 
 
 async def test_an_idle_link_does_not_time_out_and_slow_replies_within_the_timeout_arrive(
-    make_client: Client,
+    make_store: MakeStore,
 ) -> None:
     """socket_timeout bounds each wait for the next reply, not the time between commands nor
     the time a stream of replies takes."""
-    client = make_client(socket_timeout=0.5)
-    store = RedisStateStore(client)
-
-    try:
-        link_id = await store.wire.execute("CLIENT", "ID")
-        await asyncio.sleep(1.2)  # idle for more than two socket timeouts
-        assert await store.wire.execute("CLIENT", "ID") == link_id
-        # WAIT for a replica that does not exist blocks this connection (not the server) for
-        # 0.3 s, then Redis reads the next command: replies come at about 0.3, 0.6 and 0.9 s,
-        # commands wait on the link for 0.9 s, and each reply within 0.3 s of the one before
-        waits = [store.wire.execute("WAIT", 1, 300) for _ in range(3)]
-        assert list(await asyncio.gather(*waits)) == [0, 0, 0]
-        assert await store.wire.execute("CLIENT", "ID") == link_id
-    finally:
-        await store.aclose()
-        await client.aclose()
+    store = make_store(socket_timeout=0.5)
+    link_id = await store.wire.execute("CLIENT", "ID")
+    await asyncio.sleep(1.2)  # idle for more than two socket timeouts
+    assert await store.wire.execute("CLIENT", "ID") == link_id
+    # WAIT for a replica that does not exist blocks this connection (not the server) for
+    # 0.3 s, then Redis reads the next command: replies come at about 0.3, 0.6 and 0.9 s,
+    # commands wait on the link for 0.9 s, and each reply within 0.3 s of the one before
+    waits = [store.wire.execute("WAIT", 1, 300) for _ in range(3)]
+    assert list(await asyncio.gather(*waits)) == [0, 0, 0]
+    assert await store.wire.execute("CLIENT", "ID") == link_id
 
 
 async def test_a_server_demoted_to_a_replica_is_left_for_a_new_connection(
-    server: Server, make_client: Client
+    server: Server, make_store: MakeStore
 ) -> None:
     """READONLY (a failover made the server a replica) ends the link, so that the next
     command connects anew, as Sentinel or a moved DNS name would then lead to the master."""
     own = start_server(server.flavour)
-    parser = make_client.keywords["parser_class"]  # type: ignore[attr-defined]
-    client = aioredis.Redis.from_url(own.url, parser_class=parser)
-    admin = aioredis.Redis.from_url(own.url)
-    store = RedisStateStore(client)
+    store, admin = make_store(own.url), make_store(own.url).client
     key = store.keyspace.object_keys("Svc", "obj").state
     try:
         first = await store.wire.execute("CLIENT", "ID")
@@ -275,27 +248,20 @@ async def test_a_server_demoted_to_a_replica_is_left_for_a_new_connection(
         assert second != first
         assert first not in [int(c["id"]) for c in await admin.client_list()]
     finally:
-        await store.aclose()
-        await client.aclose()
-        await admin.aclose()
+        await store.aclose()  # before its server stops
         own.stop()
         shutil.rmtree(own.dir, ignore_errors=True)
 
 
-async def test_a_resp3_client_reads_and_commits_through_the_link(make_client: Client) -> None:
-    client = make_client(protocol=3)
-    store = RedisStateStore(client)
+async def test_a_resp3_client_reads_and_commits_through_the_link(make_store: MakeStore) -> None:
+    store = make_store(protocol=3)
     keys = store.keyspace.object_keys("Svc", "resp3")
-    try:
-        await client.delete(keys.state, keys.meta)
-        for _ in range(3):
-            async with store.object("Svc", "resp3", state_preload=["n", "missing"]) as ctx:
-                assert await ctx.get("missing") is None
-                ctx.set("n", (await ctx.get("n") or 0) + 1)
-        async with store.object("Svc", "resp3", shared=True) as ctx:
-            assert await ctx.get("n") == 3
-            assert await ctx.state_keys() == ["n"]
-        assert await client.hget(keys.state, "n") == b"\x03"
-    finally:
-        await store.aclose()
-        await client.aclose()
+    await store.client.delete(keys.state, keys.meta)
+    for _ in range(3):
+        async with store.object("Svc", "resp3", state_preload=["n", "missing"]) as ctx:
+            assert await ctx.get("missing") is None
+            ctx.set("n", (await ctx.get("n") or 0) + 1)
+    async with store.object("Svc", "resp3", shared=True) as ctx:
+        assert await ctx.get("n") == 3
+        assert await ctx.state_keys() == ["n"]
+    assert await store.client.hget(keys.state, "n") == b"\x03"
