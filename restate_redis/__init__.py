@@ -2,6 +2,7 @@
 
 from .errors import (
     CommitError,
+    CorruptStateError,
     InvalidNameError,
     InvalidPatchError,
     LeaseLostError,
@@ -13,6 +14,7 @@ from .errors import (
     StateEncodeError,
     StateError,
     StateTypeError,
+    StoreError,
     StoreUnavailableError,
     UnknownObjectError,
     ValueTooLargeError,
@@ -51,6 +53,8 @@ __all__ = [
     "CommitError",
     "ReplicationError",
     "StoreUnavailableError",
+    "StoreError",
+    "CorruptStateError",
     "VersionConflictError",
     "UnknownObjectError",
     "InvalidPatchError",

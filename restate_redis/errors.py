@@ -72,6 +72,14 @@ class StoreUnavailableError(StateError, ConnectionError):
     """Redis could not be reached within the retry budget."""
 
 
+class StoreError(StateError):
+    """Redis refused a command for a reason a retry cannot fix (credentials, ACL, a script)."""
+
+
+class CorruptStateError(StateError, ValueError):
+    """The object's bookkeeping in Redis does not parse (it was not written by this library)."""
+
+
 class VersionConflictError(StateError):
     """The object changed since its state was read; an edit checked against it wrote nothing."""
 

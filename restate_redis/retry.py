@@ -10,10 +10,11 @@ error) are never retried.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -27,7 +28,13 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from .errors import CommitError, StoreUnavailableError
+from .errors import (
+    CommitError,
+    StateError,
+    StoreError,
+    StoreUnavailableError,
+    WrongTypeError,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("restate_redis")
@@ -142,3 +149,40 @@ def _log_retry(op: str, where: str) -> Callable[[BaseException | None, int], Non
         log.info("retrying %s on %s after attempt %d failed: %r", op, where, attempt, exc)
 
     return log_it
+
+
+def as_state_error(exc: BaseException, what: str) -> BaseException:
+    """``exc`` as the :class:`StateError` a caller sees; ``what`` names the operation.
+
+    Errors of the library pass unchanged; redis-py's (a ``RedisClusterException`` included,
+    which is no ``RedisError``) and socket errors become :class:`StoreUnavailableError` when
+    they mean "not reachable" and :class:`StoreError` otherwise. Anything else is returned
+    as it is.
+    """
+    if isinstance(exc, StateError):
+        return exc
+    if isinstance(exc, rex.WatchError):
+        return exc
+    if isinstance(exc, rex.ResponseError) and "WRONGTYPE" in str(exc):
+        return WrongTypeError(f"{what}: a Redis key holds a value of the wrong type: {exc}")
+    if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError):
+        return StoreError(f"{what}: Redis refused the credentials: {exc}")
+    if isinstance(exc, rex.NoPermissionError):
+        return StoreError(f"{what}: the Redis user lacks a permission (ACL): {exc}")
+    if is_transient(exc) or isinstance(exc, rex.RedisClusterException | rex.ConnectionError):
+        return StoreUnavailableError(f"{what}: Redis is not reachable: {exc}")
+    if isinstance(exc, rex.RedisError | rex.RedisClusterException):
+        return StoreError(f"{what}: {type(exc).__name__}: {exc}")
+    return exc
+
+
+@contextlib.asynccontextmanager
+async def redis_errors(what: str) -> AsyncIterator[None]:
+    """Raise whatever Redis raises inside the block as a :class:`StateError` (see above)."""
+    try:
+        yield
+    except Exception as exc:
+        translated = as_state_error(exc, what)
+        if translated is exc:
+            raise
+        raise translated from exc
