@@ -1,15 +1,33 @@
 """Every Redis key this library writes, and the rule that keeps one object in one slot.
 
-Layout for namespace ``restate`` (the default) and an object ``Counter`` / ``alice``::
+Layout for namespace ``restate`` (the default) and an object ``Counter`` / ``alice``; this is
+the one description of the keyspace, and the Lua scripts' headers point here::
 
     restate:{Counter:alice}:state   hash   the state: field = state key, value = serialized value
-    restate:{Counter:alice}:meta    hash   bookkeeping: v (version), b (stored bytes),
-                                           c (last commit id), wf (workflow status), rt (retention)
-    restate:{Counter:alice}:prev    hash   prior values of the last recorded commit (replays)
+    restate:{Counter:alice}:meta    hash   bookkeeping, one field each:
+                                             v   version: commits so far
+                                             b   stored bytes of the state (names + values);
+                                                 absent while unknown (state written by
+                                                 something else, counted by the next eager
+                                                 open within the limits)
+                                             c   id of the last commit
+                                             pf  what the last commit recorded for a replay:
+                                                 "0" prior values in prev, "r" a clear_all
+                                                 whose whole prior state is in old
+                                             wf  workflow status: "running" / "completed"
+                                             e   "1" while the object has no state and its
+                                                 bookkeeping expires after the grace period
+    restate:{Counter:alice}:prev    hash   prior values of the keys the last recorded commit
+                                           changed ("+" value, or "-" when absent)
+    restate:{Counter:alice}:old     hash   the whole state before the last recorded
+                                           clear_all (renamed, not copied), for its replay
     restate:{Counter:alice}:lease   string the exclusive lease: holder token, with a PX expiry
     restate:{Counter:alice}:wake    list   release signal that wakes one lease waiter (BLPOP)
     restate:{Counter:alice}:commits zset   recent commit ids (hashed), so a retried commit whose
                                            reply was lost is recognised; expires when idle
+
+An object whose state becomes empty keeps its bookkeeping for ``EMPTY_GRACE`` after its last
+commit (so a replay of that commit is still recognised), then meta, prev and old expire.
 
 Service names and object keys are percent-encoded (RFC 3986 unreserved characters stay as
 they are; everything else, including ``{ } : * ? [ ] \\ %``, spaces and non-ASCII, becomes
@@ -33,6 +51,7 @@ SEPARATOR = ":"
 STATE = "state"
 META = "meta"
 PREV = "prev"
+OLD = "old"
 LEASE = "lease"
 WAKE = "wake"
 COMMITS = "commits"
@@ -42,7 +61,13 @@ META_VERSION = "v"
 META_BYTES = "b"
 META_COMMIT = "c"
 META_WORKFLOW = "wf"
-META_RETENTION = "rt"
+META_PRIOR = "pf"
+META_GRACE = "e"
+
+# How long an object left with no state keeps its bookkeeping after its last commit: as long
+# as Restate keeps a completed invocation's idempotency record by default, so a retried
+# invocation is still recognised as a replay.
+EMPTY_GRACE_SECONDS = 24 * 3600
 
 WORKFLOW_RUNNING = "running"
 WORKFLOW_COMPLETED = "completed"
@@ -113,10 +138,11 @@ class ObjectKeys:
     lease: str
     wake: str
     commits: str
+    old: str
 
     @property
-    def all(self) -> tuple[str, str, str, str, str, str]:
-        return (self.state, self.meta, self.prev, self.lease, self.wake, self.commits)
+    def all(self) -> tuple[str, str, str, str, str, str, str]:
+        return (self.state, self.meta, self.prev, self.lease, self.wake, self.commits, self.old)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +160,13 @@ class Keyspace:
     def object_keys(self, service: str, key: str) -> ObjectKeys:
         base = f"{self.namespace}{SEPARATOR}{self.tag(service, key)}{SEPARATOR}"
         return ObjectKeys(
-            base + STATE, base + META, base + PREV, base + LEASE, base + WAKE, base + COMMITS
+            base + STATE,
+            base + META,
+            base + PREV,
+            base + LEASE,
+            base + WAKE,
+            base + COMMITS,
+            base + OLD,
         )
 
     def object_pattern(self, service: str, prefix: str = "", suffix: str = META) -> str:

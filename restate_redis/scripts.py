@@ -24,6 +24,8 @@ class Scripts:
     commit: AsyncScript
     release: AsyncScript
     renew: AsyncScript
+    purge: AsyncScript
+    scan: AsyncScript
 
     @classmethod
     def register(cls, client: Any) -> Scripts:
@@ -32,4 +34,6 @@ class Scripts:
             commit=client.register_script(source("commit")),
             release=client.register_script(source("release")),
             renew=client.register_script(source("renew")),
+            purge=client.register_script(source("purge")),
+            scan=client.register_script(source("scan")),
         )

@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 
 from .errors import (
     CommitError,
+    CorruptStateError,
     InvalidNameError,
     LeaseLostError,
     LeaseTimeoutError,
@@ -35,6 +36,7 @@ from .errors import (
     WrongTypeError,
     where,
 )
+from .keyspace import EMPTY_GRACE_SECONDS
 from .serde import Serde, convert
 from .telemetry import ROUNDTRIP
 
@@ -48,6 +50,8 @@ Mode = Literal["eager", "lazy", "preload"]
 log = logging.getLogger("restate_redis")
 
 _MISSING: Any = object()  # cached "this key does not exist"
+SCAN_WHOLE = 10_000  # state_keys() / get_all() read a state of up to this many keys at once,
+SCAN_PAGE = 1_000  # and a larger one in HSCAN pages of about this many
 
 
 class Session:
@@ -110,12 +114,19 @@ class Session:
         before that commit, and its own commit is recognised and not applied again."""
         self.lease_wait = 0.0
         """Seconds spent waiting for the exclusive lease."""
+        self.purged = False
+        """After :meth:`purge`: True when the object had anything stored."""
         if lease_token is not None and (not isinstance(lease_token, str) or not lease_token):
             raise InvalidNameError(f"lease_token must be a non-empty str, got {lease_token!r}")
         self._token = "" if self.shared else (lease_token or nonce)
         self._cache: dict[str, Any] = {}  # state key -> stored bytes, or _MISSING
         self._complete = False  # _cache holds every stored key
         self._stored_keys: set[str] | None = None  # lazy: the stored field names, once read
+        # A replay too large to load: the prior values of the keys the replayed commit
+        # changed (over the state), or the whole prior state read from the old key.
+        self._overlay: dict[str, Any] = {}
+        self._source = self.keys.state  # the hash lazy reads go to
+        self._purge = False
         self._writes: dict[str, bytes | None] = {}  # None: clear
         self._cleared_all = False
         self._open = False
@@ -230,8 +241,13 @@ class Session:
             stored = {k for k, v in self._cache.items() if v is not _MISSING}
         else:
             if self._stored_keys is None:
-                fields = await self._read("keys", lambda: self.store.client.hkeys(self.keys.state))
+                fields = await self._scan("keys", values=False)
                 self._stored_keys = {self._field(f) for f in fields}
+                for name, raw in self._overlay.items():
+                    if raw is _MISSING:
+                        self._stored_keys.discard(name)
+                    else:
+                        self._stored_keys.add(name)
             stored = set(self._stored_keys)
         for name, buf in self._writes.items():
             if buf is None:
@@ -245,13 +261,13 @@ class Session:
     async def get_all(
         self, serde: Serde[Any] | None = None, type_hint: Any = None
     ) -> dict[str, Any]:
-        """Every state key and its value (loads whatever is not loaded yet in one HGETALL)."""
+        """Every state key and its value (loads whatever is not loaded yet: one round trip up
+        to ``SCAN_WHOLE`` keys, then pages)."""
         self._check_usable()
         if not self._complete and not self._cleared_all:
-            data = await self._read(
-                "keys", lambda: self.store.client.hgetall(self.keys.state), ("HGETALL", None)
-            )
-            for f, v in data.items():
+            data = await self._scan("all", values=True)
+            pairs = iter(data)
+            for f, v in zip(pairs, pairs, strict=True):
                 self._cache.setdefault(self._field(f), v)
             self._complete = True
         return {name: await self.get(name, serde, type_hint) for name in await self.state_keys()}
@@ -291,12 +307,28 @@ class Session:
             with contextlib.suppress(Exception):
                 await self._release()
             return
-        if self.dirty or (self.kind == "workflow" and not self.replayed):
+        if self._purge:
+            await self._run_purge()
+        elif self.dirty or (self.kind == "workflow" and not self.replayed):
             await self._commit()
         else:
             await self._release()
 
     async def _open_session(self) -> None:
+        if self.shared:
+            await self._open_and_load()
+            return
+        try:
+            await self._open_and_load()
+        except BaseException:
+            # Cancelled while the open was in flight (its reply is dropped, but the script may
+            # run and take the lease), or failed after it took the lease: release with this
+            # session's token, in a task of the store's that outlives this one, so the next
+            # session does not wait out lease_ttl. Harmless when the lease was never taken.
+            self.store.release_later(self.keys, self._token)
+            raise
+
+    async def _open_and_load(self) -> None:
         store = self.store
         if self.shared and self.mode == "lazy" and self.kind == "object":
             # Nothing to lock and nothing to load: each read is one HGET, with no open before
@@ -311,9 +343,10 @@ class Session:
             store.eager_state_size_limit,
             run,
             self.commit_id or "",
+            store.eager_state_field_limit,
             *self._preload,
         ]
-        keys = [self.keys.state, self.keys.meta, self.keys.lease, self.keys.prev]
+        keys = [self.keys.state, self.keys.meta, self.keys.lease, self.keys.prev, self.keys.old]
         started = time.monotonic()
         deadline = started + store.acquire_timeout
         while True:
@@ -324,11 +357,15 @@ class Session:
             if status == 1:
                 break
             if status == -1:
-                raise self._wrong_type(reply[1])
+                raise self._wrong_type(reply[1], reply[2])
+            if status == -4:
+                raise self._corrupt(reply[1], reply[2])
             if status == -2:
                 raise WorkflowCompletedError(
                     f"workflow {where(self.service, self._key)} already completed its run; "
-                    f"its state is kept until the retention expires"
+                    f"its state is kept until the retention expires. To run it again, purge "
+                    f"it: restate-redis kv purge {self.service} {self._key} (or "
+                    f"await store.purge({self.service!r}, {self._key!r}))"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -345,8 +382,16 @@ class Session:
         self._version = int(reply[1])
         self._workflow_status = self._text(reply[2]) or None
         loaded = self._text(reply[3])
-        self.replayed = bool(int(reply[4]))
+        replay = int(reply[4])
+        self.replayed = replay != 0
         data = reply[5:]
+        if replay == 2:  # the prior values of what the commit changed, over the state
+            for i in range(0, len(data), 2):
+                raw = data[i + 1]
+                self._overlay[self._field(data[i])] = raw[1:] if raw[:1] == b"+" else _MISSING
+            self._cache.update(self._overlay)
+        elif replay == 3:  # the whole prior state, renamed aside by a clear_all
+            self._source = self.keys.old
         if loaded == "eager":
             self.mode = "eager" if self.mode == "eager" or self.replayed else self.mode
             pairs = iter(data)
@@ -382,13 +427,37 @@ class Session:
 
     async def _fetch(self, name: str) -> bytes | None:
         """One HGET of a state key that is not known yet; the answer is cached."""
+        source = self._source
         value: bytes | None = await self._read(
             "get",
-            lambda: self.store.wire.execute("HGET", self.keys.state, name),
+            lambda: self.store.wire.execute("HGET", source, name),
             ("HGET", name),
         )
         self._cache[name] = _MISSING if value is None else value
         return value
+
+    async def _scan(self, op: Any, *, values: bool) -> list[Any]:
+        """Every field (``values``: field, value, ...) of the hash reads go to, by scan.lua:
+        the whole hash in one round trip up to ``SCAN_WHOLE`` fields, in pages beyond."""
+        store, source, flag = self.store, self._source, "1" if values else "0"
+        items: list[Any] = []
+        seen: set[Any] = set()
+        cursor: Any = "0"
+        while True:
+            args: list[Any] = [cursor, SCAN_WHOLE, flag, SCAN_PAGE]
+            reply = await self._read(
+                op, lambda a=args: store.wire.script(store.scripts.scan, [source], a)
+            )
+            cursor, page = reply[0], reply[1]
+            if cursor in (b"0", "0", 0) and not items:
+                return list(page)  # one page: the whole hash, read atomically
+            step = 2 if values else 1
+            for i in range(0, len(page), step):
+                if page[i] not in seen:  # HSCAN may return a field twice
+                    seen.add(page[i])
+                    items.extend(page[i : i + step])
+            if cursor in (b"0", "0", 0):
+                return items
 
     async def _commit(self) -> None:
         store = self.store
@@ -406,6 +475,8 @@ class Session:
             flags,
             int(self._expire * 1000) if self._expire else 0,
             store.lease_ttl_ms,
+            store.eager_state_field_limit,
+            EMPTY_GRACE_SECONDS * 1000,
             len(deletes),
             *deletes,
         ]
@@ -419,6 +490,7 @@ class Session:
             self.keys.wake,
             self.keys.prev,
             self.keys.commits,
+            self.keys.old,
         ]
         attempts = 0
 
@@ -441,8 +513,33 @@ class Session:
         if status == -3:
             raise self._lost()
         if status == -1:
-            raise self._wrong_type(reply[1])
+            raise self._wrong_type(reply[1], reply[2])
+        if status == -4:
+            raise self._corrupt(reply[1], reply[2])
         self._version = int(reply[1])
+
+    def purge(self) -> None:
+        """Remove the object entirely when the session ends: its state and its bookkeeping
+        (version, workflow status, replay records), so its key can be used afresh."""
+        self._check_writable()
+        self._purge = True
+
+    async def _run_purge(self) -> None:
+        if self._lease_lost:
+            raise self._lost()
+        k = self.keys
+        keys = [k.state, k.meta, k.lease, k.wake, k.prev, k.commits, k.old]
+        args: list[Any] = [self._token, self.store.lease_ttl_ms]
+        store = self.store
+        reply = await self._call(
+            "commit", lambda: store.wire.script(store.scripts.purge, keys, args)
+        )
+        status = int(reply[0])
+        if status == -3:
+            raise self._lost()
+        if status == -1:
+            raise self._wrong_type(reply[1], reply[2])
+        self.purged = int(reply[1]) > 0
 
     async def _release(self) -> None:
         if self._lease_lost:
@@ -450,7 +547,11 @@ class Session:
         keys = [self.keys.lease, self.keys.wake]
         args: list[Any] = [self._token, self.store.lease_ttl_ms]
         store = self.store
-        await self._call("release", lambda: store.wire.script(store.scripts.release, keys, args))
+        reply = await self._call(
+            "release", lambda: store.wire.script(store.scripts.release, keys, args)
+        )
+        if isinstance(reply, list):
+            raise self._wrong_type(reply[1], reply[2])
 
     def _start_renewer(self) -> None:
         self._renew_timer = None
@@ -516,9 +617,9 @@ class Session:
         """A round trip that reads the state hash: a key of another type raises WrongTypeError."""
         try:
             return await self._call(op, call, detail)
-        except ResponseError as exc:
-            if "WRONGTYPE" in str(exc):
-                raise self._wrong_type(b"non-hash") from exc
+        except (ResponseError, WrongTypeError) as exc:
+            if "WRONGTYPE" in str(exc) or isinstance(exc, WrongTypeError):
+                raise self._wrong_type(b"non-hash", self._source) from exc
             raise
 
     def _changes(self) -> tuple[int, int]:
@@ -573,10 +674,22 @@ class Session:
             return ""
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
-    def _wrong_type(self, found: bytes | str) -> WrongTypeError:
+    def _wrong_type(self, found: bytes | str, redis_key: bytes | str) -> WrongTypeError:
+        key = self._text(redis_key)
+        want = {"lease": "string", "wake": "list", "commits": "sorted set"}.get(
+            key.rpartition(":")[2], "hash"
+        )
         return WrongTypeError(
-            f"Redis key {self.keys.state!r} of {where(self.service, self._key)} holds a "
-            f"{self._text(found)}, not a hash; it was not written by restate-redis"
+            f"Redis key {key!r} of {where(self.service, self._key)} holds a "
+            f"{self._text(found)}, not a {want}; it was not written by restate-redis, and "
+            f"nothing was written"
+        )
+
+    def _corrupt(self, field: bytes | str, value: bytes | str) -> CorruptStateError:
+        return CorruptStateError(
+            f"the bookkeeping of {where(self.service, self._key)} does not parse: field "
+            f"{self._text(field)!r} of {self.keys.meta!r} holds {value!r}; it was not written "
+            f"by restate-redis, and nothing was written"
         )
 
     def _lost(self) -> LeaseLostError:

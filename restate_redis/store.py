@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -10,9 +12,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .connection import connect, socket_timeout_of
 from .errors import StateError
-from .keyspace import DEFAULT_NAMESPACE, Keyspace, check_key, check_service
+from .keyspace import DEFAULT_NAMESPACE, Keyspace, ObjectKeys, check_key, check_service
 from .replication import commit_and_wait
-from .retry import RetryPolicy, is_transient
+from .retry import RetryPolicy, as_state_error, is_transient
 from .scripts import Scripts
 from .serde import MsgPackSerde, Serde
 from .telemetry import ObjectKeyMode, Telemetry
@@ -30,6 +32,7 @@ Duration = float | int | timedelta
 StatePreload = bool | list[str] | tuple[str, ...]
 
 MiB = 1024 * 1024
+DEFAULT_FIELD_LIMIT = 20_000
 DEFAULT_RETENTION = timedelta(days=1)
 
 
@@ -80,6 +83,8 @@ class RedisStateStore:
     - ``acquire_timeout``: how long an exclusive session waits for the lease (default 30 s).
     - ``eager_state_size_limit``: an eager session whose stored state is larger falls back to
       lazy reads (default 32 MiB, like Restate).
+    - ``eager_state_field_limit``: so does one on an object with more state keys than this
+      (default 20,000), so that no open turns a huge hash into one reply.
     - ``max_value_bytes``: the largest encoded value ``set()`` accepts (default 32 MiB).
     - ``serde``: the default serde (msgpack).
     - ``workflow_retention``: how long a completed workflow's state is kept (default 1 day).
@@ -104,6 +109,7 @@ class RedisStateStore:
         lease_ttl: Duration = 10.0,
         acquire_timeout: Duration = 30.0,
         eager_state_size_limit: int = 32 * MiB,
+        eager_state_field_limit: int = DEFAULT_FIELD_LIMIT,
         max_value_bytes: int = 32 * MiB,
         serde: Serde[Any] | None = None,
         workflow_retention: Duration = DEFAULT_RETENTION,
@@ -127,6 +133,9 @@ class RedisStateStore:
         self.acquire_timeout = seconds(acquire_timeout, "acquire_timeout", allow_zero=True)
         self.eager_state_size_limit = _positive_int(
             eager_state_size_limit, "eager_state_size_limit"
+        )
+        self.eager_state_field_limit = _positive_int(
+            eager_state_field_limit, "eager_state_field_limit"
         )
         self.max_value_bytes = _positive_int(max_value_bytes, "max_value_bytes")
         self.serde: Serde[Any] = serde if serde is not None else MsgPackSerde()
@@ -157,6 +166,7 @@ class RedisStateStore:
             object_key=trace_object_key,
         )
         self._owns_client = False
+        self._releases: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(
@@ -167,6 +177,7 @@ class RedisStateStore:
         lease_ttl: Duration = 10.0,
         acquire_timeout: Duration = 30.0,
         eager_state_size_limit: int = 32 * MiB,
+        eager_state_field_limit: int = DEFAULT_FIELD_LIMIT,
         max_value_bytes: int = 32 * MiB,
         serde: Serde[Any] | None = None,
         workflow_retention: Duration = DEFAULT_RETENTION,
@@ -193,6 +204,7 @@ class RedisStateStore:
             lease_ttl=lease_ttl,
             acquire_timeout=acquire_timeout,
             eager_state_size_limit=eager_state_size_limit,
+            eager_state_field_limit=eager_state_field_limit,
             max_value_bytes=max_value_bytes,
             serde=serde,
             workflow_retention=workflow_retention,
@@ -299,7 +311,7 @@ class RedisStateStore:
 
     async def roundtrip(
         self,
-        op: Literal["open", "get", "keys", "commit", "release", "renew", "wait"],
+        op: Literal["open", "get", "keys", "all", "commit", "release", "renew", "wait"],
         session: Session,
         call: Callable[[], Awaitable[T]],
     ) -> T:
@@ -312,14 +324,48 @@ class RedisStateStore:
             return await telemetry.traced(op, session, call)
         except Exception as exc:
             if self.retry.attempts <= 1 or not is_transient(exc):
-                raise
+                translated = _as_state_error(exc, op, session)
+                if translated is exc:
+                    raise
+                raise translated from exc
             first = exc
 
         def attempt() -> Awaitable[T]:  # one span per attempt, inside the retries
             telemetry.record_retry(op, session)
             return telemetry.traced(op, session, call)
 
-        return await self.retry.after_failure(op, session.where, attempt, first, started)
+        try:
+            return await self.retry.after_failure(op, session.where, attempt, first, started)
+        except Exception as exc:
+            translated = _as_state_error(exc, op, session)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    def release_later(self, keys: ObjectKeys, token: str) -> None:
+        """Release the lease ``token`` may hold on ``keys``, in a task of the store's own: for a
+        session whose open was cancelled or failed (see ``Session._open_session``)."""
+        if not token:
+            return
+        args: list[Any] = [token, self.lease_ttl_ms]
+
+        async def release() -> None:
+            call = lambda: self.wire.script(self.scripts.release, [keys.lease, keys.wake], args)  # noqa: E731
+            with contextlib.suppress(Exception):  # the lease then expires after lease_ttl
+                await self.retry.run("release", keys.lease, call)
+
+        task = asyncio.get_running_loop().create_task(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def purge(self, service: str, key: str) -> bool:
+        """Remove object (or workflow) ``service``/``key`` entirely: its state and its
+        bookkeeping (version, workflow status, replay records), under its lease, so that the
+        key can be used afresh (a completed workflow can run again). True when anything was
+        stored. Like Restate's ``invocation purge``; ``restate-redis kv purge`` on the shell."""
+        async with self.object(service, key, state_preload=False) as session:
+            session.purge()
+        return session.purged
 
     async def run_commit(self, keys: list[str], args: list[Any], where: str) -> Any:
         """Run commit.lua once; with ``min_replicas``, WAIT in the same round trip."""
@@ -329,6 +375,8 @@ class RedisStateStore:
 
     async def aclose(self) -> None:
         """Close the store's own connection, and the client if this store created it."""
+        if self._releases:  # releases of cancelled sessions still on their way
+            await asyncio.wait(set(self._releases), timeout=self.retry.timeout)
         await self.wire.aclose()
         if self._owns_client:
             await self.client.aclose()
@@ -343,3 +391,11 @@ class RedisStateStore:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _as_state_error(exc: Exception, op: str, session: Session) -> BaseException:
+    """A Redis error of a session's round trip as a StateError (errors of ours pass as they
+    are); a WRONGTYPE reply keeps its ResponseError form for the session to name the key."""
+    if isinstance(exc, StateError) or "WRONGTYPE" in str(exc):
+        return exc
+    return as_state_error(exc, f"{op} on {session.where}")

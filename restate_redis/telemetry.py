@@ -95,7 +95,8 @@ ATTRIBUTES = (
 COMMANDS: dict[str, tuple[str, str | None]] = {
     "open": ("EVALSHA", "restate_redis.open"),
     "get": ("HGET", None),
-    "keys": ("HKEYS", None),
+    "keys": ("EVALSHA", "restate_redis.scan"),
+    "all": ("EVALSHA", "restate_redis.scan"),
     "commit": ("EVALSHA", "restate_redis.commit"),
     "release": ("EVALSHA", "restate_redis.release"),
     "renew": ("EVALSHA", "restate_redis.renew"),
@@ -103,7 +104,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
 }
 
 # Outcomes that mean the operation did not do what the session asked: span status ERROR.
-_FAILED = frozenset({"wrong_type", "workflow_completed", "lease_lost", "error"})
+_FAILED = frozenset({"wrong_type", "workflow_completed", "lease_lost", "corrupt", "error"})
 
 # What the session is about to ask in this task's next round trip, when the op alone does not
 # say: (Redis command, state key). A context variable so concurrent tasks each see their own.
@@ -263,7 +264,6 @@ class Telemetry:
         self._starts: dict[tuple[str, str | None], tuple[str, dict[str, Any]]] = {}
         for command, script in COMMANDS.values():
             self._start_of(command, script)
-        self._start_of("HGETALL", None)
 
     def _start_of(self, command: str, script: str | None) -> tuple[str, dict[str, Any]]:
         found = self._starts.get((command, script))
@@ -422,9 +422,12 @@ class Telemetry:
             status = int(result[0])
             if status != 1:
                 return (
-                    {0: "lease_busy", -1: "wrong_type", -2: "workflow_completed"}.get(
-                        status, "error"
-                    ),
+                    {
+                        0: "lease_busy",
+                        -1: "wrong_type",
+                        -2: "workflow_completed",
+                        -4: "corrupt",
+                    }.get(status, "error"),
                     0,
                     0,
                 )
@@ -438,10 +441,10 @@ class Telemetry:
             return "ok", 0, 0
         if op == "get":
             return "ok", *_sizes([result])
-        if op == "keys":
-            if isinstance(result, dict):
-                return "ok", *_sizes(result.values())
-            return "ok", len(result), 0
+        if op == "keys":  # a page of scan.lua: names
+            return "ok", len(result[1]), 0
+        if op == "all":  # a page of scan.lua: name, value pairs
+            return "ok", *_sizes(result[1][1::2])
         if op == "commit":
             status = int(result[0])
             if status == -3:

@@ -1,39 +1,59 @@
 -- commit.lua: apply all writes of one session atomically, then release its lease.
--- Everything that can fail is checked before the first write, so a rejected commit
--- writes nothing.
+-- Everything that can fail is checked before the first write (the type of every key it
+-- touches, the lease, the bookkeeping), so a rejected commit writes nothing. Its work is
+-- bounded by the size of the commit, never by the size of the stored state: a clear_all
+-- unlinks or renames the hash, and a state of unknown size is counted only when it is
+-- within the field limit. The keyspace (every key and meta field) is described in
+-- keyspace.py.
 --
--- KEYS[1] state   KEYS[2] meta   KEYS[3] lease   KEYS[4] wake   KEYS[5] prev
--- KEYS[6] commits (optional) sorted set: the first 16 hex digits of the SHA-1 of each recent
---                 commit id, scored by the version it produced; versions older than the last
---                 RECENT commits are trimmed every 64 commits, and the key expires when idle
---   (the keyspace is described in open.lua and keyspace.py)
+-- KEYS[1] state  KEYS[2] meta  KEYS[3] lease  KEYS[4] wake  KEYS[5] prev  KEYS[6] commits
+-- KEYS[7] old
 -- ARGV[1] token        the session's lease token; "" for an unfenced commit
 -- ARGV[2] commit id    "" or a unique id; a second commit with the same id is not applied
 --                      while it is the last commit (meta c) or, for a retry or when the lease
---                      is no longer held, in KEYS[6], so a commit sent again after its first
+--                      is no longer held, in commits, so a commit sent again after its first
 --                      attempt applied is recognised even after other sessions committed in
 --                      between
--- ARGV[3] flags        letters: c clear every stored key first, r record prior values in prev
---                      (for replays), w mark the workflow completed, a a retry of a commit
---                      whose reply was lost
+-- ARGV[3] flags        letters: c clear every stored key first, r record prior values (for
+--                      replays: in prev, or for a clear_all the whole state renamed to old),
+--                      w mark the workflow completed, a a retry of a commit whose reply was
+--                      lost
 -- ARGV[4] expire ms    > 0: every key of the object expires after this long
 -- ARGV[5] wake ttl ms  how long an unclaimed release signal is kept
--- ARGV[6] n            number of state keys to delete, which follow
--- ARGV[7 .. 6+n]       state keys to delete
--- ARGV[7+n ..]         state key, value pairs to set
+-- ARGV[6] field limit  a state of unknown size is counted only up to this many keys
+-- ARGV[7] grace ms     an object left with no state keeps its bookkeeping this long
+-- ARGV[8] n            number of state keys to delete, which follow
+-- ARGV[9 .. 8+n]       state keys to delete
+-- ARGV[9+n ..]         state key, value pairs to set
 --
 -- Reply: {1, version} applied; {2, version} this commit id was already applied (the lease
 --        is released all the same; a {2} reply always writes something, so that a WAIT sent
 --        after it on the same connection covers the earlier, applied attempt too);
---        {-3} the lease is no longer held by token; {-1, type} state is not a hash
+--        {-3} the lease is no longer held by token; {-1, type, key} a key of the wrong type;
+--        {-4, field, value} a meta field that does not parse
 
 local state, meta, lease, wake, prev = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local commits = KEYS[6]
+local commits, old = KEYS[6], KEYS[7]
 local token, commit_id, flags = ARGV[1], ARGV[2], ARGV[3]
 local clear_all, record = string.find(flags, 'c', 1, true), string.find(flags, 'r', 1, true)
 local expire_ms, wake_ttl = tonumber(ARGV[4]), ARGV[5]
-local first_set = 7 + tonumber(ARGV[6])
+local field_limit, grace_ms = tonumber(ARGV[6]), tonumber(ARGV[7])
+local first_set = 9 + tonumber(ARGV[8])
 local RECENT = 1000
+
+local expected = {
+  {state, 'hash'}, {meta, 'hash'}, {lease, 'string'}, {wake, 'list'}, {prev, 'hash'},
+  {commits, 'zset'}, {old, 'hash'},
+}
+for _, e in ipairs(expected) do
+  local t = redis.call('TYPE', e[1])['ok']
+  if t ~= e[2] and t ~= 'none' then return {-1, t, e[1]} end
+end
+
+-- m: last commit id, version, stored bytes, prev flag, workflow status, grace flag
+local m = redis.call('HMGET', meta, 'c', 'v', 'b', 'pf', 'wf', 'e')
+if m[2] and not string.match(m[2], '^%d+$') then return {-4, 'v', m[2]} end
+if m[3] and not string.match(m[3], '^%d+$') then return {-4, 'b', m[3]} end
 
 local function release()
   redis.call('DEL', lease, wake)
@@ -41,16 +61,14 @@ local function release()
   redis.call('PEXPIRE', wake, wake_ttl)
 end
 
--- m: last commit id, version, stored bytes, prev flag (nil: prev holds nothing)
-local m = redis.call('HMGET', meta, 'c', 'v', 'b', 'pf')
 local held = token == '' or redis.call('GET', lease) == token
-local tag = commit_id ~= '' and commits and string.sub(redis.sha1hex(commit_id), 1, 16)
+local tag = commit_id ~= '' and string.sub(redis.sha1hex(commit_id), 1, 16)
 if commit_id ~= '' then
   local seen = m[1] == commit_id
   -- Look further back on a retry, and whenever the lease is gone: a commit sent again by
   -- anything below the store (a client library's own retry) finds its lease released by
   -- its first, applied, execution, and must be recognised rather than refused.
-  if not seen and tag and (not held or string.find(flags, 'a', 1, true)) then
+  if not seen and (not held or string.find(flags, 'a', 1, true)) then
     seen = redis.call('ZSCORE', commits, tag) ~= false
   end
   if seen then
@@ -65,58 +83,64 @@ end
 if not held then
   return {-3}
 end
-local t = redis.call('TYPE', state)['ok']
-if t ~= 'hash' and t ~= 'none' then
-  return {-1, t}
-end
 
+-- The stored size, nil while unknown (state written by something else and too large to
+-- count here; the next eager open within the limits counts it).
 local size = tonumber(m[3])
-if size == nil then  -- state written by something else: count it once
+if size == nil and not clear_all and redis.call('HLEN', state) <= field_limit then
   size = 0
   for _, f in ipairs(redis.call('HKEYS', state)) do
     size = size + #f + redis.call('HSTRLEN', state, f)
   end
 end
 
+local state_pttl = -1
 if record then
-  if m[4] then redis.call('DEL', prev) end
+  if m[4] then redis.call('UNLINK', prev, old) end
   if clear_all then
-    local old = redis.call('HGETALL', state)
-    for i = 1, #old, 2 do redis.call('HSET', prev, old[i], '+' .. old[i + 1]) end
+    -- The whole prior state, for a replay of this commit, without copying it: rename it.
+    if redis.call('EXISTS', state) == 1 then
+      state_pttl = redis.call('PTTL', state)
+      redis.call('RENAME', state, old)
+    end
   else
-    for i = 7, #ARGV do
+    for i = 9, #ARGV do
       if i < first_set or (i - first_set) % 2 == 0 then
         local f = ARGV[i]
-        local old = redis.call('HGET', state, f)
-        redis.call('HSET', prev, f, old and ('+' .. old) or '-')
+        local prior = redis.call('HGET', state, f)
+        redis.call('HSET', prev, f, prior and ('+' .. prior) or '-')
       end
     end
   end
 elseif m[4] then
-  redis.call('DEL', prev)
+  redis.call('UNLINK', prev, old)
   redis.call('HDEL', meta, 'pf')
 end
 
 if clear_all then
-  redis.call('DEL', state)
+  if not record then redis.call('UNLINK', state) end
   size = 0
 end
-for i = 7, first_set - 1 do
+for i = 9, first_set - 1 do
   local f = ARGV[i]
   local len = redis.call('HSTRLEN', state, f)
-  if redis.call('HDEL', state, f) == 1 then size = size - #f - len end
+  if redis.call('HDEL', state, f) == 1 and size then size = size - #f - len end
 end
 for i = first_set, #ARGV, 2 do
   local f, v = ARGV[i], ARGV[i + 1]
   local len = redis.call('HSTRLEN', state, f)
-  if redis.call('HSET', state, f, v) == 1 then size = size + #f end
-  size = size + #v - len
+  local added = redis.call('HSET', state, f, v)
+  if size then
+    if added == 1 then size = size + #f end
+    size = size + #v - len
+  end
 end
 
 local version = (tonumber(m[2]) or 0) + 1
-local fields = {'v', version, 'b', size}
+local fields = {'v', version}
+if size then fields[#fields + 1] = 'b'; fields[#fields + 1] = size end
 if commit_id ~= '' then fields[#fields + 1] = 'c'; fields[#fields + 1] = commit_id end
-if record then fields[#fields + 1] = 'pf'; fields[#fields + 1] = clear_all and '1' or '0' end
+if record then fields[#fields + 1] = 'pf'; fields[#fields + 1] = clear_all and 'r' or '0' end
 if string.find(flags, 'w', 1, true) then
   fields[#fields + 1] = 'wf'; fields[#fields + 1] = 'completed'
 end
@@ -126,10 +150,30 @@ if tag then
   if version % 64 == 0 then redis.call('ZREMRANGEBYSCORE', commits, '-inf', version - RECENT) end
   redis.call('PEXPIRE', commits, 60000)
 end
+
+local empty = redis.call('EXISTS', state) == 0
 if expire_ms > 0 then
   redis.call('PEXPIRE', state, expire_ms)
   redis.call('PEXPIRE', meta, expire_ms)
-  if record then redis.call('PEXPIRE', prev, expire_ms) end
+  redis.call('PEXPIRE', prev, expire_ms)
+  redis.call('PEXPIRE', old, expire_ms)
+  if m[6] then redis.call('HDEL', meta, 'e') end
+elseif empty and not m[5] and (m[6] or redis.call('PTTL', meta) == -1) then
+  -- An object left with no state keeps its bookkeeping (version, last commit id and prior
+  -- values, which recognise a replay of this commit) for the grace period after its last
+  -- commit only.
+  redis.call('HSET', meta, 'e', '1')
+  redis.call('PEXPIRE', meta, grace_ms)
+  redis.call('PEXPIRE', prev, grace_ms)
+  redis.call('PEXPIRE', old, grace_ms)
+elseif m[6] and not empty then
+  -- state again after a grace period: the bookkeeping is kept as long as the state
+  redis.call('HDEL', meta, 'e')
+  redis.call('PERSIST', meta)
+  redis.call('PERSIST', prev)
+  redis.call('PERSIST', old)
+elseif state_pttl > 0 then
+  redis.call('PEXPIRE', state, state_pttl)  -- the expiry the renamed state had
 end
 
 if token ~= '' then release() end

@@ -1,38 +1,61 @@
 -- open.lua: open a session on one object or workflow; one round trip.
 -- Takes the exclusive lease (when a token is given) and reads the state the mode asks for.
+-- Every key it touches is type-checked before its first write, and its work is bounded:
+-- a state over the eager limits (fields or bytes) is not loaded, and is never counted.
+-- The keyspace (every key and meta field) is described in keyspace.py.
 --
--- KEYS[1] state   hash of the object's state (field = state key)
--- KEYS[2] meta    hash: v version, b stored bytes, c last commit id, wf workflow status,
---                 pf "1" when prev holds a whole snapshot
--- KEYS[3] lease   string: the holder's token, expiring after the lease ttl
--- KEYS[4] prev    hash: prior values of the last recorded commit ("+" .. value, or "-" absent)
+-- KEYS[1] state  KEYS[2] meta  KEYS[3] lease  KEYS[4] prev  KEYS[5] old
 -- ARGV[1] token         "" for a shared (read-only) session: no lease
 -- ARGV[2] lease ttl ms
 -- ARGV[3] mode          "eager" | "lazy" | "preload"
--- ARGV[4] eager limit   bytes; an eager session over it falls back to lazy (0: no limit)
+-- ARGV[4] eager limit   bytes; an eager session over it falls back to lazy
 -- ARGV[5] run           "1" for a workflow run session: refuse a completed workflow
 -- ARGV[6] commit id     "" or the id of this session's commit, to recognise a replay
--- ARGV[7..] names       state keys to preload (mode "preload")
+-- ARGV[7] field limit   an eager session on more state keys than this falls back to lazy
+-- ARGV[8..] names       state keys to preload (mode "preload")
 --
 -- Reply: {0, lease pttl}                 the lease is held by another session
---        {-1, type}                      the state key holds a non-hash type
+--        {-1, type, key}                 key holds a type this library never writes there
 --        {-2}                            the workflow's run already completed
---        {1, version, wf, mode, replayed, ...data}
---          data: eager / replay -> field, value, field, value ...; preload -> one value or
---          false per name; lazy -> nothing
+--        {-4, field, value}              a meta field that does not parse
+--        {1, version, wf, mode, replay, ...data}
+--          replay 0: data: eager -> field, value, ...; preload -> one value or false per
+--                    name; lazy -> nothing
+--          replay 1: a replay, data: the whole state before the replayed commit (pairs)
+--          replay 2: a replay too large to load: data: the prior values of the keys the
+--                    replayed commit changed (field, "+" .. value or "-"); the rest reads
+--                    from state
+--          replay 3: a replay too large to load: the state before the commit reads from old
 
-local state, meta, lease, prev = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local state, meta, lease, prev, old = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, mode, commit_id = ARGV[1], ARGV[3], ARGV[6]
+local byte_limit, field_limit = tonumber(ARGV[4]), tonumber(ARGV[7])
 
-local t = redis.call('TYPE', state)['ok']
-if t ~= 'hash' and t ~= 'none' then
-  return {-1, t}
+local function kind(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= want and t ~= 'none' then return t end
+  return nil
+end
+local bad = kind(state, 'hash')
+if bad then return {-1, bad, state} end
+bad = kind(meta, 'hash')
+if bad then return {-1, bad, meta} end
+if token ~= '' then
+  bad = kind(lease, 'string')
+  if bad then return {-1, bad, lease} end
 end
 
 local m = redis.call('HMGET', meta, 'v', 'b', 'c', 'wf', 'pf')
 local version, bytes, last_commit, wf, pf = m[1] or '0', m[2], m[3], m[4] or '', m[5]
+if not string.match(version, '^%d+$') then return {-4, 'v', version} end
+if bytes and not string.match(bytes, '^%d+$') then return {-4, 'b', bytes} end
+local replay = commit_id ~= '' and last_commit == commit_id
+if replay then
+  bad = kind(prev, 'hash') or kind(old, 'hash')
+  if bad then return {-1, bad, kind(prev, 'hash') and prev or old} end
+end
 
-if ARGV[5] == '1' and wf == 'completed' and not (commit_id ~= '' and last_commit == commit_id) then
+if ARGV[5] == '1' and wf == 'completed' and not replay then
   return {-2}
 end
 
@@ -50,13 +73,25 @@ if token ~= '' then
 end
 
 -- A replay of a commit that already applied sees the state as it was before that commit.
-if commit_id ~= '' and last_commit == commit_id then
+if replay then
+  if pf == 'r' then  -- a clear_all: the whole state before it was renamed to old
+    if redis.call('HLEN', old) > field_limit then return {1, version, wf, 'lazy', 3} end
+    local reply = {1, version, wf, 'eager', 1}
+    local all = redis.call('HGETALL', old)
+    for i = 1, #all do reply[#reply + 1] = all[i] end
+    return reply
+  end
+  local p = redis.call('HGETALL', prev)
+  if pf ~= '1' and redis.call('HLEN', state) > field_limit then
+    local reply = {1, version, wf, 'lazy', 2}
+    for i = 1, #p do reply[#reply + 1] = p[i] end
+    return reply
+  end
   local view = {}
-  if pf ~= '1' then
+  if pf ~= '1' then  -- "1": prev holds the whole prior state (written by earlier versions)
     local cur = redis.call('HGETALL', state)
     for i = 1, #cur, 2 do view[cur[i]] = cur[i + 1] end
   end
-  local p = redis.call('HGETALL', prev)
   for i = 1, #p, 2 do
     local v = p[i + 1]
     if string.sub(v, 1, 1) == '+' then view[p[i]] = string.sub(v, 2) else view[p[i]] = nil end
@@ -71,24 +106,26 @@ end
 
 local reply = {1, version, wf, mode, 0}
 if mode == 'eager' then
-  local limit = tonumber(ARGV[4])
-  if limit > 0 and t == 'hash' then
-    local size = tonumber(bytes)
-    if size == nil then
-      size = 0
-      for _, f in ipairs(redis.call('HKEYS', state)) do
-        size = size + #f + redis.call('HSTRLEN', state, f)
-      end
-    end
-    if size > limit then
+  local n = redis.call('HLEN', state)
+  if n > field_limit or (bytes and tonumber(bytes) > byte_limit) then
+    reply[4] = 'lazy'
+    return reply
+  end
+  local all = redis.call('HGETALL', state)
+  if not bytes and n > 0 then
+    -- state written by something else: count it once (bounded by the field limit) and keep
+    -- the count, so no later open counts again
+    local size = 0
+    for i = 1, #all do size = size + #all[i] end
+    redis.call('HSET', meta, 'b', size)
+    if size > byte_limit then
       reply[4] = 'lazy'
       return reply
     end
   end
-  local all = redis.call('HGETALL', state)
   for i = 1, #all do reply[#reply + 1] = all[i] end
-elseif mode == 'preload' and #ARGV > 6 then
-  local vals = redis.call('HMGET', state, unpack(ARGV, 7))
-  for i = 1, #ARGV - 6 do reply[#reply + 1] = vals[i] end
+elseif mode == 'preload' and #ARGV > 7 then
+  local vals = redis.call('HMGET', state, unpack(ARGV, 8))
+  for i = 1, #ARGV - 7 do reply[#reply + 1] = vals[i] end
 end
 return reply

@@ -5,8 +5,13 @@
 -- ARGV[1] token   the releasing session's token
 -- ARGV[2] wake ttl ms  how long an unclaimed release signal is kept
 --
--- Reply: 1 released; 0 the lease was not held by token (expired or taken over)
+-- Reply: 1 released; 0 the lease was not held by token (expired or taken over);
+--        {-1, type, key} a key of the wrong type (nothing written)
 
+for i, want in ipairs({'string', 'list'}) do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= want and t ~= 'none' then return {-1, t, KEYS[i]} end
+end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
