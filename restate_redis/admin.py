@@ -39,7 +39,8 @@ from .errors import (
     VersionConflictError,
     where,
 )
-from .keyspace import META_WORKFLOW, ObjectKeys, check_key, check_service
+from .keyspace import META_GRACE, META_WORKFLOW, ObjectKeys, check_key, check_service
+from .retry import redis_errors
 from .serde import BytesSerde, Serde
 from .session import Session
 from .store import RedisStateStore
@@ -422,6 +423,11 @@ class Admin:
 
         return await self._edit(service, key, expected_version, True, change, eager=False)
 
+    async def purge(self, service: str, key: str) -> bool:
+        """Remove one object or workflow entirely, bookkeeping included (see
+        :meth:`RedisStateStore.purge`); True when anything was stored."""
+        return await self.store.purge(service, key)
+
     async def clear_service(self, service: str, *, concurrency: int = 16) -> int:
         """Clear the state of every object of ``service``; returns how many held state.
 
@@ -472,7 +478,7 @@ class Admin:
         check_service(service)
         check_key(service, key)
         keys = self.keyspace.object_keys(service, key)
-        ttl_ms = await self.client.pttl(keys.meta)
+        ttl_ms = (await self._meta(keys))[1]
         for attempt in range(_EXPIRY_ATTEMPTS):
             # A completed workflow's keys expire: pass the remaining time on, so the
             # commit keeps it (and a recreated state hash gets it too).
@@ -499,11 +505,15 @@ class Admin:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _meta(self, keys: ObjectKeys) -> tuple[bool, int]:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.exists(keys.meta)
-        pipe.pttl(keys.meta)
-        exists, pttl = await pipe.execute()
-        return bool(exists), int(pttl)
+        """(whether the object exists, ms until its keys expire or -1); the grace period of
+        an emptied object's bookkeeping is no expiry of the object: an edit does not keep it."""
+        async with redis_errors(f"reading {keys.meta!r}"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.exists(keys.meta)
+            pipe.pttl(keys.meta)
+            pipe.hexists(keys.meta, META_GRACE)
+            exists, pttl, grace = await pipe.execute()
+        return bool(exists), -1 if grace else int(pttl)
 
     def _write(
         self, session: Session, current: Mapping[str, bytes], state: Mapping[str, Any]

@@ -329,3 +329,18 @@ async def test_purge_waits_for_the_running_handler(store: RedisStateStore) -> No
     async with store.object("Svc", "o") as ctx:
         assert await ctx.state_keys() == []
     assert order == ["handler", "purge"]
+
+
+async def test_an_edit_of_an_emptied_object_does_not_make_it_expire(
+    store: RedisStateStore, client: aioredis.Redis
+) -> None:
+    from restate_redis.admin import Admin
+
+    keys = store.keyspace.object_keys("Svc", "o")
+    admin = Admin(store)
+    await admin.set("Svc", "o", "a", 1)
+    await admin.clear_all("Svc", "o")
+    assert await client.pttl(keys.meta) > 0  # the grace period of the bookkeeping
+    await admin.set("Svc", "o", "b", 2)
+    assert await client.pttl(keys.state) == -1
+    assert await client.pttl(keys.meta) == -1
