@@ -41,19 +41,29 @@ local field_limit, grace_ms = tonumber(ARGV[6]), tonumber(ARGV[7])
 local first_set = 9 + tonumber(ARGV[8])
 local RECENT = 1000
 
-local expected = {
-  {state, 'hash'}, {meta, 'hash'}, {lease, 'string'}, {wake, 'list'}, {prev, 'hash'},
-  {commits, 'zset'}, {old, 'hash'},
-}
-for _, e in ipairs(expected) do
-  local t = redis.call('TYPE', e[1])['ok']
-  if t ~= e[2] and t ~= 'none' then return {-1, t, e[1]} end
+local function wrong(key)
+  return {-1, redis.call('TYPE', key)['ok'], key}
+end
+local function foreign(key, want)  -- a key whose first use below is a write
+  local t = redis.call('TYPE', key)['ok']
+  return t ~= want and t ~= 'none'
 end
 
+-- Reads first: a key of the wrong type fails them (pcall) before anything is written.
 -- m: last commit id, version, stored bytes, prev flag, workflow status, grace flag
-local m = redis.call('HMGET', meta, 'c', 'v', 'b', 'pf', 'wf', 'e')
+local m = redis.pcall('HMGET', meta, 'c', 'v', 'b', 'pf', 'wf', 'e')
+if m.err then return wrong(meta) end
 if m[2] and not string.match(m[2], '^%d+$') then return {-4, 'v', m[2]} end
 if m[3] and not string.match(m[3], '^%d+$') then return {-4, 'b', m[3]} end
+local holder = token ~= '' and redis.pcall('GET', lease)
+if type(holder) == 'table' and holder.err then return wrong(lease) end
+if foreign(state, 'hash') then return wrong(state) end
+if foreign(wake, 'list') then return wrong(wake) end
+if commit_id ~= '' and foreign(commits, 'zset') then return wrong(commits) end
+if record or m[4] then
+  if foreign(prev, 'hash') then return wrong(prev) end
+  if foreign(old, 'hash') then return wrong(old) end
+end
 
 local function release()
   redis.call('DEL', lease, wake)
@@ -61,7 +71,7 @@ local function release()
   redis.call('PEXPIRE', wake, wake_ttl)
 end
 
-local held = token == '' or redis.call('GET', lease) == token
+local held = token == '' or holder == token
 local tag = commit_id ~= '' and string.sub(redis.sha1hex(commit_id), 1, 16)
 if commit_id ~= '' then
   local seen = m[1] == commit_id

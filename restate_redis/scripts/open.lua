@@ -31,28 +31,25 @@ local state, meta, lease, prev, old = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5
 local token, mode, commit_id = ARGV[1], ARGV[3], ARGV[6]
 local byte_limit, field_limit = tonumber(ARGV[4]), tonumber(ARGV[7])
 
-local function kind(key, want)
+local function wrong(key)
+  return {-1, redis.call('TYPE', key)['ok'], key}
+end
+local function foreign(key, want)
   local t = redis.call('TYPE', key)['ok']
-  if t ~= want and t ~= 'none' then return t end
-  return nil
+  return t ~= want and t ~= 'none'
 end
-local bad = kind(state, 'hash')
-if bad then return {-1, bad, state} end
-bad = kind(meta, 'hash')
-if bad then return {-1, bad, meta} end
-if token ~= '' then
-  bad = kind(lease, 'string')
-  if bad then return {-1, bad, lease} end
-end
+if foreign(state, 'hash') then return wrong(state) end
 
-local m = redis.call('HMGET', meta, 'v', 'b', 'c', 'wf', 'pf')
+-- Reads before any write: a key of the wrong type fails them (pcall), and nothing is written.
+local m = redis.pcall('HMGET', meta, 'v', 'b', 'c', 'wf', 'pf')
+if m.err then return wrong(meta) end
 local version, bytes, last_commit, wf, pf = m[1] or '0', m[2], m[3], m[4] or '', m[5]
 if not string.match(version, '^%d+$') then return {-4, 'v', version} end
 if bytes and not string.match(bytes, '^%d+$') then return {-4, 'b', bytes} end
 local replay = commit_id ~= '' and last_commit == commit_id
 if replay then
-  bad = kind(prev, 'hash') or kind(old, 'hash')
-  if bad then return {-1, bad, kind(prev, 'hash') and prev or old} end
+  if foreign(prev, 'hash') then return wrong(prev) end
+  if foreign(old, 'hash') then return wrong(old) end
 end
 
 if ARGV[5] == '1' and wf == 'completed' and not replay then
@@ -60,8 +57,10 @@ if ARGV[5] == '1' and wf == 'completed' and not replay then
 end
 
 if token ~= '' then
-  if not redis.call('SET', lease, token, 'NX', 'PX', ARGV[2]) then
-    if redis.call('GET', lease) ~= token then
+  if not redis.call('SET', lease, token, 'NX', 'PX', ARGV[2]) then  -- NX: no write when taken
+    local holder = redis.pcall('GET', lease)
+    if type(holder) == 'table' and holder.err then return wrong(lease) end
+    if holder ~= token then
       return {0, redis.call('PTTL', lease)}
     end
     redis.call('PEXPIRE', lease, ARGV[2])
