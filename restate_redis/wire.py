@@ -27,12 +27,22 @@ pooled connections, so a slow reply never holds up the link.
 
 On a cluster, or a client bound to one connection (``single_connection_client``), commands go
 through redis-py's ``execute_command``, which routes them.
+
+The link leans on redis-py's private parts (the connection's ``_writer``, ``_reader`` and
+``_parser``, ``redis._parsers._AsyncHiredisParser``, the transport's protocol). This module
+is the only one that does: every new connection is probed (the attributes are there, and a
+PING through the link answers PONG) before it becomes a link, and when the probe fails the
+store falls back for good to the public path, ``execute_command`` on pooled connections, with
+one warning. ``RESTATE_REDIS_PUBLIC_PATH=1`` in the environment forces that path (the tests
+and the bench use it to check and measure it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -51,6 +61,9 @@ except ImportError:  # pragma: no cover
     _AsyncHiredisParser = None  # type: ignore[assignment, misc]
 
 _PUSH: type | None = getattr(hiredis, "PushNotification", None)  # hiredis >= 3.2
+
+log = logging.getLogger("restate_redis")
+FORCE_PUBLIC_ENV = "RESTATE_REDIS_PUBLIC_PATH"
 
 Arg = Any  # str, bytes or int: what both packers take
 Packer = Callable[[Any, tuple[Arg, ...]], bytes]
@@ -77,6 +90,8 @@ class Wire:
         pool = getattr(client, "connection_pool", None)
         kwargs = getattr(pool, "connection_kwargs", {})
         self.direct = isinstance(client, Redis) and not client.single_connection_client
+        if self.direct and os.environ.get(FORCE_PUBLIC_ENV, "") not in ("", "0"):
+            self.direct = False
         self._pool = pool if self.direct else None
         utf8 = str(kwargs.get("encoding", "utf-8")).lower().replace("-", "") == "utf8"
         self._pack: Packer = _pack_hiredis if hiredis is not None and utf8 else _pack_python
@@ -95,6 +110,8 @@ class Wire:
         link = self._link
         if link is None or not link.usable():
             link = await self._connect()
+            if link is None:  # the probe failed: the public path from now on
+                return await self.client.execute_command(*command)
         try:
             return await link.submit(self._pack(link.conn, command))
         except NoScriptError:
@@ -111,8 +128,9 @@ class Wire:
             return script(keys, args)
         return self.execute("EVALSHA", script.sha, len(keys), *keys, *args, script=script)
 
-    async def _connect(self) -> _Link:
-        """The link, connected now if it is missing or broken (once for concurrent callers)."""
+    async def _connect(self) -> _Link | None:
+        """The link, connected now if it is missing or broken (once for concurrent callers);
+        None when the connection does not pass the probe (see the module docstring)."""
         loop = asyncio.get_running_loop()
         if self._lock is None or self._lock_loop is not loop:
             self._lock, self._lock_loop = asyncio.Lock(), loop
@@ -130,8 +148,37 @@ class Wire:
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
                 raise
-            self._link = _Link(conn, loop)
-            return self._link
+            if self._pool is None:  # another caller's probe failed meanwhile
+                await conn.disconnect(nowait=True)
+                return None
+            missing = _probe(conn)
+            link = None if missing else _Link(conn, loop)
+            if link is not None:
+                try:
+                    pong = await link.submit(self._pack(conn, ("PING",)))
+                except (RedisConnectionError, RedisTimeoutError, OSError):
+                    await link.aclose()
+                    raise  # the server, not the probe: the retry policy takes over
+                except Exception as exc:
+                    missing = f"PING through the link raised {exc!r}"
+                else:
+                    if pong not in (b"PONG", "PONG", True):
+                        missing = f"PING through the link answered {pong!r}"
+            if missing:
+                log.warning(
+                    "restate-redis: redis-py %s does not offer what the store's link needs "
+                    "(%s); commands go through execute_command instead",
+                    _redis_version(),
+                    missing,
+                )
+                if link is not None:
+                    await link.aclose()
+                else:
+                    await conn.disconnect(nowait=True)
+                self.direct, self._pool = False, None
+                return None
+            self._link = link
+            return link
 
     async def aclose(self) -> None:
         """Close the store's link (its pooled connections belong to the client)."""
@@ -377,6 +424,38 @@ def _reply_reader(conn: Any) -> Any:
         options["encoding"] = conn.encoder.encoding
         options["errors"] = conn.encoder.encoding_errors
     return hiredis.Reader(**options)
+
+
+def _probe(conn: Any) -> str | None:
+    """What the link needs of redis-py's private parts and ``conn`` lacks, or None."""
+    writer = getattr(conn, "_writer", None)
+    transport = getattr(writer, "transport", None)
+    if not callable(getattr(writer, "writelines", None)) or transport is None:
+        return "the connection's stream writer (_writer) and its transport"
+    for name in ("get_protocol", "set_protocol", "is_closing", "abort", "get_write_buffer_size"):
+        if not callable(getattr(transport, name, None)):
+            return f"transport.{name}"
+    try:
+        parses = _reply_reader(conn) is not None
+    except AttributeError as exc:  # the parser's or encoder's attributes moved
+        return f"redis-py's hiredis parser ({exc})"
+    if not parses:  # replies read through redis-py: its stream reader
+        reader = getattr(conn, "_reader", None)
+        if (
+            reader is None
+            or not hasattr(reader, "_buffer")
+            or not callable(getattr(conn, "read_response", None))
+        ):
+            return "the connection's stream reader (_reader._buffer)"
+    elif not callable(getattr(getattr(conn, "_parser", None), "parse_error", None)):
+        return "the hiredis parser's parse_error"
+    return None
+
+
+def _redis_version() -> str:
+    import redis
+
+    return str(getattr(redis, "__version__", "?"))
 
 
 def _current_task() -> asyncio.Task[Any] | None:
