@@ -382,7 +382,8 @@ def kv_patch(
     done(f"patched {service}/{key}: version {version}")
 
 
-@kv.command("set")
+# A value such as -1 or -Infinity is the JSON argument, not an unknown option.
+@kv.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("service")
 @click.argument("key")
 @click.argument("name")

@@ -533,3 +533,9 @@ else:
     finally:
         path.unlink()
     assert state(rc, "Cart", "again") == {"n": 2}
+
+
+def test_set_takes_negative_numbers_as_the_value(cli: Cli, rc: redis.Redis) -> None:
+    ok(cli("kv", "set", "Cart", "neg", "n", "-1"))
+    ok(cli("kv", "set", "Cart", "neg", "f", "-2.5", "--expect-version", "1"))
+    assert state(rc, "Cart", "neg") == {"n": -1, "f": -2.5}
