@@ -18,6 +18,21 @@ express, and are turned back into the same bytes when written:
   written back through the serde as bytes.
 - ``{"$raw": "..."}``: a whole stored value the serde cannot decode (or that holds types
   JSON has no form for); written back verbatim, bypassing the serde.
+
+A marker is always an object with that one key. So that an application's own map can never
+be mistaken for one, every map key made of one or more ``$`` followed by ``base64`` or
+``raw`` is shown with one more ``$``, at any depth: the map ``{"$base64": "aGk="}`` shows as
+``{"$$base64": "aGk="}``, ``{"$$raw": 1}`` as ``{"$$$raw": 1}``, and one ``$`` is taken off
+again when written. A ``"$base64"`` or ``"$raw"`` key anywhere else (beside other keys,
+holding a non-string, ``"$raw"`` inside a value) is refused; other ``$`` keys (``"$ref"``)
+are shown as they are.
+
+Numbers JSON cannot carry faithfully (NaN, Infinity, or a literal too large for a float
+such as ``1e999``) are refused on the way in, by :func:`load_json` and by the writes.
+
+An edit compares each value it is given with the value as shown (the decoded JSON view,
+strictly: ``1``, ``1.0`` and ``true`` differ) and writes only the state keys whose value
+changed, so the bytes of every other key stay exactly as their encoder wrote them.
 """
 
 from __future__ import annotations
@@ -25,7 +40,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import math
+import re
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +81,8 @@ __all__ = [
     "ServiceInfo",
     "decode_value",
     "encode_value",
+    "load_json",
+    "same_value",
 ]
 
 
@@ -72,6 +91,23 @@ __all__ = [
 
 class _NotJson(Exception):
     """A decoded value holds something JSON has no form for."""
+
+
+_MARKS = frozenset({BYTES_MARK, RAW_MARK})
+_MARKER_NAMES = frozenset(mark.lstrip("$") for mark in _MARKS)
+
+
+def _marker_shaped(name: str) -> bool:
+    """``$base64``, ``$$raw``, ...: a map key that takes one more ``$`` in the view."""
+    return name.startswith("$") and name.lstrip("$") in _MARKER_NAMES
+
+
+def _misused(mark: str) -> ValueError:
+    return ValueError(
+        f'a {{"{mark}": ...}} marker must be an object with that one key holding a base64 '
+        f"string{' and stand for a whole value' if mark == RAW_MARK else ''}; "
+        f'a map key named "{mark}" is written "${mark}"'
+    )
 
 
 def _to_json(value: Any) -> Any:
@@ -90,18 +126,24 @@ def _to_json(value: Any) -> Any:
         for k, v in value.items():
             if not isinstance(k, str):  # JSON would turn it into a str: no round trip
                 raise _NotJson(f"map key of type {type(k).__name__}")
-            out[k] = _to_json(v)
+            out["$" + k if _marker_shaped(k) else k] = _to_json(v)
         return out
     raise _NotJson(type(value).__name__)
 
 
 def _from_json(value: Any) -> Any:
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_from_json(v) for v in value]
     if isinstance(value, dict):
-        if len(value) == 1 and BYTES_MARK in value and isinstance(value[BYTES_MARK], str):
+        if BYTES_MARK in value:
+            if len(value) != 1 or not isinstance(value[BYTES_MARK], str):
+                raise _misused(BYTES_MARK)
             return _b64(value[BYTES_MARK], BYTES_MARK)
-        return {k: _from_json(v) for k, v in value.items()}
+        if RAW_MARK in value:
+            raise _misused(RAW_MARK)
+        return {k[1:] if _marker_shaped(k) else k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number; JSON has no form for it")
     return value
 
 
@@ -113,7 +155,7 @@ def _b64(text: str, mark: str) -> bytes:
 
 
 def decode_value(serde: Serde[Any], raw: bytes) -> Any:
-    """A stored value as JSON data (see the module docstring for the two markers)."""
+    """A stored value as JSON data (see the module docstring for the markers)."""
     try:
         return _to_json(serde.deserialize(raw))
     except Exception:
@@ -125,14 +167,83 @@ def encode_value(serde: Serde[Any], value: Any) -> bytes:
 
     Raises ValueError or TypeError when the value cannot be encoded.
     """
-    if isinstance(value, dict) and len(value) == 1 and RAW_MARK in value:
-        if not isinstance(value[RAW_MARK], str):
-            raise ValueError(f'"{RAW_MARK}" must hold a base64 string')
+    if isinstance(value, dict) and RAW_MARK in value:
+        if len(value) != 1 or not isinstance(value[RAW_MARK], str):
+            raise _misused(RAW_MARK)
         return _b64(value[RAW_MARK], RAW_MARK)
     buf = serde.serialize(_from_json(value))
     if not isinstance(buf, bytes | bytearray | memoryview):
         raise TypeError(f"{type(serde).__name__}.serialize returned {type(buf).__name__}")
     return bytes(buf)
+
+
+def _kind(value: Any) -> type:
+    # tuples are lists to JSON; bool is not an int here, unlike in Python
+    if isinstance(value, tuple):
+        return list
+    if isinstance(value, Mapping):
+        return dict
+    return type(value)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two JSON views are the same value, as JSON sees it.
+
+    Stricter than ``==``: ``1``, ``1.0`` and ``true`` differ, and so do ``0.0`` and
+    ``-0.0``; map key order does not matter.
+    """
+    if _kind(a) is not _kind(b):
+        return False
+    if isinstance(a, Mapping):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    return bool(a == b)
+
+
+class _NonFinite(Exception):
+    pass
+
+
+def _refuse_constant(text: str) -> Any:
+    raise _NonFinite(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(text)
+    return value
+
+
+# Outside strings, the tokens the parser hands to its float or constant hooks.
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|-?(?:Infinity|NaN)|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?')
+
+
+def _non_finite_at(text: str) -> int:
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        if token.startswith('"') or not any(c in token for c in ".eEIN"):
+            continue
+        if not math.isfinite(float(token)):
+            return match.start()
+    return 0
+
+
+def load_json(text: str) -> Any:
+    """Parse JSON text, refusing NaN, Infinity and numbers too large for a float.
+
+    Raises :class:`json.JSONDecodeError` (a ValueError) whose message gives the line and
+    column of the first problem.
+    """
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except _NonFinite as exc:
+        raise json.JSONDecodeError(
+            f"{exc} is not a finite number, which JSON cannot carry", text, _non_finite_at(text)
+        ) from None
 
 
 # -- what reads return ------------------------------------------------------------------------
@@ -324,8 +435,9 @@ class Admin:
     ) -> int:
         """Make ``state`` (state key -> JSON data) the object's whole state, atomically.
 
-        Keys not in ``state`` are cleared, unchanged values are not rewritten. Returns the
-        object's version afterwards.
+        Keys not in ``state`` are cleared; a value that is the same as the one shown (see
+        :func:`same_value`) is not rewritten, so its stored bytes stay as they are. Returns
+        the object's version afterwards.
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"the state must be a JSON object, got {type(state).__name__}")
@@ -345,10 +457,13 @@ class Admin:
         expected_version: int | None = None,
         must_exist: bool = False,
     ) -> int:
-        """Set one state key to JSON data ``value``; creates the object when needed."""
+        """Set one state key to JSON data ``value``; creates the object when needed.
+
+        Only that key is read and written, and not even it when it already holds ``value``.
+        """
 
         async def change(session: Session) -> None:
-            self._put(session, name, value)
+            await self._put(session, name, value)
 
         return await self._edit(service, key, expected_version, must_exist, change, eager=False)
 
@@ -522,12 +637,18 @@ class Admin:
             if name not in state:
                 session.clear(name)
         for name, value in state.items():
-            buf = self._encode(session, name, value)
-            if current.get(name) != buf:
-                session.set(name, buf, serde=_RAW)
+            if not self._unchanged(current.get(name), value):
+                session.set(name, self._encode(session, name, value), serde=_RAW)
 
-    def _put(self, session: Session, name: str, value: Any) -> None:
-        session.set(name, self._encode(session, name, value), serde=_RAW)
+    async def _put(self, session: Session, name: str, value: Any) -> None:
+        buf = self._encode(session, name, value)
+        if not self._unchanged(await session.get(name, serde=_RAW), value):
+            session.set(name, buf, serde=_RAW)
+
+    def _unchanged(self, stored: bytes | None, value: Any) -> bool:
+        # Decoded, not re-encoded: other encoders (float32, wide ints, another map order,
+        # JSON with other spacing) write other bytes for the same value.
+        return stored is not None and same_value(decode_value(self.store.serde, stored), value)
 
     def _encode(self, session: Session, name: str, value: Any) -> bytes:
         if not isinstance(name, str):

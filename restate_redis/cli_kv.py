@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
+import shlex
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
@@ -23,7 +26,7 @@ from urllib.parse import unquote
 import click
 from redis.exceptions import RedisError
 
-from .admin import Admin, ObjectState
+from .admin import Admin, ObjectState, load_json, same_value
 from .errors import StateError, StoreUnavailableError, VersionConflictError
 from .serde import BytesSerde, JsonSerde, MsgPackSerde, Serde
 from .store import RedisStateStore
@@ -179,11 +182,15 @@ def run(conn: Connection, action: Callable[[Admin], Awaitable[T]]) -> T:
         fail(str(exc), conn)
 
 
-def parse_json(text: str, what: str) -> Any:
+def parse_json(text: str, what: str, hint: str = "") -> Any:
+    """``text`` as JSON; a clear one-line failure (with ``hint`` appended) when it is not.
+
+    NaN, Infinity and numbers too large for a float are refused: JSON cannot carry them.
+    """
     try:
-        return json.loads(text)
+        return load_json(text)
     except ValueError as exc:
-        fail(f"bad JSON for {what}: {exc}")
+        fail(f"bad JSON for {what}: {exc}{hint}")
 
 
 def dumps(value: Any, indent: int | None = None) -> str:
@@ -267,6 +274,36 @@ def kv_get(service: str, key: str, plain: bool, conn: Connection) -> None:
         console.print(table)
 
 
+def _edited_state(text: str) -> dict[str, Any]:
+    """The edited text as a state document; ValueError saying where it is not one."""
+    doc = load_json(text)
+    if not isinstance(doc, dict):
+        start = len(text) - len(text.lstrip())
+        raise json.JSONDecodeError(
+            f"the state must be a JSON object {{state key: value}}, got {type(doc).__name__}",
+            text,
+            start,
+        )
+    return doc
+
+
+def _keep(text: str, service: str, key: str) -> str:
+    """Save edited text that could not be stored, so that it is never lost; its path."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{service}-{key}")[:60]
+    fd, path = tempfile.mkstemp(prefix=f"restate-redis-{safe}-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    return path
+
+
+def _reopen(problem: str) -> bool:
+    try:
+        return click.confirm(f"{problem}\nRe-open the editor on your text?", default=True, err=True)
+    except click.Abort:  # Ctrl-C or end of input: a no, and the text is still kept
+        click.echo(err=True)
+        return False
+
+
 @kv.command("edit")
 @click.argument("service")
 @click.argument("key")
@@ -276,27 +313,50 @@ def kv_edit(service: str, key: str, force: bool, conn: Connection) -> None:
     """Edit the whole state as JSON in $EDITOR, then replace it in one atomic step.
 
     The replacement is refused (exit 3, nothing written) when the object changed while the
-    editor was open, unless --force.
+    editor was open, unless --force. Text that cannot be stored is never lost: on a terminal
+    the editor can be re-opened on it, otherwise it is kept in a file whose path is printed.
     """
     state = run(conn, lambda admin: admin.read(service, key))
     if not state.exists:
         fail(f"{service!r}/{key!r} does not exist (create state with 'kv set')", conn)
     before = dumps(state.values, indent=2) + "\n"
-    try:
-        edited = click.edit(before, extension=".json")
-    except click.ClickException as exc:
-        fail(exc.format_message(), conn)
-    if edited is None or edited == before:
-        done("no change; nothing written")
-        return
-    new = parse_json(edited, f"the state of {service!r}/{key!r}")
-    if not isinstance(new, dict):
-        fail(f"the state must be a JSON object {{state key: value}}, got {type(new).__name__}")
-    if new == state.values:
+    text = before
+    while True:
+        try:
+            edited = click.edit(text, extension=".json")
+        except click.ClickException as exc:
+            problem = exc.format_message()
+            if text != before:
+                problem += f"; your edited text is kept in {_keep(text, service, key)}"
+            fail(problem, conn)
+        if edited is None:  # not saved: the text is what the editor was opened on
+            edited = text
+        if edited == before:
+            done("no change; nothing written")
+            return
+        try:
+            new = _edited_state(edited)
+            break
+        except ValueError as exc:
+            problem = f"bad JSON for the state of {service!r}/{key!r}: {exc}"
+            if sys.stdin.isatty() and _reopen(problem):
+                text = edited
+                continue
+            fail(f"{problem}; your edited text is kept in {_keep(edited, service, key)}", conn)
+    if same_value(new, state.values):
         done("no change; nothing written")
         return
     expected = None if force else state.version
-    version = run(conn, lambda admin: admin.replace(service, key, new, expected_version=expected))
+
+    async def replace(admin: Admin) -> int:
+        try:
+            return await admin.replace(service, key, new, expected_version=expected)
+        except Exception as exc:
+            # the message is what the user sees: it must say where their text went
+            exc.args = (f"{exc}; your edited text is kept in {_keep(edited, service, key)}",)
+            raise
+
+    version = run(conn, replace)
     done(f"replaced the state of {service}/{key}: version {version}")
 
 
@@ -322,7 +382,8 @@ def kv_patch(
     done(f"patched {service}/{key}: version {version}")
 
 
-@kv.command("set")
+# A value such as -1 or -Infinity is the JSON argument, not an unknown option.
+@kv.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("service")
 @click.argument("key")
 @click.argument("name")
@@ -335,7 +396,11 @@ def kv_set(
     service: str, key: str, name: str, value: str, expect_version: int | None, conn: Connection
 ) -> None:
     """Set state key NAME of SERVICE/KEY to the JSON value JSON (creates the object)."""
-    data = parse_json(value, f"state key {name!r}")
+    hint = ""
+    if not value.lstrip().startswith(("{", "[", '"')):  # likely a bare string
+        quoted = shlex.quote(json.dumps(value, ensure_ascii=False))
+        hint = f" (the value is JSON: to store the string {value!r}, quote it as {quoted})"
+    data = parse_json(value, f"state key {name!r}", hint)
     version = run(
         conn, lambda admin: admin.set(service, key, name, data, expected_version=expect_version)
     )

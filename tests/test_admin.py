@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from typing import Any
 
 import msgpack
@@ -19,7 +20,7 @@ from restate_redis import (
     UnknownObjectError,
     VersionConflictError,
 )
-from restate_redis.admin import Admin, decode_value, encode_value
+from restate_redis.admin import Admin, decode_value, encode_value, load_json
 from restate_redis.serde import JsonSerde, MsgPackSerde
 
 
@@ -280,3 +281,211 @@ async def test_edit_waits_for_the_lease_then_times_out(
     # the handler's commit went first, the edit after it: nothing interleaved
     assert await stored(client, store, "Counter", "busy") == {"n": 42}
     assert (await Admin(store).read("Counter", "busy")).version == 3
+
+
+# -- edits keep the bytes of what they did not change ------------------------------------------
+
+# Bytes another encoder wrote: each decodes to plain data, but re-encoding it would differ.
+FOREIGN_MSGPACK = {
+    "f32": msgpack.packb(1.5, use_single_float=True),
+    "f32_inexact": msgpack.packb(0.1, use_single_float=True),
+    "wide_int": b"\xcd\x00\x05",  # uint16 for 5
+    "key_order": msgpack.packb({"b": 1, "a": {"z": 1, "y": 2}}),
+    "str8": b"\xd9\x02hi",  # str8 header for a 2-byte string
+    "array16": b"\xdc\x00\x02\x01\xc3",  # array16 header for [1, true]
+    "old_raw": msgpack.packb("text", use_bin_type=False),
+    "float_one": msgpack.packb(1.0),
+    "big_int": msgpack.packb(2**63 + 1),
+}
+FOREIGN_JSON = {
+    "spaced": b'{ "b" : [1,  2], "a": null }',
+    "decimal": b"1.50",
+    "escaped": b'"\\u0068i"',
+    "exponent": b"1E2",
+}
+
+
+def as_user_sees(values: dict[str, Any]) -> dict[str, Any]:
+    """The state as a user gets it back from an editor: JSON text with sorted keys."""
+    return json.loads(json.dumps(values, indent=2, sort_keys=True))
+
+
+async def seed_raw(
+    client: aioredis.Redis, store: RedisStateStore, service: str, key: str, raw: dict[str, bytes]
+) -> None:
+    await put(store, service, key, seeded=1)  # the object exists, at version 1
+    await client.hset(store.keyspace.object_keys(service, key).state, mapping=raw)  # type: ignore[arg-type]
+
+
+async def raw_state(
+    client: aioredis.Redis, store: RedisStateStore, service: str, key: str
+) -> dict[str, bytes]:
+    got: dict[bytes, bytes] = await client.hgetall(store.keyspace.object_keys(service, key).state)  # type: ignore[assignment]
+    return {k.decode(): v for k, v in got.items()}
+
+
+@pytest.mark.parametrize("serde", [MsgPackSerde(), JsonSerde()], ids=["msgpack", "json"])
+async def test_replace_patch_and_set_keep_the_bytes_of_unchanged_values(
+    client: aioredis.Redis, serde: Any
+) -> None:
+    foreign = FOREIGN_MSGPACK if isinstance(serde, MsgPackSerde) else FOREIGN_JSON
+    store = RedisStateStore(client, serde=serde, acquire_timeout=10)
+    admin = Admin(store)
+    await seed_raw(client, store, "Foreign", "k", foreign)
+    before = await raw_state(client, store, "Foreign", "k")
+    seen = await admin.read("Foreign", "k")
+
+    doc = as_user_sees(seen.values)
+    doc["seeded"] = 2
+    await admin.replace("Foreign", "k", doc, expected_version=seen.version)
+    after = await raw_state(client, store, "Foreign", "k")
+    assert after == {**before, "seeded": serde.serialize(2)}
+
+    await admin.patch("Foreign", "k", [{"op": "replace", "path": "/seeded", "value": 3}])
+    assert await raw_state(client, store, "Foreign", "k") == {
+        **before,
+        "seeded": serde.serialize(3),
+    }
+
+    # setting a key to the value it shows leaves its bytes (and the version) alone
+    version = (await admin.read("Foreign", "k")).version
+    for name, value in as_user_sees(seen.values).items():
+        if name != "seeded":
+            assert await admin.set("Foreign", "k", name, value) == version, name
+    assert await raw_state(client, store, "Foreign", "k") == {
+        **before,
+        "seeded": serde.serialize(3),
+    }
+    await store.aclose()
+
+
+async def test_a_change_of_type_between_equal_values_is_a_change(
+    store: RedisStateStore, client: aioredis.Redis
+) -> None:
+    await put(store, "Types", "k", one=1, fone=1.0, yes=True, zero=0.0, deep={"n": [1]})
+    await client.hset(
+        store.keyspace.object_keys("Types", "k").state,
+        "f32",
+        msgpack.packb(1.5, use_single_float=True),
+    )
+    admin = Admin(store)
+    doc = as_user_sees((await admin.read("Types", "k")).values)
+    # 1 == 1.0 == True and 0.0 == -0.0 in Python, yet each is another value to the user
+    doc.update(one=1.0, fone=True, yes=1, zero=-0.0, deep={"n": [True]})
+    await admin.replace("Types", "k", doc)
+    raw = await raw_state(client, store, "Types", "k")
+    assert raw["one"] == msgpack.packb(1.0)
+    assert raw["fone"] == msgpack.packb(True)
+    assert raw["yes"] == msgpack.packb(1)
+    assert raw["zero"] == msgpack.packb(-0.0)
+    assert raw["deep"] == msgpack.packb({"n": [True]})
+    assert raw["f32"] == msgpack.packb(1.5, use_single_float=True)
+    await admin.set("Types", "k", "one", 1)
+    assert await client.hget(store.keyspace.object_keys("Types", "k").state, "one") == b"\x01"
+
+
+# -- marker-shaped application values ----------------------------------------------------------
+
+MARKER_SHAPED = [
+    {"$base64": "aGk="},
+    {"$raw": "x"},
+    {"outer": [{"$base64": "aGk="}, {"$raw": "eA=="}]},
+    {"$$base64": "aGk=", "$raw": 1},
+    {"$$$raw": {"$base64": "aGk="}},
+    {"$ref": "#/a", "$base64x": 1},
+]
+
+
+@pytest.mark.parametrize("value", MARKER_SHAPED, ids=[json.dumps(v) for v in MARKER_SHAPED])
+async def test_marker_shaped_dicts_round_trip_as_dicts(
+    store: RedisStateStore, client: aioredis.Redis, value: dict[str, Any]
+) -> None:
+    await put(store, "Marks", "k", value=value, other=1)
+    admin = Admin(store)
+    seen = await admin.read("Marks", "k")
+    assert encode_value(store.serde, seen.values["value"]) == msgpack.packb(value)
+    doc = as_user_sees(seen.values)
+    doc["other"] = 2
+    await admin.replace("Marks", "k", doc)
+    assert await stored(client, store, "Marks", "k") == {"value": value, "other": 2}
+    # the value as shown, set again, then patched elsewhere: still the same dict
+    await admin.set("Marks", "k", "copy", as_user_sees(seen.values)["value"])
+    await admin.patch("Marks", "k", [{"op": "add", "path": "/n", "value": 1}])
+    assert await stored(client, store, "Marks", "k") == {
+        "value": value,
+        "copy": value,
+        "other": 2,
+        "n": 1,
+    }
+
+
+def test_marker_escaping_in_the_view() -> None:
+    serde = MsgPackSerde()
+    shown = decode_value(serde, msgpack.packb({"$base64": "aGk=", "a": {"$$raw": 1, "$x": 2}}))
+    assert shown == {"$$base64": "aGk=", "a": {"$$$raw": 1, "$x": 2}}
+    assert decode_value(serde, msgpack.packb(b"hi", use_bin_type=True)) == {"$base64": "aGk="}
+    assert encode_value(serde, {"$$raw": "x"}) == msgpack.packb({"$raw": "x"})
+    assert encode_value(serde, [{"$base64": "aGk="}]) == msgpack.packb([b"hi"], use_bin_type=True)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"$base64": "aGk=", "also": 1},
+        {"$base64": 5},
+        {"a": {"$raw": "eA=="}},
+        {"$raw": "eA==", "also": 1},
+    ],
+)
+async def test_misused_markers_are_refused(
+    store: RedisStateStore, client: aioredis.Redis, value: Any
+) -> None:
+    admin = Admin(store)
+    with pytest.raises(StateEncodeError, match=r"\$\$"):
+        await admin.set("Marks", "bad", "v", value)
+    with pytest.raises(StateEncodeError, match=r"\$\$"):
+        await admin.replace("Marks", "bad", {"v": value}, must_exist=False)
+    keys = store.keyspace.object_keys("Marks", "bad")
+    assert await client.exists(keys.state, keys.meta) == 0  # nothing was written
+
+
+# -- numbers JSON cannot carry ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), [1, float("-inf")], {"a": {"b": float("nan")}}]
+)
+async def test_non_finite_numbers_are_refused(
+    store: RedisStateStore, client: aioredis.Redis, value: Any
+) -> None:
+    await put(store, "Nums", "k", n=1)
+    admin = Admin(store)
+    with pytest.raises(StateEncodeError, match="not a finite number"):
+        await admin.set("Nums", "k", "v", value)
+    with pytest.raises(StateEncodeError, match="not a finite number"):
+        await admin.replace("Nums", "k", {"v": value, "n": 2})
+    with pytest.raises(StateEncodeError, match="not a finite number"):
+        await admin.patch("Nums", "k", [{"op": "add", "path": "/v", "value": value}])
+    assert await stored(client, store, "Nums", "k") == {"n": 1}
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('{"a": NaN}', "line 1 column 7"),
+        ('{\n  "a": [1,\n    Infinity]}', "line 3 column 5"),
+        ('{"a": "NaN 1e999", "b": -Infinity}', "line 1 column 25"),
+        ("[1, 1e999]", "line 1 column 5"),
+        (
+            '{"big": 100000000000000000000000000000000000000000000000000000000000000000000'
+            + "0" * 400
+            + ', "x": 1e400}',
+            "column 485",
+        ),
+    ],
+)
+def test_load_json_refuses_non_finite_numbers_and_says_where(text: str, where: str) -> None:
+    with pytest.raises(ValueError, match="not a finite number") as raised:
+        load_json(text)
+    assert where in str(raised.value)
+    assert load_json('{"a": 1.5, "b": [1e300, -0.0]}') == {"a": 1.5, "b": [1e300, -0.0]}

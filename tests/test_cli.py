@@ -38,12 +38,15 @@ Cli = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
 @pytest.fixture
-def cli(server: Server, rc: redis.Redis) -> Cli:
-    """Run the console script against the test server; returns the CompletedProcess."""
+def cli(server: Server, rc: redis.Redis, tmp_path: Path) -> Cli:
+    """Run the console script against the test server; returns the CompletedProcess.
+
+    Its temporary files (edited text that ``kv edit`` keeps) go to the test's tmp_path.
+    """
 
     def run(*args: str, input: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("RESTATE_REDIS_")}
-        full_env = {**inherited, "RESTATE_REDIS_URL": server.url, **env}
+        full_env = {**inherited, "RESTATE_REDIS_URL": server.url, "TMPDIR": str(tmp_path), **env}
         return subprocess.run(
             [SCRIPT, *args],
             input=input if input is not None else "",
@@ -295,3 +298,244 @@ def test_bytes_undecodable_values_and_other_serdes(cli: Cli, rc: redis.Redis) ->
     assert rc.hget("restate:{Cart:js}:state", "doc") == b'{"a":[1]}'
     as_json = ok(cli("kv", "get", "Cart", "js", "--plain", RESTATE_REDIS_SERDE="json"))
     assert json.loads(as_json) == {"doc": {"a": [1]}}
+
+
+# -- edits keep what the user did not change ----------------------------------------------------
+
+FOREIGN = {
+    "f32": msgpack.packb(1.5, use_single_float=True),
+    "wide_int": b"\xcd\x00\x05",
+    "key_order": msgpack.packb({"b": 1, "a": 2}),
+    "str8": b"\xd9\x02hi",
+    "float_one": msgpack.packb(1.0),
+}
+
+
+def raw(rc: redis.Redis, service: str, key: str) -> dict[str, bytes]:
+    got: dict[bytes, bytes] = rc.hgetall(f"restate:{{{service}:{key}}}:state")  # type: ignore[assignment]
+    return {k.decode(): v for k, v in got.items()}
+
+
+def test_edit_patch_and_set_leave_other_values_byte_for_byte(
+    cli: Cli, rc: redis.Redis, tmp_path: Path, server: Server
+) -> None:
+    seed(server, "Cart", "foreign", n=1)
+    rc.hset("restate:{Cart:foreign}:state", mapping=FOREIGN)  # type: ignore[arg-type]
+    body = """
+doc = json.load(open(path))
+assert doc["float_one"] == 1.0 and isinstance(doc["float_one"], float), doc
+doc["n"] = 2
+json.dump(doc, open(path, "w"))
+"""
+    ok(cli("kv", "edit", "Cart", "foreign", EDITOR=editor(tmp_path, body)))
+    assert raw(rc, "Cart", "foreign") == {**FOREIGN, "n": msgpack.packb(2)}
+    ok(
+        cli(
+            "kv", "patch", "Cart", "foreign", "--patch", '[{"op": "add", "path": "/m", "value": 1}]'
+        )
+    )
+    ok(cli("kv", "set", "Cart", "foreign", "n", "3"))
+    ok(cli("kv", "set", "Cart", "foreign", "f32", "1.5"))  # the value it holds: left alone
+    want = {**FOREIGN, "n": msgpack.packb(3), "m": msgpack.packb(1)}
+    assert raw(rc, "Cart", "foreign") == want
+    # an edit saved as it was shown is no change at all
+    assert "no change" in ok(cli("kv", "edit", "Cart", "foreign", EDITOR=editor(tmp_path, "")))
+    resaved = "doc = json.load(open(path))\njson.dump(doc, open(path, 'w'))\n"
+    assert "no change" in ok(cli("kv", "edit", "Cart", "foreign", EDITOR=editor(tmp_path, resaved)))
+    assert raw(rc, "Cart", "foreign") == want
+
+
+@pytest.mark.parametrize("new", ["1.0", "true", "1e0"])
+def test_edit_to_an_equal_value_of_another_type_is_a_change(
+    cli: Cli, rc: redis.Redis, tmp_path: Path, new: str
+) -> None:
+    ok(cli("kv", "set", "Cart", "types", "n", "1"))
+    body = f"open(path, 'w').write('{{\"n\": {new}}}')\n"
+    assert "replaced" in ok(cli("kv", "edit", "Cart", "types", EDITOR=editor(tmp_path, body)))
+    assert rc.hget("restate:{Cart:types}:state", "n") == msgpack.packb(json.loads(new))
+
+
+def test_marker_shaped_values_round_trip_through_the_cli(
+    cli: Cli, rc: redis.Redis, tmp_path: Path, server: Server
+) -> None:
+    app_value = {"$base64": "aGk=", "deep": [{"$raw": "x"}]}
+    seed(server, "Cart", "marks", v=app_value, n=1)
+    shown = json.loads(ok(cli("kv", "get", "Cart", "marks", "--plain")))
+    assert shown["v"] == {"$$base64": "aGk=", "deep": [{"$$raw": "x"}]}
+    body = "doc = json.load(open(path))\ndoc['n'] = 2\njson.dump(doc, open(path, 'w'))\n"
+    ok(cli("kv", "edit", "Cart", "marks", EDITOR=editor(tmp_path, body)))
+    ok(cli("kv", "set", "Cart", "marks", "copy", json.dumps(shown["v"])))
+    ok(cli("kv", "set", "Cart", "marks", "blob", '{"$base64": "aGk="}'))
+    assert state(rc, "Cart", "marks") == {"v": app_value, "copy": app_value, "n": 2, "blob": b"hi"}
+    misused = cli("kv", "set", "Cart", "marks", "bad", '{"$base64": "aGk=", "x": 1}')
+    assert '"$$base64"' in one_line_error(misused)
+
+
+NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e999", "[1, -1e400]", '{"a": {"b": NaN}}']
+
+
+@pytest.mark.parametrize("text", NON_FINITE)
+def test_numbers_json_cannot_carry_are_refused(
+    cli: Cli, rc: redis.Redis, tmp_path: Path, text: str
+) -> None:
+    ok(cli("kv", "set", "Cart", "nums", "n", "1"))
+    assert "not a finite number" in one_line_error(
+        cli("kv", "set", "--", "Cart", "nums", "v", text)
+    )
+    patch = f'[{{"op": "add", "path": "/v", "value": {text}}}]'
+    assert "not a finite number" in one_line_error(
+        cli("kv", "patch", "Cart", "nums", "--patch", patch)
+    )
+    doc = f'{{"n": 1,\n "v": {text}}}'
+    bad = editor(tmp_path, f"open(path, 'w').write({doc!r})\n")
+    err = one_line_error(cli("kv", "edit", "Cart", "nums", EDITOR=bad))
+    assert "not a finite number" in err and "line 2 column" in err
+    assert state(rc, "Cart", "nums") == {"n": 1}
+
+
+@pytest.mark.parametrize("text", ["hi", "hello world", "it's", "None", "NaN", "-"])
+def test_set_of_text_that_is_not_json_shows_how_to_quote_it(
+    cli: Cli, rc: redis.Redis, text: str
+) -> None:
+    import shlex
+
+    err = one_line_error(cli("kv", "set", "Cart", "quote", "name", text))
+    assert "bad JSON for state key 'name'" in err and "JSON" in err
+    assert shlex.quote(json.dumps(text)) in err
+    assert rc.exists("restate:{Cart:quote}:state", "restate:{Cart:quote}:meta") == 0
+    ok(cli("kv", "set", "Cart", "quote", "name", json.dumps(text)))
+    assert state(rc, "Cart", "quote") == {"name": text}
+
+
+# -- kv edit keeps the user's text ---------------------------------------------------------------
+
+
+def kept_file(err: str) -> Path:
+    """The file an error message says the edited text is kept in."""
+    marker = "kept in "
+    assert marker in err, err
+    path = Path(err.split(marker, 1)[1].split()[0])
+    assert path.is_file(), err
+    assert path.name.startswith("restate-redis-") and path.suffix == ".json"
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('{"n": 2,\n  "m": oops}', "line 2 column 8"),
+        ('{"n": 2,\n}', "line 2 column 1"),
+        ("\n  [1, 2]", "line 2 column 3"),
+        ('{"n":\n Infinity}', "line 2 column 2"),
+    ],
+)
+def test_edit_without_a_terminal_keeps_unusable_text_in_a_file(
+    cli: Cli, rc: redis.Redis, tmp_path: Path, text: str, where: str
+) -> None:
+    ok(cli("kv", "set", "Cart", "keep", "n", "1"))
+    bad = editor(tmp_path, f"open(path, 'w').write({text!r})\n")
+    err = one_line_error(cli("kv", "edit", "Cart", "keep", EDITOR=bad))
+    assert where in err
+    path = kept_file(err)
+    try:
+        assert path.read_text() == text
+    finally:
+        path.unlink()
+    assert state(rc, "Cart", "keep") == {"n": 1}
+
+
+def test_edit_keeps_the_text_when_the_object_changed_meanwhile(
+    cli: Cli, rc: redis.Redis, tmp_path: Path
+) -> None:
+    ok(cli("kv", "set", "Cart", "race", "n", "1"))
+    body = f"""
+subprocess.run([{SCRIPT!r}, "kv", "set", "Cart", "race", "n", "100"], check=True)
+open(path, "w").write('{{"n": 2}}')
+"""
+    err = one_line_error(cli("kv", "edit", "Cart", "race", EDITOR=editor(tmp_path, body)), code=3)
+    path = kept_file(err)
+    try:
+        assert path.read_text() == '{"n": 2}'
+    finally:
+        path.unlink()
+    assert state(rc, "Cart", "race") == {"n": 100}
+
+
+def run_in_terminal(args: list[str], env: dict[str, str], answers: str) -> tuple[int, str]:
+    """Run the console script with a pseudo-terminal as stdin; ``answers`` are typed into it
+    once it asks. Returns the exit code and everything it wrote to the terminal."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [SCRIPT, *args], stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True
+    )
+    os.close(slave)
+    seen = b""
+    pending = answers.encode()
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 60)
+            assert ready, f"no output from {args}: {seen!r}"
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the script exited and closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if pending and seen.rstrip().endswith(b"]:"):  # click.confirm's "[Y/n]:"
+                line, _, pending = pending.partition(b"\n")
+                os.write(master, line + b"\n")
+                seen += b"\n"
+        return proc.wait(timeout=60), seen.decode(errors="replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_edit_offers_to_reopen_the_editor_on_the_same_text(
+    server: Server, rc: redis.Redis, tmp_path: Path
+) -> None:
+    seed(server, "Cart", "again", n=1)
+    calls = tmp_path / "calls"
+    body = f"""
+calls = {str(calls)!r}
+n = len(open(calls).read()) if os.path.exists(calls) else 0
+open(calls, "a").write("x")
+if n == 0:
+    open(path, "w").write('{{"n": 2, oops}}')
+else:
+    assert open(path).read().rstrip() == '{{"n": 2, oops}}', open(path).read()
+    open(path, "w").write('{{"n": 2}}')
+"""
+    env = {
+        **os.environ,
+        "RESTATE_REDIS_URL": server.url,
+        "EDITOR": editor(tmp_path, body),
+        "TMPDIR": str(tmp_path),
+    }
+    code, out = run_in_terminal(["kv", "edit", "Cart", "again"], env, "y\n")
+    assert code == 0, out
+    assert "line 1 column 10" in out and "Re-open the editor" in out
+    assert calls.read_text() == "xx"
+    assert state(rc, "Cart", "again") == {"n": 2}
+    # declining keeps the text in a file
+    calls.unlink()
+    code, out = run_in_terminal(["kv", "edit", "Cart", "again"], env, "n\n")
+    assert code == 1, out
+    path = kept_file(" ".join(out.split()))
+    try:
+        assert path.read_text() == '{"n": 2, oops}'
+    finally:
+        path.unlink()
+    assert state(rc, "Cart", "again") == {"n": 2}
+
+
+def test_set_takes_negative_numbers_as_the_value(cli: Cli, rc: redis.Redis) -> None:
+    ok(cli("kv", "set", "Cart", "neg", "n", "-1"))
+    ok(cli("kv", "set", "Cart", "neg", "f", "-2.5", "--expect-version", "1"))
+    assert state(rc, "Cart", "neg") == {"n": -1, "f": -2.5}

@@ -475,3 +475,138 @@ def test_token_is_required_off_loopback_and_checked(rc: redis.Redis, server: Ser
         assert httpx.get(guarded.base + "/", timeout=10).status_code == 200  # the page is public
     finally:
         guarded.stop()
+
+
+# -- edits in the page keep what the user did not change ---------------------------------------
+
+# Bytes another encoder wrote, and values a JS number would alter (1.0, 2**60 + 1).
+FOREIGN = {
+    "f32": msgpack.packb(1.5, use_single_float=True),
+    "wide_int": b"\xcd\x00\x05",
+    "key_order": msgpack.packb({"b": 1, "a": 2.0}),
+    "float_one": msgpack.packb(1.0),
+    "big_int": msgpack.packb(2**60 + 1),
+    "exp_float": msgpack.packb(1e16),
+    "marker_shaped": msgpack.packb({"$base64": "aGk=", "in": [{"$raw": "x"}]}),
+    # state keys named like JavaScript object properties
+    "__proto__": msgpack.packb({"polluted": True}),
+    "constructor": msgpack.packb(1),
+    "toString": msgpack.packb("s"),
+    "hasOwnProperty": msgpack.packb([1]),
+    "valueOf": msgpack.packb(None),
+}
+
+
+def raw(rc: redis.Redis, service: str, key: str) -> dict[str, bytes]:
+    got: dict[bytes, bytes] = rc.hgetall(f"restate:{{{service}:{key}}}:state")  # type: ignore[assignment]
+    return {k.decode(): v for k, v in got.items()}
+
+
+def seed_foreign(rc: redis.Redis, server: Server, key: str) -> None:
+    seed(server, "Foreign", key, n=1)
+    rc.hset(f"restate:{{Foreign:{key}}}:state", mapping=FOREIGN)  # type: ignore[arg-type]
+
+
+def test_replace_whole_state_leaves_unchanged_values_byte_for_byte(
+    ui: UI, page: Any, rc: redis.Redis, server: Server
+) -> None:
+    seed_foreign(rc, server, "whole")
+    page.goto(object_url(ui, "Foreign", "whole"))
+    page.wait_for_selector('tr[data-key="__proto__"]')
+    shown = page.locator('tr[data-key="marker_shaped"] pre').text_content()
+    assert json.loads(shown) == {"$$base64": "aGk=", "in": [{"$$raw": "x"}]}
+    page.locator("#replace-state").click()
+    text = page.locator("#state-editor").input_value()
+    assert '"float_one": 1.0' in text and f'"big_int": {2**60 + 1}' in text
+    assert '"__proto__": {' in text and '"constructor": 1' in text
+    page.locator("#state-editor").fill(text.replace('"n": 1', '"n": 2'))
+    page.locator("#replace-save").click()
+    page.wait_for_selector("#message.ok")
+    assert raw(rc, "Foreign", "whole") == {**FOREIGN, "n": msgpack.packb(2)}
+
+
+def test_editing_one_value_keeps_its_numbers_as_written(
+    ui: UI, page: Any, rc: redis.Redis, server: Server
+) -> None:
+    seed_foreign(rc, server, "one")
+    page.goto(object_url(ui, "Foreign", "one"))
+    page.wait_for_selector('tr[data-key="big_int"]')
+    for name in ("float_one", "big_int", "exp_float", "key_order", "__proto__"):
+        row = page.locator(f'tr[data-key="{name}"]')
+        row.locator("button.edit").click()
+        row.locator("button.save").click()  # saved as shown
+        page.wait_for_selector("#message.ok")
+        page.wait_for_selector(f'tr[data-key="{name}"] button.edit')
+    assert raw(rc, "Foreign", "one") == {**FOREIGN, "n": msgpack.packb(1)}
+    edit(page, "n", "1.0")  # a float now: 1.0 is not 1
+    page.wait_for_selector('#view[data-version="2"]')
+    edit(page, "n", "12345678901234567891")
+    page.wait_for_selector('#view[data-version="3"]')
+    assert raw(rc, "Foreign", "one") == {**FOREIGN, "n": msgpack.packb(12345678901234567891)}
+    assert page.locator('tr[data-key="n"] pre').text_content() == "12345678901234567891"
+
+
+@pytest.mark.parametrize("number", ["1e999", "-1e400", "NaN", "Infinity"])
+def test_the_page_refuses_numbers_json_cannot_carry(
+    ui: UI, page: Any, rc: redis.Redis, server: Server, number: str
+) -> None:
+    seed(server, "Cart", "nums", a=1)
+    page.goto(object_url(ui, "Cart", "nums"))
+    page.wait_for_selector('tr[data-key="a"]')
+    edit(page, "a", f"[{number}]")
+    page.wait_for_selector("#message.error")
+    page.locator("#replace-state").click()
+    page.locator("#state-editor").fill(f'{{"a": {number}}}')
+    page.locator("#replace-save").click()
+    page.wait_for_selector("#message.error")
+    assert state(rc, "Cart", "nums") == {"a": 1}
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999", "-1e400"])
+def test_the_api_refuses_numbers_json_cannot_carry(
+    ui: UI, rc: redis.Redis, server: Server, number: str
+) -> None:
+    seed(server, "Cart", "api-nums", a=1)
+    headers = {"content-type": "application/json", "x-requested-by": "restate-redis"}
+    bodies = {
+        "/api/value": '{"service": "Cart", "key": "api-nums", "name": "b", "version": null, '
+        f'"value": {{"deep": [1, {number}]}}}}',
+        "/api/state": '{"service": "Cart", "key": "api-nums", "version": null, '
+        f'"state": {{"a": 2, "b": {number}}}}}',
+    }
+    for path, body in bodies.items():
+        json.loads(body)  # Python's json takes it: the API must not
+        answer = httpx.put(ui.base + path, content=body, headers=headers, timeout=10)
+        assert answer.status_code == 400, (path, answer.text)
+        assert answer.json()["code"] == "bad_request"
+        assert "not a finite number" in answer.json()["error"]
+        assert "line 1 column" in answer.json()["error"]
+    assert state(rc, "Cart", "api-nums") == {"a": 1}
+
+
+def test_state_keys_named_like_object_properties_survive_replace_whole_state(
+    ui: UI, page: Any, rc: redis.Redis, server: Server
+) -> None:
+    names = [
+        "__proto__",
+        "constructor",
+        "toString",
+        "hasOwnProperty",
+        "valueOf",
+        "__defineGetter__",
+    ]
+    values: dict[str, Any] = {name: {"of": name} for name in names}
+    values["__proto__"] = {"polluted": True}
+    values["constructor"] = 7
+    seed(server, "Cart", "js", n=1, **values)
+    before = raw(rc, "Cart", "js")
+    page.goto(object_url(ui, "Cart", "js"))
+    page.wait_for_selector('tr[data-key="__proto__"]')
+    page.locator("#replace-state").click()
+    text = page.locator("#state-editor").input_value()
+    assert json.loads(text) == {"n": 1, **values}
+    page.locator("#state-editor").fill(text.replace('"n": 1', '"n": 2'))
+    page.locator("#replace-save").click()
+    page.wait_for_selector("#message.ok")
+    assert raw(rc, "Cart", "js") == {**before, "n": msgpack.packb(2)}
+    assert page.evaluate("({}).polluted") is None

@@ -21,7 +21,8 @@ The API (every answer is JSON; errors are ``{"error": message, "code": code}``):
 Changes answer ``{"version": new version}``. ``"version"`` is required in every change: the
 version the caller read, or ``null`` to skip the check; a mismatch answers 409 with code
 ``version_conflict`` and writes nothing. Values are JSON as in :mod:`restate_redis.admin`
-(``{"$base64": ...}`` bytes, ``{"$raw": ...}`` undecodable). A value whose JSON text is over
+(``{"$base64": ...}`` bytes, ``{"$raw": ...}`` undecodable); a body holding NaN, Infinity or
+a number too large for a float (``1e999``) is refused. A value whose JSON text is over
 64 KiB comes as a 2 000-character ``preview``; ``/api/value`` downloads all of it.
 Security (token, cross-site and DNS-rebinding checks) is in :mod:`restate_redis.ui.security`.
 """
@@ -43,7 +44,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..admin import Admin
+from ..admin import Admin, load_json
 from ..errors import (
     InvalidNameError,
     InvalidPatchError,
@@ -117,9 +118,12 @@ def _query(request: Request, name: str, default: str | None = None) -> str:
 
 async def _body(request: Request, *fields: str) -> dict[str, Any]:
     try:
-        body = await request.json()
+        # strict: NaN, Infinity and 1e999 (a float overflow) are refused, not stored
+        body = load_json((await request.body()).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not UTF-8 text") from None
     except ValueError as exc:
-        raise BadRequest(f"the body is not JSON: {exc}") from None
+        raise BadRequest(f"bad JSON in the body: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     for name in ("service", "key", *fields):

@@ -69,6 +69,24 @@ function duration(ms) {
 }
 
 const pretty = (value) => JSON.stringify(value, null, 2);
+
+// JSON text -> data, for the API's answers and for what the user types. A number keeps the
+// text it was written with wherever a JS number would change it (1.0 would become 1, and
+// 2**60 + 1 would be rounded), so a value sent back unchanged is the value that was read.
+// NaN, Infinity and 1e999 (Infinity to JS, null once sent) are refused: JSON cannot carry them.
+const rawJSON = typeof JSON.rawJSON === "function" ? JSON.rawJSON : null;
+
+function parseJson(text) {
+  return JSON.parse(text, (name, value, context) => {
+    if (typeof value !== "number") return value;
+    const source = context && context.source;
+    if (!Number.isFinite(value)) {
+      throw new SyntaxError(`${source || value} is not a finite number, which JSON cannot carry`);
+    }
+    if (rawJSON && typeof source === "string" && JSON.stringify(value) !== source) return rawJSON(source);
+    return value;
+  });
+}
 const q = (params) => new URLSearchParams(params).toString();
 
 // -- the API ------------------------------------------------------------------------------------
@@ -94,7 +112,7 @@ async function api(method, path, body) {
   const response = await fetch(path, options);
   let data;
   try {
-    data = await response.json();
+    data = parseJson(await response.text());
   } catch (e) {
     data = { error: response.statusText };
   }
@@ -230,7 +248,7 @@ async function stateView(service, key) {
       save.addEventListener("click", () => {
         let value;
         try {
-          value = JSON.parse(area.value);
+          value = parseJson(area.value);
         } catch (e) {
           message(`Not valid JSON: ${e.message}`, "error");
           return;
@@ -265,7 +283,7 @@ async function stateView(service, key) {
     const save = el("button", { className: "primary", id: "add-save", onclick: () => {
       let value;
       try {
-        value = JSON.parse(area.value);
+        value = parseJson(area.value);
       } catch (e) {
         message(`Not valid JSON: ${e.message}`, "error");
         return;
@@ -277,14 +295,15 @@ async function stateView(service, key) {
   }
 
   function replaceAll() {
-    const doc = {};
+    // no prototype: a state key named __proto__ or constructor is an ordinary key here
+    const doc = Object.create(null);
     for (const entry of data.keys) doc[entry.name] = entry.value;
     const area = el("textarea", { id: "state-editor", "aria-label": "the whole state (JSON)", rows: 16 });
     area.value = pretty(doc);
     const save = el("button", { className: "primary", id: "replace-save", onclick: () => {
       let state;
       try {
-        state = JSON.parse(area.value);
+        state = parseJson(area.value);
       } catch (e) {
         message(`Not valid JSON: ${e.message}`, "error");
         return;
