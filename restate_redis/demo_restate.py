@@ -90,7 +90,8 @@ def locate_server(yes: bool, console: Any) -> Path:
                 f"restate-server is not on PATH nor in {cache}: install it with `{command}`, "
                 "or pass --yes to let the demo install it"
             )
-        question = f"restate-server was not found. Install {PACKAGE}@{RESTATE_VERSION} into {cache}"
+        package = f"{PACKAGE}@{RESTATE_VERSION}"
+        question = f"restate-server was not found. Install {package} into {cache}?"
         if not click.confirm(question, default=True):
             raise click.ClickException(f"restate-server is not installed; to install it: {command}")
     console.print(f"Installing {PACKAGE}@{RESTATE_VERSION} into {cache} with npm")
