@@ -427,11 +427,12 @@ def demo_command(
         from . import demo_restate
 
         try:
+            import httpx  # noqa: F401
             import hypercorn  # noqa: F401
             import restate  # noqa: F401
         except ImportError:
             raise click.ClickException(
-                f"--restate needs restate-sdk and hypercorn: {demo_restate.INSTALL_HINT}"
+                f"--restate needs restate-sdk, hypercorn and httpx: {demo_restate.INSTALL_HINT}"
             ) from None
         # Before anything starts: this may ask the user, and may fail.
         binary = demo_restate.locate_server(yes, console)

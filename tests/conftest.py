@@ -63,7 +63,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not left:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    lines = [f"the test run left {len(left)} entries in the temp folders:"]
+    lines = [
+        f"the test run left {len(left)} entries in the temp folders (remove them; a test "
+        "session running at the same time on this machine may have made some of them):"
+    ]
     lines += [f"  {path}" for path in left]
     if reporter is not None:
         reporter.write_line("")
