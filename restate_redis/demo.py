@@ -3,8 +3,11 @@ was lost.
 
 Worker processes run the shopping cart Virtual Object and the order fulfilment Workflow
 (:mod:`restate_redis.examples`) against one Redis: the embedded Valkey server by default, or
-``--url``. Every invocation is drawn up front from a seeded plan; each worker reports what its
-handlers did, and the final state in Redis must be exactly what those invocations imply.
+``--url``. No Restate server runs: the workers call the handlers directly. Every invocation is
+drawn up front from a seeded plan; each worker reports what its handlers did, and the final
+state in Redis must be exactly what those invocations imply. ``--restate`` runs the same
+services as restate-sdk handlers under a real restate-server (:mod:`restate_redis.demo_restate`)
+with the same plan and check.
 """
 
 from __future__ import annotations
