@@ -3,8 +3,11 @@ was lost.
 
 Worker processes run the shopping cart Virtual Object and the order fulfilment Workflow
 (:mod:`restate_redis.examples`) against one Redis: the embedded Valkey server by default, or
-``--url``. Every invocation is drawn up front from a seeded plan; each worker reports what its
-handlers did, and the final state in Redis must be exactly what those invocations imply.
+``--url``. No Restate server runs: the workers call the handlers directly. Every invocation is
+drawn up front from a seeded plan; each worker reports what its handlers did, and the final
+state in Redis must be exactly what those invocations imply. ``--restate`` runs the same
+services as restate-sdk handlers under a real restate-server (:mod:`restate_redis.demo_restate`)
+with the same plan and check.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -239,8 +243,6 @@ def _run(
     retention: float,
     console: Any,
 ) -> tuple[list[WorkerReport], float]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     ctx = mp.get_context("spawn")  # no inherited event loop, sockets or threads
     progress, ready, go = ctx.Value("l", 0), ctx.Value("i", 0), ctx.Event()
     with ProcessPoolExecutor(
@@ -263,15 +265,31 @@ def _run(
             time.sleep(0.01)
         started = time.perf_counter()
         go.set()
-        columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=False) as bar:
-            task = bar.add_task("invocations", total=len(plan))
+        with _progress_bar(console, len(plan)) as update:
             while not all(f.done() for f in futures):
-                bar.update(task, completed=progress.value)
+                update(progress.value)
                 time.sleep(0.05)
-            bar.update(task, completed=progress.value)
+            update(progress.value)
         elapsed = time.perf_counter() - started
         return [f.result() for f in futures], elapsed
+
+
+@contextlib.contextmanager
+def _progress_bar(console: Any, total: int) -> Iterator[Callable[..., None]]:
+    """A bar of finished invocations; yields ``update(completed=None)`` (None: one more)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("invocations", total=total)
+
+        def update(completed: int | None = None) -> None:
+            if completed is None:
+                bar.advance(task)
+            else:
+                bar.update(task, completed=completed)
+
+        yield update
 
 
 def _latency_table(report: WorkerReport, elapsed: float, total: int) -> Any:
@@ -378,6 +396,15 @@ def _serve_ui(url: str, console: Any) -> None:
 @click.option(
     "--ui", "with_ui", is_flag=True, help="Afterwards keep the server and the UI up until Ctrl-C."
 )
+@click.option(
+    "--restate",
+    "with_restate",
+    is_flag=True,
+    help="Run the services as restate-sdk handlers under a real restate-server.",
+)
+@click.option(
+    "--yes", "-y", is_flag=True, help="With --restate: install restate-server without asking."
+)
 def demo_command(
     url: str | None,
     workers: int,
@@ -387,12 +414,31 @@ def demo_command(
     retention: float,
     seed: int | None,
     with_ui: bool,
+    with_restate: bool,
+    yes: bool,
 ) -> None:
     """Run a shopping cart and an order workflow under contention, then check no update was
     lost."""  # fmt: skip
     from rich.console import Console
 
+    from .embedded import exit_cleanly_on_sigterm
+
     console = Console()
+    exit_cleanly_on_sigterm()  # so that the finally blocks stop what was started
+    binary = None
+    if with_restate:
+        from . import demo_restate
+
+        try:
+            import httpx  # noqa: F401
+            import hypercorn  # noqa: F401
+            import restate  # noqa: F401
+        except ImportError:
+            raise click.ClickException(
+                f"--restate needs restate-sdk, hypercorn and httpx: {demo_restate.INSTALL_HINT}"
+            ) from None
+        # Before anything starts: this may ask the user, and may fail.
+        binary = demo_restate.locate_server(yes, console)
     embedded = None
     if url is None:
         from .embedded import start_for_command
@@ -415,8 +461,21 @@ def demo_command(
             f"Run {run_id}: {invocations} invocations on {objects} carts, {workers} workers x "
             f"{concurrency} in flight (seed {seed})"
         )
-        reports, elapsed = _run(url, plan, workers, concurrency, retention, console)
-        report = merge(reports)
+        if binary is not None:
+            report, elapsed = demo_restate.run(
+                binary, url, plan, workers, concurrency, retention, console
+            )
+        else:
+            console.print(
+                f"No Restate server in this mode: {workers} worker process(es) call the "
+                "handlers of restate_redis.examples directly, each opening its session on Redis "
+                "as a Restate handler would (restate-redis demo --restate runs them under a "
+                "real restate-server).",
+                soft_wrap=True,
+                highlight=False,
+            )
+            reports, elapsed = _run(url, plan, workers, concurrency, retention, console)
+            report = merge(reports)
         console.print(_latency_table(report, elapsed, len(plan)))
         problems, n_orders = asyncio.run(_check_at(url, carts, report))
         problems = report.errors[:10] + problems
@@ -430,7 +489,8 @@ def demo_command(
                 f"{sum(report.exclusive.values())} exclusive invocations imply (no lost "
                 f"update); {n_orders} order workflows completed with retention {retention:g} s."
             )
-        _hints(console, url, carts[0], sorted(report.orders)[:1], embedded is not None, with_ui)
+        orders = sorted(report.orders)[:1]
+        _hints(console, url, carts[0], orders, embedded is not None, with_ui, with_restate)
         if with_ui:
             _serve_ui(url, console)
         if problems:
@@ -441,19 +501,35 @@ def demo_command(
 
 
 def _hints(
-    console: Any, url: str, key: str, orders: list[str], embedded: bool, with_ui: bool
+    console: Any,
+    url: str,
+    key: str,
+    orders: list[str],
+    embedded: bool,
+    with_ui: bool,
+    with_restate: bool,
 ) -> None:
-    lines = [
-        "Look at the state:",
-        f"  restate-redis kv get {cart.SERVICE} {key} --url {url}",
-    ]
-    if orders:
-        lines.append(f"  restate-redis kv get {fulfilment.SERVICE} {orders[0]} --url {url}")
-    lines.append(f"  restate-redis ui --url {url}   (then open http://127.0.0.1:9071)")
+    """The commands to look at the state, only when the server holding it is still up."""
     if embedded and not with_ui:
-        lines.append(
-            "  The embedded server stops now: run restate-redis demo --ui to keep it "
-            "and the UI up until Ctrl-C."
-        )
+        again = "restate-redis demo --restate" if with_restate else "restate-redis demo"
+        options = {
+            "--ui": "keeps the server and the UI up until Ctrl-C",
+            "--url redis://127.0.0.1:6379/0": "runs against your own Redis, which keeps the state",
+        }
+        width = max(map(len, options))
+        lines = [
+            "The embedded Valkey server stops now, and the state with it. To look at the state "
+            "afterwards:",
+            *(f"  {again} {opt.ljust(width)}   {what}" for opt, what in options.items()),
+        ]
+    else:
+        lines = [
+            "Look at the state:",
+            f"  restate-redis kv get {cart.SERVICE} {key} --url {url}",
+        ]
+        if orders:
+            lines.append(f"  restate-redis kv get {fulfilment.SERVICE} {orders[0]} --url {url}")
+        if not with_ui:
+            lines.append(f"  restate-redis ui --url {url}   (then open http://127.0.0.1:9071)")
     for line in lines:
         console.print(line, soft_wrap=True, markup=False, highlight=False)

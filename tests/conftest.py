@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from restate_redis import RedisStateStore
 
+from . import leftovers
 from .servers import Server, start_server
 from .workload import Workers
 
@@ -45,3 +47,31 @@ def workers() -> Iterator[Workers]:
     w = Workers()
     yield w
     w.stop()
+
+
+_temp_before: set[Path] = set()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _temp_before.update(leftovers.snapshot())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when it left folders or files in the system temp folder (after every
+    fixture was torn down)."""
+    left = leftovers.new_since(_temp_before)
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [
+        f"the test run left {len(left)} entries in the temp folders (remove them; a test "
+        "session running at the same time on this machine may have made some of them):"
+    ]
+    lines += [f"  {path}" for path in left]
+    if reporter is not None:
+        reporter.write_line("")
+        reporter.write_sep("=", "left behind", red=True)
+        for line in lines:
+            reporter.write_line(line)
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

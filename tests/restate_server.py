@@ -24,13 +24,12 @@ from pathlib import Path
 
 import httpx
 
+from restate_redis.demo_restate import RESTATE_VERSION, npm_cache
+
 from .servers import free_port, unavailable
 
-RESTATE_VERSION = "1.7.12"
 ROOT = Path(__file__).resolve().parent.parent
-NPM_CACHE = Path(
-    os.environ.get("RESTATE_REDIS_NPM_CACHE", Path.home() / ".cache" / "restate-redis" / "npm")
-)
+NPM_CACHE = npm_cache()  # the demo's (restate-redis demo --restate): one install for both
 
 
 def _unavailable(message: str) -> None:
@@ -160,6 +159,13 @@ class RestateServer:
     def log(self) -> Path:
         return self.dir / "restate-server.log"
 
+    @property
+    def tmp(self) -> Path:
+        """The server's temp folder, inside its own."""
+        path = self.dir / "tmp"
+        path.mkdir(exist_ok=True)
+        return path
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
@@ -173,6 +179,10 @@ class RestateServer:
             RESTATE_DEFAULT_RETRY_POLICY__INITIAL_INTERVAL="100ms",
             RESTATE_DEFAULT_RETRY_POLICY__MAX_INTERVAL="1s",
             RESTATE_CLI_CONFIG_HOME=str(self.dir / "cli"),
+            # The invoker's spill folders (invoker-*) go to the system temp folder otherwise,
+            # and stay there after the server stops.
+            RESTATE_WORKER__INVOKER__TMP_DIR=str(self.tmp),
+            TMPDIR=str(self.tmp),
         )
         env.update(self.extra_env)
         return env

@@ -2,16 +2,29 @@
 
 State keys of one cart: ``items`` (sku -> quantity), ``ops`` (how many exclusive handlers
 ran on it) and ``orders`` (ids of the orders it checked out, oldest first).
+
+Each handler's state logic (``apply_*``) works on any context with ``get / set / clear``: a
+:class:`~restate_redis.session.Session` here, the context of a restate-sdk handler in
+:mod:`restate_redis.examples.sdk`, so that both demos run the same services.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from ..store import RedisStateStore
 from . import fulfilment
 
 SERVICE = "Cart"
+
+
+class StateContext(Protocol):
+    """What the handlers use of a session or of a restate-sdk handler's context."""
+
+    async def get(self, name: str) -> Any: ...
+    def set(self, name: str, value: Any) -> None: ...
+    def clear(self, name: str) -> None: ...
 
 
 @dataclass
@@ -22,41 +35,62 @@ class Checkout:
     items: dict[str, int] = field(default_factory=dict)
 
 
+async def _count(ctx: StateContext) -> int:
+    ops: int = (await ctx.get("ops") or 0) + 1
+    ctx.set("ops", ops)
+    return ops
+
+
+async def apply_add(ctx: StateContext, sku: str, qty: int) -> int:
+    """Add ``qty`` of ``sku``; returns the new quantity of that sku."""
+    items: dict[str, int] = await ctx.get("items") or {}
+    items[sku] = items.get(sku, 0) + qty
+    ctx.set("items", items)
+    await _count(ctx)
+    return items[sku]
+
+
+async def apply_remove(ctx: StateContext, sku: str, qty: int) -> int:
+    """Remove up to ``qty`` of ``sku``; returns how many were actually removed."""
+    items: dict[str, int] = await ctx.get("items") or {}
+    removed = min(qty, items.get(sku, 0))
+    if removed == items.get(sku, 0):
+        items.pop(sku, None)
+    else:
+        items[sku] -= removed
+    ctx.set("items", items)
+    await _count(ctx)
+    return removed
+
+
+async def apply_checkout(ctx: StateContext, cart: str) -> Checkout:
+    """Empty the cart into a new order (its id is unique: the cart's ops count is in it)."""
+    items: dict[str, int] = await ctx.get("items") or {}
+    ops = await _count(ctx)
+    if not items:
+        return Checkout(None)
+    order = Checkout(f"{cart}-order-{ops}", items)
+    ctx.set("orders", [*(await ctx.get("orders") or []), order.order_id])
+    ctx.clear("items")
+    return order
+
+
 async def add_item(store: RedisStateStore, cart: str, sku: str, qty: int) -> int:
     """Add ``qty`` of ``sku``; returns the new quantity of that sku."""
     async with store.object(SERVICE, cart) as ctx:
-        items: dict[str, int] = await ctx.get("items") or {}
-        items[sku] = items.get(sku, 0) + qty
-        ctx.set("items", items)
-        ctx.set("ops", (await ctx.get("ops") or 0) + 1)
-        return items[sku]
+        return await apply_add(ctx, sku, qty)
 
 
 async def remove_item(store: RedisStateStore, cart: str, sku: str, qty: int) -> int:
     """Remove up to ``qty`` of ``sku``; returns how many were actually removed."""
     async with store.object(SERVICE, cart) as ctx:
-        items: dict[str, int] = await ctx.get("items") or {}
-        removed = min(qty, items.get(sku, 0))
-        if removed == items.get(sku, 0):
-            items.pop(sku, None)
-        else:
-            items[sku] -= removed
-        ctx.set("items", items)
-        ctx.set("ops", (await ctx.get("ops") or 0) + 1)
-        return removed
+        return await apply_remove(ctx, sku, qty)
 
 
 async def checkout(store: RedisStateStore, cart: str, retention: float) -> Checkout:
     """Empty the cart into a new order, then run that order's fulfilment workflow."""
     async with store.object(SERVICE, cart) as ctx:
-        items: dict[str, int] = await ctx.get("items") or {}
-        ops = (await ctx.get("ops") or 0) + 1
-        ctx.set("ops", ops)
-        order = Checkout(None)
-        if items:
-            order = Checkout(f"{cart}-order-{ops}", items)
-            ctx.set("orders", [*(await ctx.get("orders") or []), order.order_id])
-            ctx.clear("items")
+        order = await apply_checkout(ctx, cart)
     if order.order_id is not None:
         # After the cart's commit, as a Restate handler would send to the workflow.
         await fulfilment.run(store, order.order_id, cart, order.items, retention)

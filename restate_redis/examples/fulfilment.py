@@ -7,12 +7,26 @@ the retention.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..store import RedisStateStore
 
+if TYPE_CHECKING:
+    from .cart import StateContext
+
 SERVICE = "OrderFulfilment"
 STEPS = ("reserved", "paid", "shipped")
+
+
+def apply_run(ctx: StateContext, cart: str, items: dict[str, int]) -> None:
+    """The run handler's state: the order, then each step as it is done."""
+    ctx.set("cart", cart)
+    ctx.set("items", items)
+    steps: list[str] = []
+    for step in STEPS:
+        steps.append(step)
+        ctx.set("steps", steps)
+        ctx.set("status", step)
 
 
 async def run(
@@ -20,22 +34,20 @@ async def run(
 ) -> None:
     """The workflow's run handler: runs once per order id."""
     async with store.workflow(SERVICE, order_id, retention=retention) as ctx:
-        ctx.set("cart", cart)
-        ctx.set("items", items)
-        steps: list[str] = []
-        for step in STEPS:
-            steps.append(step)
-            ctx.set("steps", steps)
-            ctx.set("status", step)
+        apply_run(ctx, cart, items)
+
+
+async def read_status(ctx: Any) -> dict[str, Any]:
+    """The order's state keys, read from a shared session or handler context."""
+    return {
+        "cart": await ctx.get("cart"),
+        "items": await ctx.get("items"),
+        "steps": await ctx.get("steps"),
+        "status": await ctx.get("status"),
+    }
 
 
 async def status(store: RedisStateStore, order_id: str) -> dict[str, Any]:
     """The order's state, read in a shared session (while it runs and until it expires)."""
     async with store.workflow(SERVICE, order_id, shared=True) as ctx:
-        return {
-            "cart": await ctx.get("cart"),
-            "items": await ctx.get("items"),
-            "steps": await ctx.get("steps"),
-            "status": await ctx.get("status"),
-            "workflow": ctx.workflow_status,
-        }
+        return {**await read_status(ctx), "workflow": ctx.workflow_status}
