@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import (
+    CorruptStateError,
     InvalidPatchError,
     StateEncodeError,
     StateError,
@@ -56,7 +57,17 @@ from .errors import (
     VersionConflictError,
     where,
 )
-from .keyspace import META_GRACE, META_WORKFLOW, ObjectKeys, check_key, check_service
+from .keyspace import (
+    META,
+    META_GRACE,
+    META_VERSION,
+    META_WORKFLOW,
+    SEPARATOR,
+    STATE,
+    ObjectKeys,
+    check_key,
+    check_service,
+)
 from .retry import redis_errors
 from .serde import BytesSerde, Serde
 from .session import Session
@@ -79,6 +90,8 @@ __all__ = [
     "ObjectPage",
     "ObjectState",
     "ServiceInfo",
+    "ServiceList",
+    "SkippedKeys",
     "decode_value",
     "encode_value",
     "load_json",
@@ -249,12 +262,54 @@ def load_json(text: str) -> Any:
 # -- what reads return ------------------------------------------------------------------------
 
 
+# How many skipped keys a listing names; the rest are only counted.
+SKIPPED_EXAMPLES = 5
+# Objects classified per pipeline while listing.
+_CLASSIFY_BATCH = 500
+
+
+@dataclass(slots=True)
+class SkippedKeys:
+    """Keys of the namespace a listing skipped: restate-redis did not write them (a name
+    that does not decode, a ``meta`` that is not a hash or whose version is not a number, a
+    state hash without ``meta``). Counted, and a few of them named, so that one stray key
+    cannot break a listing for everyone."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+    """Up to :data:`SKIPPED_EXAMPLES` of them, each as ``key (why)``."""
+
+    def add(self, redis_key: bytes | str, why: str) -> None:
+        self.count += 1
+        if len(self.examples) < SKIPPED_EXAMPLES:
+            self.examples.append(f"{_key_text(redis_key)} ({why})")
+
+    def merge(self, other: SkippedKeys) -> None:
+        self.count += other.count
+        room = SKIPPED_EXAMPLES - len(self.examples)
+        self.examples.extend(other.examples[: max(0, room)])
+
+
+def _key_text(redis_key: bytes | str) -> str:
+    if isinstance(redis_key, str):
+        return redis_key
+    return redis_key.decode("utf-8", "backslashreplace")
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceInfo:
     """A service that has stored objects, and how many."""
 
     name: str
     objects: int
+
+
+class ServiceList(list[ServiceInfo]):
+    """What :meth:`Admin.services` returns: the services, and the keys it skipped."""
+
+    def __init__(self, services: list[ServiceInfo], skipped: SkippedKeys) -> None:
+        super().__init__(services)
+        self.skipped = skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +334,8 @@ class ObjectPage:
 
     objects: list[ObjectInfo]
     cursor: int
+    skipped: SkippedKeys = field(default_factory=SkippedKeys)
+    """Keys of this page that restate-redis did not write, left out of it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +369,11 @@ def _text(raw: bytes | str | None) -> str | None:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
 
 
+def _is_int(raw: bytes | str) -> bool:
+    text = _text(raw) or ""
+    return text.lstrip("-").isdigit() and text.isascii()
+
+
 def _remaining(pttl: int) -> int | None:
     return int(pttl) if int(pttl) >= 0 else None
 
@@ -329,34 +391,66 @@ class Admin:
 
     # reads
 
-    async def services(self) -> list[ServiceInfo]:
-        """Every service with stored objects, sorted by name (one SCAN of the namespace)."""
-        counts: Counter[str] = Counter()
-        seen: set[tuple[str, str]] = set()
-        async for redis_key in self.client.scan_iter(match=self.keyspace.all_pattern(), count=1000):
-            parsed = self.keyspace.parse(redis_key)
-            if parsed is None or (parsed[0], parsed[1]) in seen:
-                continue  # SCAN may return a key twice
-            seen.add((parsed[0], parsed[1]))
-            counts[parsed[0]] += 1
-        return [ServiceInfo(name, counts[name]) for name in sorted(counts)]
+    async def services(self) -> ServiceList:
+        """Every service with stored objects, sorted by name (one SCAN of the namespace).
 
-    async def iter_objects(self, service: str, prefix: str = "") -> AsyncIterator[str]:
-        """The object keys of ``service`` starting with ``prefix``, streamed from SCAN."""
-        check_service(service)
+        An object counts when its state hash exists or it is a workflow (see
+        :meth:`list_objects`); keys restate-redis did not write are skipped and reported in
+        the result's ``skipped``.
+        """
+        counts: Counter[str] = Counter()
+        skipped = SkippedKeys()
+        seen: set[tuple[str, str]] = set()
+        batch: list[tuple[str, str]] = []
+
+        async def flush() -> None:
+            for info in await self._classify(batch, skipped):
+                counts[info.service] += 1
+            batch.clear()
+
+        async with redis_errors("listing the services"):
+            async for redis_key in self.client.scan_iter(
+                match=self.keyspace.all_pattern("*"), count=1000
+            ):
+                parsed = self._parse(redis_key, skipped)
+                if parsed is None or parsed in seen:
+                    continue  # SCAN may return a key twice; an object has several keys
+                seen.add(parsed)
+                batch.append(parsed)
+                if len(batch) >= _CLASSIFY_BATCH:
+                    await flush()
+            await flush()
+        return ServiceList([ServiceInfo(name, counts[name]) for name in sorted(counts)], skipped)
+
+    async def iter_objects(
+        self, service: str, prefix: str = "", skipped: SkippedKeys | None = None
+    ) -> AsyncIterator[str]:
+        """The object keys of ``service`` starting with ``prefix``, streamed from SCAN.
+
+        Each object once; keys restate-redis did not write are added to ``skipped``.
+        """
         seen: set[str] = set()
-        async for redis_key in self.client.scan_iter(
-            match=self.keyspace.object_pattern(service, prefix), count=1000
-        ):
-            parsed = self.keyspace.parse(redis_key)
-            if parsed is not None and parsed[1] not in seen:
-                seen.add(parsed[1])
-                yield parsed[1]
+        cursor = 0
+        while True:
+            page = await self.list_objects(service, prefix, cursor, limit=500)
+            if skipped is not None:
+                skipped.merge(page.skipped)
+            for obj in page.objects:
+                if obj.key not in seen:
+                    seen.add(obj.key)
+                    yield obj.key
+            cursor = page.cursor
+            if cursor == 0:
+                return
 
     async def list_objects(
         self, service: str, prefix: str = "", cursor: int = 0, limit: int = 50
     ) -> ObjectPage:
         """One page of ``service``'s objects whose key starts with ``prefix``.
+
+        An object is listed when its state hash exists, or when it is a workflow (its meta
+        has a status): a cleared object is not. Keys restate-redis did not write are left
+        out and counted in the page's ``skipped``.
 
         SCAN underneath: a page holds at least ``limit`` objects unless the listing ends
         (it may hold a few more), and an object may show up on two pages.
@@ -366,41 +460,115 @@ class Admin:
             raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
         if cursor < 0 or limit <= 0:
             raise ValueError(f"bad page: cursor={cursor!r}, limit={limit!r}")
-        pattern = self.keyspace.object_pattern(service, prefix)
-        found: dict[str, bytes] = {}
-        for _ in range(100):  # bounded: a sparse keyspace returns empty batches
-            cursor, batch = await self.client.scan(cursor, match=pattern, count=max(limit, 100))
-            for redis_key in batch:
-                parsed = self.keyspace.parse(redis_key)
-                if parsed is not None:
-                    found.setdefault(parsed[1], redis_key)
-            if cursor == 0 or len(found) >= limit:
-                break
-        names = sorted(found)
+        pattern = self.keyspace.object_pattern(service, prefix, suffix="*")
+        skipped = SkippedKeys()
+        seen: set[str] = set()
+        objects: list[ObjectInfo] = []
+        async with redis_errors(f"listing the objects of service {service!r}"):
+            for _ in range(100):  # bounded: a sparse keyspace returns empty batches
+                cursor, batch = await self.client.scan(cursor, match=pattern, count=max(limit, 100))
+                found: list[tuple[str, str]] = []
+                for redis_key in batch:
+                    parsed = self._parse(redis_key, skipped)
+                    if parsed is not None and parsed[0] == service and parsed[1] not in seen:
+                        seen.add(parsed[1])
+                        found.append(parsed)
+                objects += await self._classify(found, skipped)
+                if cursor == 0 or len(objects) >= limit:
+                    break
+        objects.sort(key=lambda o: o.key)
+        return ObjectPage(objects, int(cursor), skipped)
+
+    def _parse(self, redis_key: bytes | str, skipped: SkippedKeys) -> tuple[str, str] | None:
+        """(service, object key) of a ``state`` or ``meta`` key; None for other keys of an
+        object. A key whose name restate-redis could not have written is added to
+        ``skipped``: it does not decode, or decodes to a name that encodes differently."""
+        try:
+            text = redis_key.decode("utf-8") if isinstance(redis_key, bytes) else redis_key
+            parsed = self.keyspace.parse(text)
+        except (UnicodeError, ValueError):
+            parsed = None
+        if parsed is not None:
+            service, key, kind = parsed
+            prefix = f"{self.keyspace.namespace}{SEPARATOR}"
+            try:
+                canonical = prefix + self.keyspace.tag(service, key) + SEPARATOR + kind
+            except (UnicodeError, ValueError):
+                canonical = None
+            if canonical == text and service:
+                return (service, key) if kind in (STATE, META) else None
+        skipped.add(redis_key, "its name does not decode")
+        return None
+
+    async def _classify(
+        self, objects: list[tuple[str, str]], skipped: SkippedKeys
+    ) -> list[ObjectInfo]:
+        """The listed ones of ``objects``: their state hash exists or they are workflows.
+
+        One pipeline: the type of both keys, the meta's version and status, its expiry.
+        Objects whose bookkeeping restate-redis did not write go to ``skipped``.
+        """
+        if not objects:
+            return []
         pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            pipe.hget(found[name], META_WORKFLOW)
-            pipe.pttl(found[name])
-        replies = await pipe.execute() if names else []
-        objects = [
-            ObjectInfo(service, name, _text(replies[2 * i]), _remaining(replies[2 * i + 1]))
-            for i, name in enumerate(names)
-        ]
-        return ObjectPage(objects, int(cursor))
+        for service, key in objects:
+            keys = self.keyspace.object_keys(service, key)
+            pipe.type(keys.state)
+            pipe.type(keys.meta)
+            pipe.hmget(keys.meta, [META_VERSION, META_WORKFLOW])
+            pipe.pttl(keys.meta)
+        replies = await pipe.execute(raise_on_error=False)
+        listed: list[ObjectInfo] = []
+        for i, (service, key) in enumerate(objects):
+            state_type, meta_type, fields, pttl = replies[4 * i : 4 * i + 4]
+            for reply in (state_type, meta_type, pttl):
+                if isinstance(reply, Exception):
+                    raise reply
+            keys = self.keyspace.object_keys(service, key)
+            state_type, meta_type = _text(state_type), _text(meta_type)
+            if state_type not in ("hash", "none"):
+                skipped.add(keys.state, f"a {state_type}, not a hash")
+                continue
+            if meta_type not in ("hash", "none"):
+                skipped.add(keys.meta, f"a {meta_type}, not a hash")
+                continue
+            if meta_type == "none":
+                if state_type == "hash":
+                    skipped.add(keys.state, "state without meta")
+                continue  # expired, or deleted since SCAN saw it
+            if isinstance(fields, Exception):
+                raise fields
+            version, status = fields
+            if version is not None and not _is_int(version):
+                skipped.add(keys.meta, "its version is not a number")
+                continue
+            status_text = _text(status) or None
+            if state_type == "hash" or status_text is not None:
+                listed.append(ObjectInfo(service, key, status_text, _remaining(pttl)))
+        return listed
 
     async def read(self, service: str, key: str) -> ObjectState:
         """The whole state of ``service``/``key`` with its version, status and expiry.
 
         An object that never stored anything reads as empty with ``exists=False``.
         """
-        async with self.store.object(service, key, shared=True) as session:
-            raw: dict[str, bytes] = await session.get_all(serde=_RAW)
-            version, status = session.version, session.workflow_status
+        try:
+            async with self.store.object(service, key, shared=True) as session:
+                raw: dict[str, bytes] = await session.get_all(serde=_RAW)
+                version, status = session.version, session.workflow_status
+        except (ValueError, UnicodeError) as exc:
+            if isinstance(exc, StateError):
+                raise
+            raise CorruptStateError(
+                f"the bookkeeping of {where(service, key)} does not parse (restate-redis did "
+                f"not write it): {exc}"
+            ) from exc
         meta = session.keys.meta
-        pipe = self.client.pipeline(transaction=False)
-        pipe.exists(meta)
-        pipe.pttl(meta)
-        exists, pttl = await pipe.execute()
+        async with redis_errors(f"reading {where(service, key)}"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.exists(meta)
+            pipe.pttl(meta)
+            exists, pttl = await pipe.execute()
         raw = dict(sorted(raw.items()))
         values = {name: decode_value(self.store.serde, buf) for name, buf in raw.items()}
         return ObjectState(

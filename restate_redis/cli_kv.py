@@ -6,28 +6,35 @@ Every command takes ``--url`` (env ``RESTATE_REDIS_URL``), ``--namespace`` (env
 atomic commit.
 
 Exit codes: 0 success; 1 any failure, with one line on stderr; 2 a usage error; 3 a version
-conflict (the object changed since it was read; nothing was written).
+conflict (the object changed since it was read; nothing was written); 4 the UI could not
+listen on its address (the port is in use, say).
+
+Every name, key and value printed goes through :func:`printable`, so stored data cannot
+send control sequences (or reorder the text with bidi overrides) to the terminal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import difflib
 import functools
 import json
 import os
+import re
 import shlex
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import unquote
 
 import click
-from redis.exceptions import RedisError
 
-from .admin import Admin, ObjectState, load_json, same_value
+from .admin import Admin, ObjectState, SkippedKeys, load_json, same_value
+from .connection import redact, scrub
 from .errors import StateError, StoreUnavailableError, VersionConflictError
+from .retry import as_state_error
 from .serde import BytesSerde, JsonSerde, MsgPackSerde, Serde
 from .store import RedisStateStore
 
@@ -39,7 +46,14 @@ ENV_SERDE = "RESTATE_REDIS_SERDE"
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 EXIT_FAILURE = 1
+EXIT_USAGE = 2
 EXIT_CONFLICT = 3
+EXIT_CANNOT_LISTEN = 4
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 1 failure (one line on stderr); 2 usage error; 3 version conflict "
+    "(nothing written); 4 the UI could not listen on its address."
+)
 
 SERDES: dict[str, Callable[[], Serde[Any]]] = {
     "msgpack": MsgPackSerde,
@@ -48,38 +62,48 @@ SERDES: dict[str, Callable[[], Serde[Any]]] = {
 }
 
 
+# -- what reaches the terminal ----------------------------------------------------------------
+
+# C0 and C1 controls, DEL, and the invisible marks and overrides that reorder or hide text
+# (bidi embeddings, overrides and isolates, LRM/RLM/ALM, line and paragraph separators).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# The same, minus what json.dumps already escapes (C0): for JSON text.
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: controls and bidi marks shown as escapes in Python's
+    style (``\\x1b``, ``\\n``, ``\\u202e``), everything else as it is."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def plural(n: int, word: str) -> str:
+    """``1 object``, ``2 objects``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 # -- connection -------------------------------------------------------------------------------
 
 
-def _userinfo(url: str) -> tuple[str, str, str, str] | None:
-    """(scheme + "://", user, password, host part) of a URL with credentials, else None.
-
-    Parsed by hand so that a malformed URL (a typo in the scheme) still hides its password.
-    """
-    head, at, host = url.rpartition("@")
-    if not at:
-        return None
-    scheme, sep, userinfo = head.rpartition("://")
-    user, colon, password = userinfo.partition(":")
-    if not colon:  # "redis://secret@host": the lone part may well be a password
-        user, password = "", userinfo
-    return scheme + sep, user, password, host
-
-
 def redact_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``."""
-    parts = _userinfo(url)
-    if parts is None or not parts[2]:
-        return url
-    scheme, user, _, host = parts
-    return f"{scheme}{user}:***@{host}" if user else f"{scheme}***@{host}"
-
-
-def _secrets(url: str) -> list[str]:
-    parts = _userinfo(url)
-    if parts is None or not parts[2]:
-        return []
-    return sorted({parts[2], unquote(parts[2])}, key=len, reverse=True)
+    """``url`` with its password and secret options replaced by ``***``
+    (:func:`restate_redis.connection.redact`)."""
+    return redact(url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,38 +172,48 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def fail(message: str, conn: Connection | None = None, code: int = EXIT_FAILURE) -> NoReturn:
-    """Print one line on stderr (never the URL's password) and exit with ``code``."""
+    """Print one line on stderr (never the URL's secrets) and exit with ``code``."""
     text = " ".join(str(message).split())
     if conn is not None:
-        text = text.replace(conn.url, redact_url(conn.url))
-        for secret in _secrets(conn.url):
-            text = text.replace(secret, "***")
-    click.echo(f"restate-redis: error: {text}", err=True)
+        text = scrub(text, conn.url)
+    click.echo(f"restate-redis: error: {printable(text)}", err=True)
     sys.exit(code)
+
+
+def note(message: str, conn: Connection | None = None) -> None:
+    """One line for the user on stderr, apart from the command's output."""
+    text = scrub(message, conn.url) if conn is not None else message
+    click.echo(f"restate-redis: {printable(text)}", err=True)
 
 
 def run(conn: Connection, action: Callable[[Admin], Awaitable[T]]) -> T:
     """Run ``action`` on a store for ``conn``; every failure becomes a one-line message."""
+    where = f"Redis at {redact(conn.url)}"
 
     async def main() -> T:
         store = conn.open_store()
         try:
             return await action(Admin(store))
         finally:
-            await store.aclose()
+            # closing after a failure must not hide that failure
+            with contextlib.suppress(Exception):
+                await store.aclose()
 
     try:
         return asyncio.run(main())
     except VersionConflictError as exc:
         fail(str(exc), conn, EXIT_CONFLICT)
     except StoreUnavailableError as exc:
-        fail(f"Redis at {redact_url(conn.url)}: {exc}", conn)
+        fail(f"{where}: {exc}", conn)
     except StateError as exc:
         fail(str(exc), conn)
-    except (RedisError, OSError) as exc:
-        fail(f"Redis at {redact_url(conn.url)}: {exc}", conn)
     except ValueError as exc:  # a bad URL, a bad option value
         fail(str(exc), conn)
+    except Exception as exc:  # redis-py's own errors (a cluster's included), sockets, ...
+        translated = as_state_error(exc, where)
+        if translated is exc:
+            fail(f"{where}: {type(exc).__name__}: {exc}", conn)
+        fail(str(translated), conn)
 
 
 def parse_json(text: str, what: str, hint: str = "") -> Any:
@@ -194,7 +228,10 @@ def parse_json(text: str, what: str, hint: str = "") -> Any:
 
 
 def dumps(value: Any, indent: int | None = None) -> str:
-    return json.dumps(value, indent=indent, ensure_ascii=False, sort_keys=indent is not None)
+    """JSON text safe for a terminal: json.dumps escapes C0 controls, and the other
+    characters :func:`printable` escapes become ``\\uXXXX`` too (still valid JSON)."""
+    text = json.dumps(value, indent=indent, ensure_ascii=False, sort_keys=indent is not None)
+    return _UNSAFE_IN_JSON.sub(_json_escape, text)
 
 
 def duration(ms: int) -> str:
@@ -214,6 +251,7 @@ def describe(state: ObjectState) -> str:
     text = f"{state.service}/{state.key}: version {state.version}"
     if not state.exists:
         return text + " (no state stored)"
+    text += f", {plural(len(state.values), 'key')}"
     if state.workflow_status is not None:
         text += f", workflow {state.workflow_status}"
     if state.retention_ms is not None:
@@ -225,35 +263,135 @@ def split_target(target: str) -> tuple[str, str | None]:
     """``SERVICE/KEY`` -> (service, key); ``SERVICE`` -> (service, None)."""
     service, sep, key = target.partition("/")
     if not service:
-        fail(f"bad target {target!r}: expected SERVICE or SERVICE/KEY")
+        raise click.UsageError(
+            f"bad target {printable(repr(target))}: expected SERVICE or SERVICE/KEY"
+        )
     return service, key if sep else None
 
 
+def address(
+    words: Sequence[str], names: Sequence[str], optional: int = 0
+) -> tuple[str, str, list[str | None]]:
+    """``SERVICE KEY NAME...`` or ``SERVICE/KEY NAME...`` -> (service, key, names).
+
+    ``names`` are the arguments after the object; the last ``optional`` of them may be left
+    out (they come back as None). A wrong count is a usage error (exit 2).
+    """
+    form = " ".join(["SERVICE KEY", *names])
+    if not words:
+        raise click.UsageError(f"missing arguments: expected {form} (or SERVICE/KEY ...)")
+    service, key = split_target(words[0])
+    rest = list(words[1:])
+    if key is None:
+        if not rest:
+            raise click.UsageError(f"missing the object key: expected {form}")
+        key = rest.pop(0)
+    if not len(names) - optional <= len(rest) <= len(names):
+        raise click.UsageError(
+            f"expected {form} (or SERVICE/KEY ...), got {len(words)} "
+            f"argument{'' if len(words) == 1 else 's'}"
+        )
+    return service, key, [*rest, *[None] * (len(names) - len(rest))]
+
+
+def addressed(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command the arguments ``SERVICE KEY NAMES...`` (or ``SERVICE/KEY NAMES...``);
+    it is called with ``service``, ``key`` and one keyword per name: ``"NAME"`` passes
+    ``name=``, ``"JSON:value"`` shows JSON in the usage line and passes ``value=``."""
+    shown = [n.partition(":")[0] for n in names]
+    params = [(n.partition(":")[2] or n).lower() for n in names]
+    metavar = " ".join(["SERVICE KEY", *shown])
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @click.argument("words", nargs=-1, metavar=metavar)
+        @functools.wraps(command)
+        def wrapper(*args: Any, words: tuple[str, ...], **kwargs: Any) -> Any:
+            service, key, values = address(words, shown)
+            given = dict(zip(params, values, strict=True))
+            return command(*args, service=service, key=key, **given, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+async def report_missing_service(
+    admin: Admin, conn: Connection, service: str, skipped: SkippedKeys | None = None
+) -> bool:
+    """When ``service`` has no stored objects, say so on stderr with the nearest known
+    service names and the server asked; True when it said so."""
+    found = await admin.services()
+    if skipped is not None:
+        skipped.merge(found.skipped)
+    names = [s.name for s in found]
+    if service in names:
+        return False
+    by_lower: dict[str, str] = {}
+    for name in names:
+        by_lower.setdefault(name.lower(), name)
+    close = difflib.get_close_matches(service.lower(), list(by_lower), n=3, cutoff=0.6)
+    hint = "; did you mean " + " or ".join(by_lower[c] for c in close) + "?" if close else ""
+    if not names:
+        hint = "; no service has stored objects there"
+    note(
+        f"nothing is stored for service {service!r} in namespace {conn.namespace!r} "
+        f"at {redact(conn.url)}{hint}",
+        conn,
+    )
+    return True
+
+
+def report_skipped(skipped: SkippedKeys, conn: Connection) -> None:
+    """One line on stderr naming a few of the keys a listing skipped."""
+    if skipped.count:
+        shown = ", ".join(skipped.examples)
+        more = ", ..." if skipped.count > len(skipped.examples) else ""
+        note(
+            f"skipped {plural(skipped.count, 'key')} that restate-redis did not write: "
+            f"{shown}{more}",
+            conn,
+        )
+
+
 def done(message: str) -> None:
-    click.echo(message)
+    click.echo(printable(message))
 
 
 # -- commands ---------------------------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 def kv() -> None:
     """Read and edit the K/V state of Virtual Objects and Workflows.
 
-    Values are shown as JSON; bytes as {"$base64": "..."}, undecodable values as
-    {"$raw": "..."} (both written back unchanged). Exit codes: 0 ok, 1 failure, 2 usage,
-    3 version conflict.
+    Every command names the object as SERVICE KEY or SERVICE/KEY. Values are shown as
+    JSON; bytes as {"$base64": "..."}, undecodable values as {"$raw": "..."} (both written
+    back unchanged).
+
+    \b
+    Exit codes:
+      0  success
+      1  a failure, with one line on stderr
+      2  a usage error
+      3  a version conflict: the object changed since it was read; nothing was written
+      4  the UI could not listen on its address (restate-redis ui)
     """
 
 
 @kv.command("get")
-@click.argument("service")
-@click.argument("key")
+@addressed()
 @click.option("--plain", is_flag=True, help="Print one JSON object {state key: value} only.")
 @connection_options
 def kv_get(service: str, key: str, plain: bool, conn: Connection) -> None:
     """Show the state of object (or workflow) KEY of SERVICE."""
-    state = run(conn, lambda admin: admin.read(service, key))
+
+    async def read(admin: Admin) -> ObjectState:
+        state = await admin.read(service, key)
+        if not state.exists and not state.values:
+            await report_missing_service(admin, conn, service)
+        return state
+
+    state = run(conn, read)
     if plain:
         click.echo(dumps(state.values))
         return
@@ -263,13 +401,13 @@ def kv_get(service: str, key: str, plain: bool, conn: Connection) -> None:
 
     # Text() cells: a value is data, never rich markup
     console = Console(soft_wrap=False)
-    console.print(Text(describe(state)))
+    console.print(Text(printable(describe(state))))
     table = Table()
     table.add_column("key", overflow="fold")
     table.add_column("value", overflow="fold")
     table.add_column("bytes", justify="right")
     for name, value in state.values.items():
-        table.add_row(Text(name), Text(dumps(value, indent=2)), str(state.sizes[name]))
+        table.add_row(Text(printable(name)), Text(dumps(value, indent=2)), str(state.sizes[name]))
     if state.values:
         console.print(table)
 
@@ -305,8 +443,7 @@ def _reopen(problem: str) -> bool:
 
 
 @kv.command("edit")
-@click.argument("service")
-@click.argument("key")
+@addressed()
 @click.option("--force", is_flag=True, help="Replace even if the object changed meanwhile.")
 @connection_options
 def kv_edit(service: str, key: str, force: bool, conn: Connection) -> None:
@@ -361,8 +498,7 @@ def kv_edit(service: str, key: str, force: bool, conn: Connection) -> None:
 
 
 @kv.command("patch")
-@click.argument("service")
-@click.argument("key")
+@addressed()
 @click.option("--patch", "patch_text", required=True, help="An RFC 6902 JSON Patch (a list).")
 @click.option(
     "--expect-version", type=int, default=None, help="Refuse unless the object is at this version."
@@ -384,10 +520,7 @@ def kv_patch(
 
 # A value such as -1 or -Infinity is the JSON argument, not an unknown option.
 @kv.command("set", context_settings={"ignore_unknown_options": True})
-@click.argument("service")
-@click.argument("key")
-@click.argument("name")
-@click.argument("value", metavar="JSON")
+@addressed("NAME", "JSON:value")
 @click.option(
     "--expect-version", type=int, default=None, help="Refuse unless the object is at this version."
 )
@@ -408,48 +541,59 @@ def kv_set(
 
 
 @kv.command("clear")
-@click.argument("target", metavar="SERVICE[/KEY]")
-@click.argument("name", required=False)
+@click.argument("words", nargs=-1, metavar="SERVICE [KEY [NAME]]")
 @click.option("--yes", "-y", is_flag=True, help="Clear a whole service without asking.")
 @click.option(
     "--expect-version", type=int, default=None, help="Refuse unless the object is at this version."
 )
 @connection_options
 def kv_clear(
-    target: str, name: str | None, yes: bool, expect_version: int | None, conn: Connection
+    words: tuple[str, ...], yes: bool, expect_version: int | None, conn: Connection
 ) -> None:
-    """Clear one state key (SERVICE/KEY NAME), one object (SERVICE/KEY) or a whole SERVICE."""
-    service, key = split_target(target)
-    if key is not None:
-        if name is not None:
-            run(
-                conn,
-                lambda admin: admin.clear(service, key, name, expected_version=expect_version),
-            )
-            done(f"cleared {service}/{key} {name}")
-        else:
-            run(conn, lambda admin: admin.clear_all(service, key, expected_version=expect_version))
-            done(f"cleared {service}/{key}")
+    """Clear one state key (SERVICE KEY NAME), one object (SERVICE KEY) or a whole SERVICE.
+
+    SERVICE/KEY may stand for SERVICE KEY. Clearing a whole service asks first (--yes
+    does not).
+    """
+    if len(words) == 1 and "/" not in words[0]:
+        clear_service(words[0], yes, expect_version, conn)
         return
-    if name is not None or expect_version is not None:
-        fail("a state key or --expect-version needs one object: SERVICE/KEY")
+    service, key, (name,) = address(words, ["NAME"], optional=1)
+    if name is not None:
+        run(conn, lambda admin: admin.clear(service, key, name, expected_version=expect_version))
+        done(f"cleared {service}/{key} {name}")
+    else:
+        run(conn, lambda admin: admin.clear_all(service, key, expected_version=expect_version))
+        done(f"cleared {service}/{key}")
+
+
+def clear_service(service: str, yes: bool, expect_version: int | None, conn: Connection) -> None:
+    if expect_version is not None:
+        raise click.UsageError("--expect-version needs one object: SERVICE KEY")
+    skipped = SkippedKeys()
 
     async def count(admin: Admin) -> int:
-        return sum([1 async for _ in admin.iter_objects(service)])
+        found = sum([1 async for _ in admin.iter_objects(service, skipped=skipped)])
+        if not found:
+            await report_missing_service(admin, conn, service)
+        return found
 
     objects = run(conn, count)
+    report_skipped(skipped, conn)
     if objects == 0:
         done(f"service {service} has no objects in namespace {conn.namespace}; nothing cleared")
         return
     if not yes:
+        which = "the 1 object" if objects == 1 else f"all {plural(objects, 'object')}"
         click.confirm(
-            f"Clear the state of all {objects} objects of service {service} "
-            f"(namespace {conn.namespace})?",
+            printable(
+                f"Clear the state of {which} of service {service} (namespace {conn.namespace})?"
+            ),
             abort=True,
             err=True,
         )
     cleared = run(conn, lambda admin: admin.clear_service(service))
-    done(f"cleared {cleared} objects of service {service}")
+    done(f"cleared {plural(cleared, 'object')} of service {service}")
 
 
 @kv.command("list")
@@ -458,44 +602,64 @@ def kv_clear(
 @click.option("--plain", is_flag=True, help="Object keys only, one per line.")
 @connection_options
 def kv_list(service: str, prefix: str, plain: bool, conn: Connection) -> None:
-    """List the object keys of SERVICE, streamed as SCAN finds them (unsorted)."""
+    """List the object keys of SERVICE, streamed as SCAN finds them (unsorted).
+
+    Only objects with stored state are listed, and workflows.
+    """
+    skipped = SkippedKeys()
 
     async def stream(admin: Admin) -> None:
         cursor = 0
+        listed: set[str] = set()  # an object's keys may come on two pages
         while True:
             page = await admin.list_objects(service, prefix, cursor, limit=500)
+            skipped.merge(page.skipped)
             for obj in page.objects:
-                if plain or obj.workflow_status is None:
-                    click.echo(obj.key)
+                if obj.key in listed:
                     continue
-                line = f"{obj.key}\tworkflow {obj.workflow_status}"
+                listed.add(obj.key)
+                if plain or obj.workflow_status is None:
+                    click.echo(printable(obj.key))
+                    continue
+                line = f"{printable(obj.key)}\tworkflow {printable(obj.workflow_status)}"
                 if obj.retention_ms is not None:
                     line += f", state expires in {duration(obj.retention_ms)}"
                 click.echo(line)
             cursor = page.cursor
             if cursor == 0:
-                return
+                break
+        if not listed and not await report_missing_service(admin, conn, service) and prefix:
+            note(f"no object of service {service!r} has a key starting with {prefix!r}", conn)
 
     run(conn, stream)
+    report_skipped(skipped, conn)
 
 
-@click.command("services", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(
+    "services", context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP
+)
 @click.option("--plain", is_flag=True, help="Service names only, one per line.")
 @connection_options
 def services(plain: bool, conn: Connection) -> None:
     """List the services that have stored state, with their object counts."""
     found = run(conn, lambda admin: admin.services())
+    if not found:
+        note(
+            f"no service has stored objects in namespace {conn.namespace!r} at {redact(conn.url)}",
+            conn,
+        )
     if plain:
         for svc in found:
-            click.echo(svc.name)
-        return
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
+            click.echo(printable(svc.name))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
 
-    table = Table(title=Text(f"namespace {conn.namespace}"), title_justify="left")
-    table.add_column("service")
-    table.add_column("objects", justify="right")
-    for svc in found:
-        table.add_row(Text(svc.name), str(svc.objects))
-    Console().print(table)
+        table = Table(title=Text(printable(f"namespace {conn.namespace}")), title_justify="left")
+        table.add_column("service")
+        table.add_column("objects", justify="right")
+        for svc in found:
+            table.add_row(Text(printable(svc.name)), str(svc.objects))
+        Console().print(table)
+    report_skipped(found.skipped, conn)

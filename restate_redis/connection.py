@@ -23,9 +23,10 @@ Other query options: ``db`` (sentinel only: Redis Cluster has only db 0),
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
@@ -66,27 +67,107 @@ class ConnectionSpec:
     """A parsed Redis URL: which kind of deployment, where, and how to authenticate."""
 
     kind: Kind
-    url: str
+    url: str = field(repr=False)
     hosts: tuple[tuple[str, int], ...] = ()
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     tls: bool = False
     service_name: str | None = None
     db: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def redacted_url(self) -> str:
+        """The URL as it may be shown (see :func:`redact`)."""
+        return redact(self.url)
 
 
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, hostpart = rest.rpartition("@")
+# Query options whose value is a secret: redacted wherever a URL is shown.
+_SECRET_WORDS = ("password", "secret", "token")
+# Shorter "secrets" are not scrubbed from messages: replacing every "a" would garble them.
+_MIN_SCRUBBED = 3
+REDACTED = "***"
+
+
+def _is_secret_option(name: str) -> bool:
+    lowered = unquote(name).lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def _split_userinfo(base: str) -> tuple[str, str, str] | None:
+    """(text before the userinfo, userinfo, text from the "@" on) of a URL without its query,
+    or None when it has no userinfo. Parsed by hand so that a malformed URL (a typo in the
+    scheme, a raw "/" in the password) still hides its password."""
+    head, at, host = base.rpartition("@")
     if not at:
-        return url
-    user = userinfo.partition(":")[0]
-    return f"{scheme}{sep}{user}:***@{hostpart}" if ":" in userinfo else url
+        return None
+    scheme, sep, userinfo = head.rpartition("://")
+    if not sep:
+        scheme, sep, userinfo = head.rpartition("//")
+    return scheme + sep, userinfo, at + host
+
+
+def redact(url: str) -> str:
+    """``url`` as it may be shown: password and secret query options replaced by ``***``.
+
+    The password of ``user:password@`` goes (a lone ``secret@`` too: it may well be a
+    password), and so does the value of every query option whose name contains
+    "password", "secret" or "token" (``?password=``, ``sentinel_password=``, ...).
+    Works on malformed URLs as well, so an error about a bad URL never echoes its secrets.
+    """
+    if not isinstance(url, str):
+        return REDACTED
+    base, qmark, query = url.partition("?")
+    query, hash_, fragment = query.partition("#")
+    if not qmark:
+        base, hash_, fragment = base.partition("#")
+    parts = _split_userinfo(base)
+    if parts is not None:
+        head, userinfo, tail = parts
+        user, colon, password = userinfo.partition(":")
+        if colon and password:
+            base = f"{head}{user}:{REDACTED}{tail}"
+        elif not colon and userinfo:
+            base = f"{head}{REDACTED}{tail}"
+    if qmark:
+        pairs = []
+        for pair in re.split(r"([&;])", query):
+            name, eq, value = pair.partition("=")
+            pairs.append(f"{name}={REDACTED}" if eq and value and _is_secret_option(name) else pair)
+        query = "".join(pairs)
+    return base + qmark + query + hash_ + fragment
+
+
+def secrets_in(url: str) -> list[str]:
+    """The secrets a URL carries (as written and percent-decoded), longest first."""
+    if not isinstance(url, str):
+        return []
+    found: set[str] = set()
+    base, _, query = url.partition("?")
+    query = query.partition("#")[0]
+    parts = _split_userinfo(base.partition("#")[0])
+    if parts is not None:
+        user, colon, password = parts[1].partition(":")
+        found.add(password if colon else user)
+    for pair in re.split(r"[&;]", query):
+        name, eq, value = pair.partition("=")
+        if eq and _is_secret_option(name):
+            found.add(value)
+    found |= {unquote(s) for s in found} | {unquote_plus(s) for s in found}
+    return sorted((s for s in found if len(s) >= _MIN_SCRUBBED), key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (an error message, say) with ``url`` redacted and its secrets replaced."""
+    if isinstance(url, str) and url:
+        text = text.replace(url, redact(url))
+    for secret in secrets_in(url):
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 def _bad(url: str, why: str) -> ValueError:
-    return ValueError(f"bad Redis URL {_redact(url)!r}: {why}")
+    return ValueError(scrub(f"bad Redis URL {redact(url)!r}: {why}", url))
 
 
 def _host_port(url: str, text: str, default_port: int) -> tuple[str, int]:
@@ -130,16 +211,45 @@ def _options(url: str, query: str) -> dict[str, Any]:
     return out
 
 
+def _check_plain(url: str, scheme: str) -> None:
+    """What redis-py would silently get wrong in a plain URL: it reads ``/notadb`` (or
+    ``/1/2``) as database 0 (or 12), so check the database and port here."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise _bad(url, f"cannot read it ({exc})") from None
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if "db" in query and not query["db"].isdigit():
+        raise _bad(url, f"database {query['db']!r} (?db=) is not a number")
+    if scheme == "unix":
+        if not parts.path:
+            raise _bad(url, "a unix:// URL needs the socket's path: unix:///path/redis.sock")
+        return
+    path = unquote(parts.path)
+    if path not in ("", "/") and not (path[1:].isdigit() and path[1:].isascii()):
+        raise _bad(
+            url,
+            f"the path {path!r} is not a database number (expected redis://host:port/DB, "
+            f"DB from 0)",
+        )
+
+
 def parse_url(url: str) -> ConnectionSpec:
     """Parse any of the URL forms in this module's docstring; a bad URL is a ValueError."""
     if not isinstance(url, str) or "://" not in url:
+        shown = redact(url) if isinstance(url, str) else type(url).__name__
         raise ValueError(
-            f"not a Redis URL: {url!r} (expected e.g. redis://host:6379/0, "
-            f"redis+cluster://host:7000,host:7001 or redis+sentinel://host:26379/mymaster)"
+            scrub(
+                f"not a Redis URL: {shown!r} (expected e.g. redis://host:6379/0, "
+                f"redis+cluster://host:7000,host:7001 or redis+sentinel://host:26379/mymaster)",
+                url if isinstance(url, str) else "",
+            )
         )
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()
     if scheme in _PLAIN:
+        _check_plain(url, scheme)
         return ConnectionSpec(kind="redis", url=url, tls=scheme == "rediss")
     if scheme not in _SCHEMES:
         known = sorted(_PLAIN | set(_SCHEMES))

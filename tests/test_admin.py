@@ -489,3 +489,51 @@ def test_load_json_refuses_non_finite_numbers_and_says_where(text: str, where: s
         load_json(text)
     assert where in str(raised.value)
     assert load_json('{"a": 1.5, "b": [1e300, -0.0]}') == {"a": 1.5, "b": [1e300, -0.0]}
+
+
+async def test_stray_keys_are_skipped_and_counted(
+    store: RedisStateStore, client: aioredis.Redis
+) -> None:
+    from restate_redis.admin import ServiceInfo, SkippedKeys
+
+    admin = Admin(store)
+    await put(store, "Cart", "alice", n=1)
+    await put(store, "Cart", "bob", n=2)
+    await client.hset(b"restate:{Cart:%C3}:meta", "v", "1")  # half a UTF-8 sequence
+    await client.hset(b"restate:{Cart:%}:state", "a", b"\x01")  # no hex digits
+    await client.hset(b"restate:{Cart:%41}:meta", "v", "1")  # "A", which is never encoded
+    await client.hset(b"restate:{%fe:x}:meta", "v", "1")  # a service that does not decode
+    await client.set("restate:{Cart:s}:meta", "1")
+    await client.rpush("restate:{Cart:l}:state", "x")
+    await client.hset("restate:{Cart:l}:meta", "v", "1")
+    await client.hset("restate:{Cart:nometa}:state", "a", b"\x01")
+    await client.hset("restate:{Cart:v}:meta", mapping={"v": "x1"})
+    await client.hset("restate:{Cart:v}:state", "a", b"\x01")
+    found = await admin.services()
+    assert found == [ServiceInfo("Cart", 2)]
+    assert found.skipped.count == 8 and len(found.skipped.examples) == 5
+    page = await admin.list_objects("Cart")
+    assert [o.key for o in page.objects] == ["alice", "bob"] and page.skipped.count == 7
+    skipped = SkippedKeys()
+    assert sorted([k async for k in admin.iter_objects("Cart", skipped=skipped)]) == [
+        "alice",
+        "bob",
+    ]
+    assert skipped.count == 7
+    assert (await admin.read("Cart", "alice")).values == {"n": 1}
+    assert await admin.clear_service("Cart") == 2
+
+
+async def test_objects_without_state_are_not_listed(store: RedisStateStore) -> None:
+    admin = Admin(store)
+    await put(store, "Cart", "a", n=1)
+    await put(store, "Cart", "b", n=1)
+    async with store.object("Cart", "a") as s:
+        s.clear_all()
+    await admin.clear_all("Cart", "b")
+    async with store.workflow("Signup", "empty"):
+        pass
+    assert [(s.name, s.objects) for s in await admin.services()] == [("Signup", 1)]
+    assert (await admin.list_objects("Cart")).objects == []
+    assert [o.key for o in (await admin.list_objects("Signup")).objects] == ["empty"]
+    assert await admin.clear_service("Cart") == 0

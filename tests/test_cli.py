@@ -106,7 +106,8 @@ def test_set_then_get_plain_and_table(cli: Cli, rc: redis.Redis) -> None:
 
 def test_get_plain_of_an_object_without_state(cli: Cli, rc: redis.Redis) -> None:
     proc = cli("kv", "get", "Cart", "nobody", "--plain")
-    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "{}\n", "")
+    assert (proc.returncode, proc.stdout) == (0, "{}\n")  # stdout: exactly one JSON object
+    assert "nothing is stored for service 'Cart'" in proc.stderr
     ok(cli("kv", "set", "Cart", "emptied", "a", "1"))
     ok(cli("kv", "clear", "Cart/emptied"))
     assert ok(cli("kv", "get", "Cart", "emptied", "--plain")) == "{}\n"
@@ -226,13 +227,13 @@ def test_clear_key_object_and_service(cli: Cli, rc: redis.Redis, server: Server)
     assert state(rc, "Counter", "k1") == {"n": 1}
     ok(cli("kv", "clear", "Counter/k1"))
     assert state(rc, "Counter", "k1") == {}
-    refused = cli("kv", "clear", "Counter", input="n\n")
-    assert refused.returncode != 0 and "Clear the state of all 3 objects" in refused.stderr
+    refused = cli("kv", "clear", "Counter", input="n\n")  # k1 has no state left: not counted
+    assert refused.returncode != 0 and "Clear the state of all 2 objects" in refused.stderr
     assert state(rc, "Counter", "k2") == {"n": 1, "m": 2}
     ok(cli("kv", "clear", "Counter", input="y\n"))
     assert state(rc, "Counter", "k2") == {} and state(rc, "Counter", "k3") == {}
     seed(server, "Counter", "k2", n=1)
-    assert "cleared 1 objects" in ok(cli("kv", "clear", "Counter", "--yes"))
+    assert "cleared 1 object of service Counter" in ok(cli("kv", "clear", "Counter", "--yes"))
     assert state(rc, "Counter", "k2") == {}
     assert state(rc, "Keep", "k1") == {"n": 1}
 
@@ -539,3 +540,194 @@ def test_set_takes_negative_numbers_as_the_value(cli: Cli, rc: redis.Redis) -> N
     ok(cli("kv", "set", "Cart", "neg", "n", "-1"))
     ok(cli("kv", "set", "Cart", "neg", "f", "-2.5", "--expect-version", "1"))
     assert state(rc, "Cart", "neg") == {"n": -1, "f": -2.5}
+
+
+# -- stray data, empty objects, terminal safety, typos, addressing ------------------------------
+
+
+def stray_keys(rc: redis.Redis) -> list[str]:
+    """Keys in the namespace that restate-redis did not write, one of each kind."""
+    rc.hset(b"restate:{Cart:%FF}:meta", "v", "1")  # percent-encodes invalid UTF-8
+    rc.hset(b"restate:{Cart:%ZZ}:state", "a", b"\x01")  # not percent-encoding at all
+    rc.hset(b"restate:{Cart:\xff}:meta", "v", "1")  # the key name itself is not UTF-8
+    rc.set("restate:{Cart:carl}:meta", "a string, not a hash")
+    rc.hset("restate:{Cart:carl}:state", "a", b"\x01")
+    rc.hset("restate:{Cart:dan}:state", "a", b"\x01")  # state without meta
+    rc.hset("restate:{Cart:eve}:meta", "v", "seven")  # a version that is not a number
+    rc.hset("restate:{Cart:eve}:state", "a", b"\x01")
+    return ["%FF", "%ZZ", "carl", "dan", "eve"]
+
+
+def test_stray_keys_are_skipped_counted_and_reported_once(
+    cli: Cli, rc: redis.Redis, server: Server
+) -> None:
+    seed(server, "Cart", "alice", n=1)
+    seed(server, "Cart", "bob", n=2)
+    seed(server, "Veg", "leek", n=3)
+    names = stray_keys(rc)
+
+    def skipped_line(proc: subprocess.CompletedProcess[str]) -> str:
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert "skipped 6 keys that restate-redis did not write" in lines[0]
+        assert any(name in lines[0] for name in names)
+        return lines[0]
+
+    listed = cli("services", "--plain")
+    skipped_line(listed)
+    assert listed.stdout.split() == ["Cart", "Veg"]
+    table = cli("services")
+    skipped_line(table)
+    assert "Cart" in table.stdout and "2" in table.stdout
+    objects = cli("kv", "list", "Cart", "--plain")
+    skipped_line(objects)
+    assert sorted(objects.stdout.split()) == ["alice", "bob"]
+    assert json.loads(ok(cli("kv", "get", "Cart", "alice", "--plain"))) == {"n": 1}
+    cleared = cli("kv", "clear", "Cart", "--yes")
+    skipped_line(cleared)
+    assert "cleared 2 objects of service Cart" in cleared.stdout
+    assert state(rc, "Cart", "alice") == {} and state(rc, "Veg", "leek") == {"n": 3}
+    # a stray object itself: a clear one-line error, not a traceback
+    assert "'Cart'/'eve'" in one_line_error(cli("kv", "get", "Cart", "eve"))
+    one_line_error(cli("kv", "get", "Cart", "carl"))
+
+
+def test_objects_without_state_are_not_listed(cli: Cli, rc: redis.Redis, server: Server) -> None:
+    seed(server, "Cart", "a", n=1)
+    seed(server, "Cart", "b", n=1)
+    seed(server, "Cart", "c", n=1)
+
+    async def handlers() -> None:
+        async with RedisStateStore.from_url(server.url) as store:
+            async with store.object("Cart", "a") as s:
+                s.clear_all()
+            async with store.workflow("Signup", "wf-empty"):
+                pass  # a workflow with no state is still listed: it has a status
+
+    asyncio.run(handlers())
+    ok(cli("kv", "clear", "Cart", "b"))
+    assert ok(cli("kv", "list", "Cart", "--plain")).split() == ["c"]
+    assert ok(cli("services", "--plain")).split() == ["Cart", "Signup"]
+    assert "1" in ok(cli("services")).split("Cart")[1].splitlines()[0]
+    assert ok(cli("kv", "list", "Signup", "--plain")).split() == ["wf-empty"]
+    ok(cli("kv", "clear", "Cart/c"))
+    assert ok(cli("services", "--plain")).split() == ["Signup"]
+
+
+# NUL cannot be passed in argv, so the names on the command line have none
+HOSTILE = "a\x1b[31m\x07\r\n\t\x7f\x85\u202e\u2066\u200fz"
+RAW = ["\x1b", "\x07", "\r", "\x00", "\x7f", "\x85", "\u202e", "\u2066", "\u200f"]
+NUL_VALUE = "v\x00\x9b"
+
+
+def test_control_characters_are_escaped_everywhere(
+    cli: Cli, rc: redis.Redis, server: Server
+) -> None:
+    seed(
+        server,
+        "Svc" + HOSTILE,
+        "key" + HOSTILE,
+        **{"name" + HOSTILE: "value" + HOSTILE, "nul\x00": NUL_VALUE},
+    )
+
+    def clean(text: str) -> str:
+        for char in RAW:
+            assert char not in text, (char, text)
+        return text
+
+    escaped = "a\\x1b[31m\\x07\\r\\n\\t\\x7f\\x85\\u202e\\u2066\\u200fz"
+    services_plain = clean(ok(cli("services", "--plain")))
+    assert services_plain == f"Svc{escaped}\n"
+    clean(ok(cli("services")))
+    service = "Svc" + HOSTILE
+    assert clean(ok(cli("kv", "list", service))) == f"key{escaped}\n"
+    table = clean(ok(cli("kv", "get", service, "key" + HOSTILE, COLUMNS="400")))
+    assert f"name{escaped}" in table and f"Svc{escaped}/key{escaped}" in table
+    assert "nul\\x00" in table
+    plain = clean(ok(cli("kv", "get", service, "key" + HOSTILE, "--plain")))
+    # still valid JSON, the same data
+    assert json.loads(plain) == {"name" + HOSTILE: "value" + HOSTILE, "nul\x00": NUL_VALUE}
+    err = one_line_error(cli("kv", "clear", service, "nobody" + HOSTILE))
+    clean(err)
+    assert "nobody" in err
+    done = clean(ok(cli("kv", "set", service, "key" + HOSTILE, "n" + HOSTILE, "1")))
+    assert f"n{escaped}" in done
+
+
+def test_a_typo_in_the_service_name_gets_suggestions(
+    cli: Cli, rc: redis.Redis, server: Server
+) -> None:
+    seed(server, "Cart", "alice", n=1)
+    seed(server, "Checkout", "x", n=1)
+    for args in (("kv", "get", "Crat", "alice"), ("kv", "list", "Crat"), ("kv", "list", "cart")):
+        proc = cli(*args)
+        assert proc.returncode == 0, proc.stderr
+        assert f"nothing is stored for service '{args[2]}'" in proc.stderr
+        assert "did you mean Cart" in proc.stderr
+        assert f"127.0.0.1:{server.port}" in proc.stderr
+    assert "(no state stored)" in cli("kv", "get", "Crat", "alice").stdout
+    # a known service with an unknown object: no suggestion
+    known = cli("kv", "get", "Cart", "nobody")
+    assert known.returncode == 0 and "did you mean" not in known.stderr
+
+
+def test_one_addressing_form_for_every_command(cli: Cli, rc: redis.Redis, tmp_path: Path) -> None:
+    ok(cli("kv", "set", "Cart/alice", "n", "1"))
+    ok(cli("kv", "set", "Cart", "alice", "m", "2"))
+    ok(cli("kv", "set", "Cart", "a/b", "m", "3"))  # a slash inside the key in the two-word form
+    assert state(rc, "Cart", "alice") == {"n": 1, "m": 2}
+    assert json.loads(ok(cli("kv", "get", "Cart/alice", "--plain"))) == {"n": 1, "m": 2}
+    assert json.loads(ok(cli("kv", "get", "Cart/a/b", "--plain"))) == {"m": 3}
+    assert "1 key" in ok(cli("kv", "get", "Cart", "a/b"))
+    assert "2 keys" in ok(cli("kv", "get", "Cart", "alice"))
+    patch = '[{"op": "add", "path": "/p", "value": 0}]'
+    ok(cli("kv", "patch", "Cart/alice", "--patch", patch))
+    ok(cli("kv", "patch", "Cart", "alice", "--patch", patch))
+    ok(cli("kv", "edit", "Cart/alice", EDITOR="true"))
+    ok(cli("kv", "clear", "Cart", "alice", "n"))
+    assert state(rc, "Cart", "alice") == {"m": 2, "p": 0}
+    ok(cli("kv", "clear", "Cart/alice", "m"))
+    assert state(rc, "Cart", "alice") == {"p": 0}
+    assert "cleared Cart/alice" in ok(cli("kv", "clear", "Cart", "alice"))
+    assert state(rc, "Cart", "alice") == {}
+    for args in (
+        ("kv", "set", "Cart", "alice", "n"),
+        ("kv", "set", "Cart/alice", "n", "1", "2"),
+        ("kv", "get", "Cart"),
+        ("kv", "get", "Cart", "alice", "extra"),
+        ("kv", "clear", "Cart", "alice", "n", "extra"),
+    ):
+        proc = cli(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert "SERVICE KEY" in proc.stderr or "SERVICE/KEY" in proc.stderr
+    assert state(rc, "Cart", "a%2Fb") == {"m": 3}
+    assert "cleared 1 object of service Cart" in ok(cli("kv", "clear", "Cart", "--yes"))
+
+
+def test_every_error_is_one_line_and_secrets_never_show(cli: Cli, server: Server) -> None:
+    port = free_port()
+    for url in (
+        f"redis+cluster://127.0.0.1:{port}",
+        f"redis+cluster://u:pw-s3cr3t@127.0.0.1:{port}",
+    ):
+        err = one_line_error(cli("services", "--url", url))
+        assert "pw-s3cr3t" not in err and "127.0.0.1" in err
+        one_line_error(cli("kv", "get", "Cart", "a", "--url", url))
+    for url in (
+        f"redis://127.0.0.1:{port}/0?password=pw-s3cr3t",
+        f"redis://127.0.0.1:{port}/0?socket_timeout=2&password=pw-s3cr3t",
+        f"redis+sentinel://127.0.0.1:{port}/m?sentinel_password=pw-s3cr3t",
+        f"redis+sentinel://127.0.0.1:{port}/m?sentinel_password=pw-s3cr3t&colour=red",
+        f"redis://:pw-s3cr3t@127.0.0.1:{port}/notadb",
+        "redis+cluster://:pw-s3cr3t@h:99999",
+    ):
+        err = one_line_error(cli("kv", "get", "Cart", "a", "--url", url))
+        assert "pw-s3cr3t" not in err, err
+    err = one_line_error(
+        cli("kv", "get", "Cart", "a", "--url", f"{server.url.rsplit('/', 1)[0]}/notadb")
+    )
+    assert "'/notadb' is not a database number" in err
+    help_text = ok(cli("kv", "--help"))
+    for code in ("0", "1", "2", "3", "4"):
+        assert f"  {code}  " in help_text

@@ -221,3 +221,71 @@ async def test_tls(tmp_path: Path) -> None:
             assert await store.wire.execute("CLIENT", "ID") != link_id
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://u:hunter2@h:1/0", "redis://u:***@h:1/0"),
+        ("redis://hunter2@h", "redis://***@h"),
+        ("redis://h/0?password=hunter2&db=1", "redis://h/0?password=***&db=1"),
+        (
+            "redis+sentinel://h/m?sentinel_password=hunter2&socket_timeout=1",
+            "redis+sentinel://h/m?sentinel_password=***&socket_timeout=1",
+        ),
+        (
+            "rediss://h?ssl_keyfile=/k&auth_token=hunter2",
+            "rediss://h?ssl_keyfile=/k&auth_token=***",
+        ),
+        ("redis://h?client_secret=hunter2", "redis://h?client_secret=***"),
+        ("redis//:hunter2@host", "redis//:***@host"),
+        ("redis://u:p%40ss/hunter2@h/0", "redis://u:***@h/0"),
+        ("redis://h:1/0", "redis://h:1/0"),
+    ],
+)
+def test_redact_hides_passwords_and_secret_options(url: str, shown: str) -> None:
+    from restate_redis.cli_kv import redact_url
+    from restate_redis.connection import redact
+
+    assert redact(url) == shown == redact_url(url)
+
+
+def test_a_parsed_url_does_not_show_its_secrets() -> None:
+    for url in (
+        "redis://u:hunter2@h:1/0?password=hunter2",
+        "redis+sentinel://u:hunter2@h/m?sentinel_password=hunter2",
+        "redis+cluster://u:hunter2@h:1",
+    ):
+        spec = parse_url(url)
+        assert "hunter2" not in repr(spec) and "hunter2" not in spec.redacted_url
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("redis://h/notadb", "'/notadb' is not a database number"),
+        ("redis://:hunter2@h/1/2", "'/1/2' is not a database number"),
+        ("rediss://h:6380/x?password=hunter2", "'/x' is not a database number"),
+        ("redis://h/0?db=one", "database 'one'"),
+        ("unix:///run/redis.sock?db=x&password=hunter2", "database 'x'"),
+        ("redis://h:port/0", "cannot read it"),
+    ],
+)
+def test_a_plain_url_with_a_bad_database_is_refused(url: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why) as info:
+        parse_url(url)
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(ValueError, match=why):
+        RedisStateStore.from_url(url)
+
+
+def test_secrets_in_options_are_not_echoed_in_errors() -> None:
+    for url in (
+        "redis+sentinel://h:1/svc?sentinel_password=hunter2&colour=red",
+        "redis+cluster://h:1?sentinel_password=hunter2&socket_timeout=soon",
+        "http://u:hunter2@h/?password=hunter2",
+        "h:1?password=hunter2",
+    ):
+        with pytest.raises(ValueError) as info:
+            parse_url(url)
+        assert "hunter2" not in str(info.value), url

@@ -409,8 +409,8 @@ def test_cross_site_and_rebinding_requests_are_refused(
         "rebound host": change(ui.base, host="evil.example:9071"),
     }
     for what, response in refused.items():
-        assert response.status_code in (403, 415), what
-        assert response.json()["code"] == "forbidden", what
+        expected = (415, "unsupported_media_type") if what == "form post" else (403, "forbidden")
+        assert (response.status_code, response.json()["code"]) == expected, what
     assert state(rc, "Cart", "hal") == {"a": 1}
     assert change(ui.base, origin=ui.base, **{"sec-fetch-site": "same-origin"}).status_code == 200
     assert state(rc, "Cart", "hal") == {"a": 2}
@@ -610,3 +610,128 @@ def test_state_keys_named_like_object_properties_survive_replace_whole_state(
     page.wait_for_selector("#message.ok")
     assert raw(rc, "Cart", "js") == {**before, "n": msgpack.packb(2)}
     assert page.evaluate("({}).polluted") is None
+
+
+# -- robustness: stray data, large states, ports, tokens -----------------------------------------
+
+
+def api_get(base: str, path: str, **params: Any) -> Any:
+    response = httpx.get(base + path, params=params, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_listings_skip_stray_keys_and_objects_without_state(
+    ui: UI, rc: redis.Redis, server: Server
+) -> None:
+    seed(server, "Cart", "alice", n=1)
+    seed(server, "Cart", "gone", n=1)
+    run_async(lambda: clear_all(server, "Cart", "gone"))
+    rc.hset(b"restate:{Cart:%E2%82}:meta", "v", "1")  # a truncated UTF-8 sequence
+    rc.set("restate:{Cart:str}:meta", "not a hash")
+    rc.hset("restate:{Cart:nometa}:state", "a", b"\x01")
+    rc.hset("restate:{Other:v}:meta", mapping={"v": "1.5"})
+    rc.hset("restate:{Other:v}:state", "a", b"\x01")
+    services = api_get(ui.base, "/api/services")
+    assert services["services"] == [{"name": "Cart", "objects": 1}]
+    assert services["skipped"] == 4 and len(services["skipped_keys"]) == 4
+    assert any("%E2%82" in k for k in services["skipped_keys"])
+    objects = api_get(ui.base, "/api/objects", service="Cart")
+    assert [o["key"] for o in objects["objects"]] == ["alice"]
+    assert objects["skipped"] == 3
+    assert api_get(ui.base, "/api/state", service="Cart", key="alice")["keys"][0]["value"] == 1
+
+
+async def clear_all(server: Server, service: str, key: str) -> None:
+    async with RedisStateStore.from_url(server.url) as store, store.object(service, key) as s:
+        s.clear_all()
+
+
+def test_an_object_page_answer_stays_under_the_cap(rc: redis.Redis, server: Server) -> None:
+    cap = 64 * 1024
+    values = {f"k{i:03}": "x" * 1000 for i in range(200)}  # about 200 KB in all
+    values["big"] = "y" * 100_000  # over the preview limit: a preview
+    seed(server, "Cart", "large", **values)
+    capped = start_ui(server, "--max-response-bytes", str(cap))
+    try:
+        seen: dict[str, Any] = {}
+        offset: int | None = 0
+        pages = 0
+        while offset is not None:
+            response = httpx.get(
+                capped.base + "/api/state",
+                params={"service": "Cart", "key": "large", "offset": offset},
+                timeout=30,
+            )
+            assert response.status_code == 200 and len(response.content) <= cap
+            page = response.json()
+            assert page["total_keys"] == 201 and page["offset"] == offset
+            seen.update({e["name"]: e for e in page["keys"]})
+            offset = page["next_offset"]
+            pages += 1
+        assert pages >= 3 and sorted(seen) == sorted(values)
+        assert seen["big"]["truncated"] and "value" not in seen["big"]
+        assert all(seen[name]["value"] == value for name, value in values.items() if name != "big")
+    finally:
+        capped.stop()
+
+
+def test_port_0_prints_the_bound_port_and_a_busy_port_exits_4(
+    rc: redis.Redis, server: Server
+) -> None:
+    url = f"{server.url}?socket_timeout=5&password=pw-s3cr3t"
+    rc.config_set("requirepass", "pw-s3cr3t")
+    proc = subprocess.Popen(
+        [SCRIPT, "ui", "--url", url, "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stderr.readline() if proc.stderr else ""
+        assert "pw-s3cr3t" not in line and "password=***" in line, line
+        port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+        assert port != 0
+        assert httpx.get(f"http://127.0.0.1:{port}/api/services", timeout=10).status_code == 200
+        busy = subprocess.run(
+            [SCRIPT, "ui", "--url", url, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert busy.returncode == 4, busy.stderr
+        lines = busy.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0]
+        assert "pw-s3cr3t" not in busy.stderr
+    finally:
+        UI(proc, "").stop()
+        redis.Redis.from_url(url).config_set("requirepass", "")
+
+
+def test_the_token_is_ascii_and_compared_as_bytes(rc: redis.Redis, server: Server) -> None:
+    refused = subprocess.run(
+        [SCRIPT, "ui", "--url", server.url, "--port", "0", "--token", "t\u00f6ken-t\u00f6ken"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "ASCII" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    guarded = start_ui(server, "--token", TOKEN)
+    try:
+        services = guarded.base + "/api/services"
+        for params in ({"token": "t\u00f6ken"}, {"token": TOKEN + "\u00e9"}):
+            assert httpx.get(services, params=params, timeout=10).status_code == 401
+        for header in ("Bearer t\u00f6ken".encode(), f"Bearer {TOKEN}\u00e9".encode()):
+            answer = httpx.get(services, headers={"authorization": header}, timeout=10)
+            assert answer.status_code == 401 and answer.json()["code"] == "unauthorized"
+        assert httpx.get(services, params={"token": TOKEN}, timeout=10).status_code == 200
+        wrong_type = change(
+            guarded.base,
+            authorization=f"Bearer {TOKEN}",
+            **{"content-type": "text/plain"},
+        )
+        assert wrong_type.status_code == 415
+        assert wrong_type.json()["code"] == "unsupported_media_type"
+    finally:
+        guarded.stop()

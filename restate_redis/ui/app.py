@@ -2,16 +2,19 @@
 
 The API (every answer is JSON; errors are ``{"error": message, "code": code}``)::
 
-    GET    /api/services                            {"namespace", "services": [{"name", "objects"}]}
+    GET    /api/services                            {"namespace", "services": [{"name", "objects"}],
+                                                     "skipped", "skipped_keys"}
     GET    /api/objects?service=S&prefix=P&cursor=C&limit=N
                                                     {"namespace", "objects": [{"key", "kind",
                                                       "workflow_status", "retention_ms"}],
-                                                     "cursor": "0" when complete}
-    GET    /api/state?service=S&key=K               {"namespace", "service", "key", "exists",
+                                                     "cursor": "0" when complete,
+                                                     "skipped", "skipped_keys"}
+    GET    /api/state?service=S&key=K&offset=N      {"namespace", "service", "key", "exists",
                                                      "version",
                                                      "kind", "workflow_status", "retention_ms",
                                                      "keys": [{"name", "size", "value" |
-                                                       "preview" + "truncated": true}]}
+                                                       "preview" + "truncated": true}],
+                                                     "total_keys", "offset", "next_offset"}
     GET    /api/value?service=S&key=K&name=N        one value as a JSON file (attachment)
     PUT    /api/value   {"service", "key", "name", "value", "version"}   set one state key
     DELETE /api/value   {"service", "key", "name", "version"}            clear one state key
@@ -23,7 +26,11 @@ version the caller read, or ``null`` to skip the check; a mismatch answers 409 w
 ``version_conflict`` and writes nothing. Values are JSON as in :mod:`restate_redis.admin`
 (``{"$base64": ...}`` bytes, ``{"$raw": ...}`` undecodable); a body holding NaN, Infinity or
 a number too large for a float (``1e999``) is refused. A value whose JSON text is over
-64 KiB comes as a 2 000-character ``preview``; ``/api/value`` downloads all of it.
+64 KiB comes as a 2 000-character ``preview``; ``/api/value`` downloads all of it. One
+``/api/state`` answer stays under ``max_response_bytes`` (default 4 MiB): when the keys do
+not all fit, it holds the first ones from ``offset`` and ``next_offset`` continues (null on
+the last page). Listings leave out keys restate-redis did not write: ``"skipped"`` counts
+them and ``"skipped_keys"`` names a few (both absent when none was skipped).
 Security (token, cross-site and DNS-rebinding checks) is in :mod:`restate_redis.ui.security`.
 """
 
@@ -37,24 +44,26 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..admin import Admin, load_json
+from ..admin import Admin, SkippedKeys, load_json
+from ..connection import scrub
 from ..errors import (
     InvalidNameError,
     InvalidPatchError,
     LeaseTimeoutError,
     StateEncodeError,
     StateError,
+    StoreUnavailableError,
     UnknownObjectError,
     ValueTooLargeError,
     VersionConflictError,
 )
+from ..retry import as_state_error
 from ..store import RedisStateStore
 from .security import Guard
 
@@ -62,6 +71,9 @@ STATIC = Path(__file__).parent / "static"
 PREVIEW_LIMIT = 64 * 1024  # characters of JSON text sent whole
 PREVIEW_CHARS = 2000  # characters of a longer value's preview
 CONFIRM_CLEAR_ALL = "delete"
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+# What an /api/state answer holds besides its keys (names, version, ...): kept free.
+_STATE_OVERHEAD = 1024
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -75,33 +87,43 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 
 def api(handler: Handler) -> Handler:
-    """Map the library's errors to HTTP answers with a clear message."""
+    """Map the library's errors to HTTP answers with a clear message (never a secret of the
+    Redis URL)."""
 
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
-        except BadRequest as exc:
-            return _error(400, "bad_request", str(exc))
-        except VersionConflictError as exc:
-            return _error(409, "version_conflict", str(exc))
-        except UnknownObjectError as exc:
-            return _error(404, "not_found", str(exc))
-        except LeaseTimeoutError as exc:
-            return _error(503, "busy", str(exc))
-        except (
-            InvalidPatchError,
-            InvalidNameError,
-            StateEncodeError,
-            ValueTooLargeError,
-        ) as exc:
-            return _error(400, "bad_request", str(exc))
-        except StateError as exc:
-            return _error(500, "state_error", str(exc))
-        except (RedisError, OSError) as exc:
-            return _error(503, "redis_unavailable", f"Redis is not reachable: {exc}")
+        except Exception as exc:
+            status, code, message = _failure(exc)
+            url: str = getattr(request.app.state, "url", "") or ""
+            return _error(status, code, scrub(message, url) if url else message)
 
     return wrapped
+
+
+def _failure(exc: Exception) -> tuple[int, str, str]:
+    """(status, code, message) of the answer to a request that raised ``exc``."""
+    if isinstance(exc, BadRequest):
+        return 400, "bad_request", str(exc)
+    translated = as_state_error(exc, "Redis")
+    if isinstance(translated, VersionConflictError):
+        return 409, "version_conflict", str(translated)
+    if isinstance(translated, UnknownObjectError):
+        return 404, "not_found", str(translated)
+    if isinstance(translated, LeaseTimeoutError):
+        return 503, "busy", str(translated)
+    if isinstance(
+        translated, InvalidPatchError | InvalidNameError | StateEncodeError | ValueTooLargeError
+    ):
+        return 400, "bad_request", str(translated)
+    if isinstance(translated, StoreUnavailableError):
+        return 503, "redis_unavailable", f"Redis is not reachable: {translated}"
+    if isinstance(translated, StateError):
+        return 500, "state_error", str(translated)
+    if isinstance(translated, OSError):
+        return 503, "redis_unavailable", f"Redis is not reachable: {translated}"
+    return 500, "internal_error", f"{type(exc).__name__}: {exc}"
 
 
 def _admin(request: Request) -> Admin:
@@ -152,6 +174,13 @@ def _int(text: str, name: str, minimum: int) -> int:
 # -- reads --------------------------------------------------------------------------------------
 
 
+def _skipped(skipped: SkippedKeys) -> dict[str, Any]:
+    """The skipped keys of a listing, as fields of its answer (none when there are none)."""
+    if not skipped.count:
+        return {}
+    return {"skipped": skipped.count, "skipped_keys": skipped.examples}
+
+
 @api
 async def services(request: Request) -> Response:
     admin = _admin(request)
@@ -160,6 +189,7 @@ async def services(request: Request) -> Response:
         {
             "namespace": admin.keyspace.namespace,
             "services": [{"name": s.name, "objects": s.objects} for s in found],
+            **_skipped(found.skipped),
         }
     )
 
@@ -185,21 +215,48 @@ async def objects(request: Request) -> Response:
                 for o in page.objects
             ],
             "cursor": str(page.cursor),  # SCAN cursors can pass 2**53
+            **_skipped(page.skipped),
         }
     )
 
 
-def _entry(name: str, size: int, value: Any) -> dict[str, Any]:
+def _entry(name: str, size: int, value: Any, limit: int = PREVIEW_LIMIT) -> dict[str, Any]:
     text = json.dumps(value, ensure_ascii=False)
-    if len(text) <= PREVIEW_LIMIT:
+    if len(text) <= limit:
         return {"name": name, "size": size, "value": value}
     return {"name": name, "size": size, "preview": text[:PREVIEW_CHARS], "truncated": True}
 
 
+def _cost(entry: dict[str, Any]) -> int:
+    return len(json.dumps(entry, ensure_ascii=False).encode()) + 2
+
+
 @api
 async def state(request: Request) -> Response:
-    found = await _admin(request).read(_query(request, "service"), _query(request, "key"))
+    service, key = _query(request, "service"), _query(request, "key")
+    offset = _int(_query(request, "offset", "0"), "offset", 0)
+    found = await _admin(request).read(service, key)
     sizes = found.sizes
+    budget: int = request.app.state.max_response_bytes
+    names = list(found.values)
+    used = _STATE_OVERHEAD + len(service.encode()) + len(key.encode())
+    entries: list[dict[str, Any]] = []
+    next_offset: int | None = None
+    # Values up to PREVIEW_LIMIT go whole, larger ones as previews; the page ends before the
+    # entry that would take the answer over the budget (but holds at least one entry).
+    for index in range(offset, len(names)):
+        name = names[index]
+        entry = _entry(name, sizes[name], found.values[name], min(PREVIEW_LIMIT, budget))
+        cost = _cost(entry)
+        if used + cost > budget:
+            if entries:
+                next_offset = index
+                break
+            if "value" in entry:  # alone over the budget: its preview, then
+                entry = _entry(name, sizes[name], found.values[name], 0)
+                cost = _cost(entry)
+        entries.append(entry)
+        used += cost
     return JSONResponse(
         {
             "namespace": _admin(request).keyspace.namespace,
@@ -210,7 +267,10 @@ async def state(request: Request) -> Response:
             "kind": found.kind,
             "workflow_status": found.workflow_status,
             "retention_ms": found.retention_ms,
-            "keys": [_entry(n, sizes[n], v) for n, v in found.values.items()],
+            "keys": entries,
+            "total_keys": len(names),
+            "offset": offset,
+            "next_offset": next_offset,
         }
     )
 
@@ -286,12 +346,19 @@ def create_app(
     *,
     token: str | None = None,
     loopback_only: bool = True,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    url: str | None = None,
 ) -> Guard:
     """The UI as an ASGI app; ``open_store`` is called once at startup (and closed at exit).
 
-    ``token``: required by every API request when set. ``loopback_only``: accept only
-    requests whose Host header is a loopback name (set it when listening on loopback).
+    ``token``: required by every API request when set (printable ASCII, else ValueError).
+    ``loopback_only``: accept only requests whose Host header is a loopback name (set it
+    when listening on loopback). ``max_response_bytes``: the most one object page's answer
+    holds (see the module docstring). ``url``: the Redis URL, whose secrets error messages
+    never show.
     """
+    if not isinstance(max_response_bytes, int) or max_response_bytes <= 0:
+        raise ValueError(f"max_response_bytes must be a positive int, got {max_response_bytes!r}")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -315,4 +382,6 @@ def create_app(
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.max_response_bytes = max_response_bytes
+    app.state.url = url
     return Guard(app, token=token, loopback_only=loopback_only)

@@ -87,6 +87,16 @@ function parseJson(text) {
     return value;
   });
 }
+
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
+// Keys restate-redis did not write are left out of listings; say so, naming a few.
+function skippedNote(data) {
+  if (!data.skipped) return null;
+  const names = (data.skipped_keys || []).join(", ");
+  return el("p", { className: "muted skipped", id: "skipped" },
+    `Skipped ${plural(data.skipped, "key")} that restate-redis did not write: ${names}${data.skipped > (data.skipped_keys || []).length ? ", …" : ""}`);
+}
 const q = (params) => new URLSearchParams(params).toString();
 
 // -- the API ------------------------------------------------------------------------------------
@@ -157,6 +167,7 @@ async function servicesView() {
     el("h2", {}, "Services"),
     items.length ? el("ul", { className: "list", id: "services" }, items)
       : el("p", { className: "muted" }, "No state stored in this namespace."),
+    skippedNote(data),
   );
 }
 
@@ -165,13 +176,20 @@ async function objectsView(service) {
   const list = el("ul", { className: "list", id: "objects" });
   const more = el("button", { id: "more", hidden: true }, "More");
   const search = el("input", { type: "text", id: "prefix", placeholder: "key prefix", "aria-label": "key prefix" });
+  const skipped = el("div", { id: "skipped-box" });
   let cursor = "0";
   let prefix = "";
+  let listed = new Set(); // SCAN may return an object on two pages
+  let skippedCount = 0;
+  let skippedKeys = [];
 
   async function load(reset) {
     if (reset) {
       list.replaceChildren();
       cursor = "0";
+      listed = new Set();
+      skippedCount = 0;
+      skippedKeys = [];
     }
     more.hidden = true; // until this page says whether there is another
     list.dataset.loading = "1";
@@ -181,7 +199,12 @@ async function objectsView(service) {
     } finally {
       delete list.dataset.loading;
     }
+    skippedCount += data.skipped || 0;
+    skippedKeys = skippedKeys.concat(data.skipped_keys || []).slice(0, 5);
+    skipped.replaceChildren(...[skippedNote({ skipped: skippedCount, skipped_keys: skippedKeys })].filter(Boolean));
     for (const o of data.objects) {
+      if (listed.has(o.key)) continue;
+      listed.add(o.key);
       list.append(el("li", {},
         el("a", { href: `#/s/${encodeURIComponent(service)}/o/${encodeURIComponent(o.key)}`, className: "object" }, o.key === "" ? "(empty key)" : o.key),
         o.workflow_status ? el("span", { className: `badge ${o.workflow_status}` }, `workflow ${o.workflow_status}`) : null,
@@ -197,7 +220,7 @@ async function objectsView(service) {
     prefix = search.value;
     load(true).catch(failed);
   } }, search, el("button", { type: "submit" }, "Search"));
-  show(el("h2", {}, service), form, list, more);
+  show(el("h2", {}, service), form, list, more, skipped);
   await load(true);
 }
 
@@ -223,7 +246,8 @@ async function stateView(service, key) {
   crumbs(service, key);
   const data = await api("GET", `/api/state?${q({ service, key })}`);
   const version = data.version;
-  const truncated = data.keys.some((k) => k.truncated);
+  // not every key on the page (large values, or more keys than one answer holds)
+  const truncated = data.keys.some((k) => k.truncated) || data.next_offset !== null;
 
   const info = [`version ${version}`, data.kind];
   if (!data.exists) info.push("no state stored");
@@ -236,7 +260,7 @@ async function stateView(service, key) {
     route(true);
   };
 
-  const rows = data.keys.map((entry) => {
+  function rowFor(entry) {
     const row = el("tr", { "data-key": entry.name });
     const cell = valueCell(service, key, entry);
     const edit = el("button", { className: "edit", disabled: entry.truncated, title: entry.truncated ? "too large to edit here: use restate-redis kv edit" : null }, "Edit");
@@ -272,7 +296,8 @@ async function stateView(service, key) {
     });
     row.append(el("td", { className: "name" }, entry.name), el("td", { className: "size" }, bytes(entry.size)), cell, el("td", { className: "actions" }, edit, del));
     return row;
-  });
+  }
+  const rows = data.keys.map(rowFor);
 
   const panel = el("div", { id: "panel" });
 
@@ -340,8 +365,35 @@ async function stateView(service, key) {
     el("tbody", {}, rows));
   const note = el("div", { className: "muted note" },
     "Changes take the object's lease: they wait for a running handler to finish, and are refused if the object changed since this page loaded it.");
+
+  // One answer holds what fits in the UI's response budget; the rest comes page by page.
+  let nextOffset = data.next_offset;
+  const shown = el("div", { className: "muted", id: "keys-shown" });
+  const moreKeys = el("button", { id: "more-keys" }, "More keys");
+  const tbody = table.querySelector("tbody");
+  function paging() {
+    const count = tbody.children.length;
+    shown.textContent = nextOffset === null ? "" : `Showing ${count} of ${plural(data.total_keys, "key")}.`;
+    moreKeys.hidden = nextOffset === null;
+  }
+  moreKeys.addEventListener("click", async () => {
+    try {
+      const page = await api("GET", `/api/state?${q({ service, key, offset: nextOffset })}`);
+      if (page.version !== version) {
+        message("The object changed since this page loaded it: reloading.", "error");
+        route(true);
+        return;
+      }
+      tbody.append(...page.keys.map(rowFor));
+      nextOffset = page.next_offset;
+      paging();
+    } catch (error) {
+      failed(error);
+    }
+  });
+  paging();
   show(el("h2", { id: "title" }, `${service} / ${key}`), infoLine, toolbar, panel,
-    rows.length ? table : el("p", { className: "muted", id: "empty" }, "No state."), note);
+    rows.length ? table : el("p", { className: "muted", id: "empty" }, "No state."), shown, moreKeys, note);
   view().dataset.version = String(version);
 }
 
