@@ -567,6 +567,22 @@ def kv_clear(
         done(f"cleared {service}/{key}")
 
 
+@kv.command("purge")
+@addressed()
+@connection_options
+def kv_purge(service: str, key: str, conn: Connection) -> None:
+    """Remove object (or workflow) SERVICE KEY entirely: its state and its bookkeeping.
+
+    Like Restate's 'invocation purge': the version, the workflow status and the replay
+    records go too, so a completed workflow's id can run again. Waits for a running handler
+    (the object's lease), like every change.
+    """
+    if run(conn, lambda admin: admin.purge(service, key)):
+        done(f"purged {service}/{key}")
+    else:
+        done(f"{service}/{key} held nothing; nothing purged")
+
+
 def clear_service(service: str, yes: bool, expect_version: int | None, conn: Connection) -> None:
     if expect_version is not None:
         raise click.UsageError("--expect-version needs one object: SERVICE KEY")

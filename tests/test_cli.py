@@ -15,7 +15,7 @@ import msgpack
 import pytest
 import redis
 
-from restate_redis import RedisStateStore
+from restate_redis import RedisStateStore, WorkflowCompletedError
 
 from .servers import Server, free_port
 
@@ -731,3 +731,26 @@ def test_every_error_is_one_line_and_secrets_never_show(cli: Cli, server: Server
     help_text = ok(cli("kv", "--help"))
     for code in ("0", "1", "2", "3", "4"):
         assert f"  {code}  " in help_text
+
+
+def test_purge_lets_a_completed_workflow_run_again(
+    cli: Cli, rc: redis.Redis, server: Server
+) -> None:
+    async def run_workflow() -> None:
+        store = RedisStateStore.from_url(server.url)
+        try:
+            async with store.workflow("Signup", "wf-1") as ctx:
+                ctx.set("email", "a@example.com")
+        finally:
+            await store.aclose()
+
+    asyncio.run(run_workflow())
+    with pytest.raises(WorkflowCompletedError, match="kv purge Signup wf-1"):
+        asyncio.run(run_workflow())
+    assert ok(cli("kv", "purge", "Signup", "wf-1")).strip() == "purged Signup/wf-1"
+    assert rc.keys("restate:{Signup:wf-1}:*") == [b"restate:{Signup:wf-1}:wake"]
+    asyncio.run(run_workflow())  # runs again
+    assert rc.hget("restate:{Signup:wf-1}:meta", "wf") == b"completed"
+    assert ok(cli("kv", "purge", "Signup/wf-1")).strip() == "purged Signup/wf-1"
+    assert "nothing purged" in ok(cli("kv", "purge", "Signup", "wf-1"))
+    assert cli("kv", "purge", "Signup").returncode == 2

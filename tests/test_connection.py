@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AuthenticationError
 
-from restate_redis import RedisStateStore, StateError
+from restate_redis import RedisStateStore, StateError, StoreError
 from restate_redis.connection import ConnectionSpec, connect, parse_url
 
 from .servers import Server, free_port, start_server, start_server_in, unavailable
@@ -160,9 +160,12 @@ async def test_acl_user_and_password_in_the_url(acl_server: Server) -> None:
     async with RedisStateStore.from_url(f"redis://app:s3cr%25t@127.0.0.1:{acl_server.port}/0") as s:
         await roundtrip(s)
     bad = RedisStateStore.from_url(f"redis://app:wrong@127.0.0.1:{acl_server.port}/0")
-    with pytest.raises(AuthenticationError):  # not retried: wrong credentials stay wrong
+    # a StateError like every error of the library, from redis-py's, and not retried:
+    # wrong credentials stay wrong
+    with pytest.raises(StoreError, match="refused the credentials") as err:
         async with bad.object("Conn", "x"):
             pass
+    assert isinstance(err.value.__cause__, AuthenticationError)
     await bad.aclose()
 
 
