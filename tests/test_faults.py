@@ -66,7 +66,7 @@ async def committed_n_1(store: RedisStateStore, key: str) -> tuple[ObjectKeys, l
     """Commit n=1 on ``key``: its keys, commit.lua's KEYS, and the (closed) session, whose
     token and commit id a test sends again by hand."""
     keys = store.keyspace.object_keys(SERVICE, key)
-    redis_keys = [keys.state, keys.meta, keys.lease, keys.wake, keys.prev, keys.commits]
+    redis_keys = [keys.state, keys.meta, keys.lease, keys.wake, keys.prev, keys.commits, keys.old]
     async with store.object(SERVICE, key) as first:
         first.set("n", 1)
     return keys, redis_keys, first
@@ -111,7 +111,8 @@ async def test_retried_commit_recognised_after_other_commits(direct: RedisStateS
     the last 1000 commits, while the object commits at least once a minute); past that it is
     a fencing rejection, never a second application."""
     keys, redis_keys, first = await committed_n_1(direct, "hot")
-    args = [first._token, first._commit_id, "a", 0, 2000, 0, "n", b"\x01"]
+    # token, commit id, flags, expire ms, wake ttl ms, field limit, grace ms, deletes, sets
+    args = [first._token, first._commit_id, "a", 0, 2000, 20_000, 60_000, 0, "n", b"\x01"]
 
     async def retry_first() -> list[int]:
         return [int(x) for x in await direct.scripts.commit(redis_keys, args)]
@@ -142,10 +143,10 @@ async def test_a_commit_sent_again_below_the_store_is_recognised(direct: RedisSt
         s.set("other", 1)
     second = direct.object(SERVICE, "resent")
     await second.__aenter__()
-    args = [first._token, first._commit_id, "", 0, 2000, 0, "n", b"\x05"]
+    args = [first._token, first._commit_id, "", 0, 2000, 20_000, 60_000, 0, "n", b"\x05"]
     assert [int(x) for x in await direct.scripts.commit(redis_keys, args)] == [2, 2]
     assert await direct.client.get(keys.lease) == second._token.encode()  # untouched
-    unknown = [first._token, "never-committed", "", 0, 2000, 0, "n", b"\x05"]
+    unknown = [first._token, "never-committed", "", 0, 2000, 20_000, 60_000, 0, "n", b"\x05"]
     assert [int(x) for x in await direct.scripts.commit(redis_keys, unknown)] == [-3]
     await second.__aexit__(None, None, None)
     async with direct.object(SERVICE, "resent", shared=True) as s:
