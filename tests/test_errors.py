@@ -237,6 +237,6 @@ def test_store_options_are_the_same_in_both_constructors_and_documented() -> Non
     init = options(RedisStateStore.__init__)
     assert len(init) > 10
     assert init == options(RedisStateStore.from_url)
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    table = readme.split("Store options, keyword arguments", 1)[1].split("## Values", 1)[0]
+    page = Path(__file__).resolve().parent.parent / "docs" / "guide" / "api.md"
+    table = page.read_text().split("## Store options", 1)[1].split("\n## ", 1)[0]
     assert [name for name in init if f"| `{name}` |" not in table] == []
