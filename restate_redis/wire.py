@@ -368,6 +368,10 @@ class _Link:
             if reader is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
+        # abort() closes the socket in a later step of the loop: wait for it, so the server
+        # has seen the close when aclose returns
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._writer.wait_closed(), timeout=1.0)
         with contextlib.suppress(Exception):
             await self.conn.disconnect(nowait=True)
 
