@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -351,8 +350,15 @@ class RedisStateStore:
 
         async def release() -> None:
             call = lambda: self.wire.script(self.scripts.release, [keys.lease, keys.wake], args)  # noqa: E731
-            with contextlib.suppress(Exception):  # the lease then expires after lease_ttl
-                await self.retry.run("release", keys.lease, call)
+            # On the link the release runs after the open it follows; on pooled connections
+            # (a cluster, the public path) it may run first, so look again a little later.
+            for delay in (0.0, 0.2, 1.0) if not self.wire.direct else (0.0,):
+                await asyncio.sleep(delay)
+                try:
+                    if await self.retry.run("release", keys.lease, call) == 1:
+                        return
+                except Exception:  # the lease then expires after lease_ttl
+                    return
 
         task = asyncio.get_running_loop().create_task(release())
         self._releases.add(task)
