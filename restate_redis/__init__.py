@@ -1,9 +1,19 @@
-"""Restate-style K/V state for Virtual Objects and Workflows, kept in Redis."""
+"""Restate-style K/V state for Virtual Objects and Workflows, kept in Redis.
+
+The public surface, by concept: the store and its sessions; how values are encoded; the
+errors, grouped under one root by what the caller can do (see :mod:`restate_redis.errors`).
+Everything else is internal.
+"""
 
 from .errors import (
+    AvailabilityError,
     CommitError,
+    ConcurrencyError,
     CorruptStateError,
+    DataError,
+    EmbeddedServerError,
     InvalidNameError,
+    InvalidOptionError,
     InvalidPatchError,
     LeaseLostError,
     LeaseTimeoutError,
@@ -17,6 +27,7 @@ from .errors import (
     StoreError,
     StoreUnavailableError,
     UnknownObjectError,
+    UsageError,
     ValueTooLargeError,
     VersionConflictError,
     WorkflowCompletedError,
@@ -32,30 +43,40 @@ __all__ = [
     "RedisStateStore",
     "Session",
     "Keyspace",
-    # serdes
+    # values
     "Serde",
     "MsgPackSerde",
     "JsonSerde",
     "BytesSerde",
-    # errors
+    # errors: the root
     "StateError",
+    # usage: fix the call
+    "UsageError",
+    "InvalidOptionError",
     "InvalidNameError",
     "StateEncodeError",
     "ValueTooLargeError",
+    "ReadOnlySessionError",
+    "SessionClosedError",
+    "InvalidPatchError",
+    # data: what is stored is not what was expected
+    "DataError",
     "StateDecodeError",
     "StateTypeError",
-    "ReadOnlySessionError",
     "WrongTypeError",
-    "SessionClosedError",
+    "CorruptStateError",
+    "UnknownObjectError",
+    # concurrency: another session got in the way
+    "ConcurrencyError",
     "LeaseTimeoutError",
     "LeaseLostError",
+    "VersionConflictError",
     "WorkflowCompletedError",
-    "CommitError",
-    "ReplicationError",
+    # availability: Redis is not there, or would not do it
+    "AvailabilityError",
     "StoreUnavailableError",
     "StoreError",
-    "CorruptStateError",
-    "VersionConflictError",
-    "UnknownObjectError",
-    "InvalidPatchError",
+    "CommitError",
+    "ReplicationError",
+    "EmbeddedServerError",
 ]

@@ -32,6 +32,8 @@ import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .errors import InvalidOptionError
+
 Kind = Literal["redis", "cluster", "sentinel"]
 
 DEFAULT_PORT = 6379
@@ -167,7 +169,7 @@ def scrub(text: str, url: str) -> str:
 
 
 def _bad(url: str, why: str) -> ValueError:
-    return ValueError(scrub(f"bad Redis URL {redact(url)!r}: {why}", url))
+    return InvalidOptionError(scrub(f"bad Redis URL {redact(url)!r}: {why}", url))
 
 
 def _host_port(url: str, text: str, default_port: int) -> tuple[str, int]:
@@ -236,10 +238,11 @@ def _check_plain(url: str, scheme: str) -> None:
 
 
 def parse_url(url: str) -> ConnectionSpec:
-    """Parse any of the URL forms in this module's docstring; a bad URL is a ValueError."""
+    """Parse any of the URL forms in this module's docstring; a bad URL is an
+    :class:`InvalidOptionError` (a ValueError)."""
     if not isinstance(url, str) or "://" not in url:
         shown = redact(url) if isinstance(url, str) else type(url).__name__
-        raise ValueError(
+        raise InvalidOptionError(
             scrub(
                 f"not a Redis URL: {shown!r} (expected e.g. redis://host:6379/0, "
                 f"redis+cluster://host:7000,host:7001 or redis+sentinel://host:26379/mymaster)",

@@ -1,6 +1,33 @@
-"""The exceptions of restate-redis: one root, a shallow tree, a line of docstring each.
+"""The exceptions of restate-redis: one root, grouped by what the caller can do about them.
 
-Messages name the service, the object key and, where one is involved, the state key.
+Messages name the service, the object key and, where one is involved, the state key::
+
+    StateError                         every error this library raises
+    ├── UsageError                     the call was wrong: fix the code
+    │   ├── InvalidOptionError         a store / session option (also ValueError, TypeError)
+    │   ├── InvalidNameError           a service, object key or state key (also TypeError)
+    │   ├── StateEncodeError           set() of a value the serde cannot encode
+    │   ├── ValueTooLargeError         set() of a value over max_value_bytes
+    │   ├── ReadOnlySessionError       a write in a shared session
+    │   ├── SessionClosedError         a session used outside its async with
+    │   └── InvalidPatchError          a JSON Patch that is malformed or does not apply
+    ├── DataError                      what is stored is not what was expected
+    │   ├── StateDecodeError           bytes the serde cannot decode
+    │   │   └── StateTypeError         decoded data that does not fit type_hint
+    │   ├── WrongTypeError             a Redis key of another type than this library writes
+    │   ├── CorruptStateError          bookkeeping that does not parse
+    │   └── UnknownObjectError         no such object or state key
+    ├── ConcurrencyError               another session got in the way: retry, or re-read
+    │   ├── LeaseTimeoutError          the lease was not acquired within acquire_timeout
+    │   ├── LeaseLostError             the lease expired before the commit: nothing written
+    │   ├── VersionConflictError       the object changed since it was read
+    │   └── WorkflowCompletedError     the workflow's run already completed
+    └── AvailabilityError              Redis is not there, or would not do it
+        ├── StoreUnavailableError      not reachable within the retry budget
+        ├── StoreError                 a refusal a retry cannot fix (credentials, ACL)
+        ├── CommitError                a commit that could not be confirmed
+        │   └── ReplicationError       applied, but fewer replicas than min_replicas
+        └── EmbeddedServerError        the embedded server did not start
 """
 
 from __future__ import annotations
@@ -16,19 +43,60 @@ def where(service: str, key: str, name: str | None = None) -> str:
     return text if name is None else f"{text} state key {name!r}"
 
 
-class InvalidNameError(StateError, TypeError):
+# -- the groups ---------------------------------------------------------------------------------
+
+
+class UsageError(StateError):
+    """The call was wrong (an option, a name, a value, a session used the wrong way)."""
+
+
+class DataError(StateError):
+    """What is stored in Redis is not what this library expected to read."""
+
+
+class ConcurrencyError(StateError):
+    """Another session, handler or edit got in the way; retrying or re-reading may succeed."""
+
+
+class AvailabilityError(StateError):
+    """Redis could not be reached, or would not do what was asked."""
+
+
+# -- usage --------------------------------------------------------------------------------------
+
+
+class InvalidOptionError(UsageError, ValueError, TypeError):
+    """A store, session or connection option has a wrong type or value."""
+
+
+class InvalidNameError(UsageError, TypeError):
     """A service name, object key or state key is not a usable str."""
 
 
-class StateEncodeError(StateError, TypeError):
+class StateEncodeError(UsageError, TypeError):
     """The serde cannot encode a value passed to set()."""
 
 
-class ValueTooLargeError(StateError, ValueError):
+class ValueTooLargeError(UsageError, ValueError):
     """An encoded value is larger than the store's max_value_bytes."""
 
 
-class StateDecodeError(StateError, ValueError):
+class ReadOnlySessionError(UsageError):
+    """A write was attempted in a shared (read-only) session."""
+
+
+class SessionClosedError(UsageError):
+    """The session was used outside its ``async with`` block."""
+
+
+class InvalidPatchError(UsageError, ValueError):
+    """A JSON Patch (RFC 6902) is malformed or does not apply to the object's state."""
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+class StateDecodeError(DataError, ValueError):
     """Stored bytes could not be decoded by the serde."""
 
 
@@ -36,31 +104,49 @@ class StateTypeError(StateDecodeError, TypeError):
     """Decoded data does not fit the requested type_hint."""
 
 
-class ReadOnlySessionError(StateError):
-    """A write was attempted in a shared (read-only) session."""
-
-
-class WrongTypeError(StateError):
+class WrongTypeError(DataError):
     """A Redis key where this library expects a hash holds another type."""
 
 
-class SessionClosedError(StateError):
-    """The session was used outside its ``async with`` block."""
+class CorruptStateError(DataError, ValueError):
+    """The object's bookkeeping in Redis does not parse (it was not written by this library)."""
 
 
-class LeaseTimeoutError(StateError, TimeoutError):
+class UnknownObjectError(DataError, LookupError):
+    """The named object, workflow or state key does not exist."""
+
+
+# -- concurrency --------------------------------------------------------------------------------
+
+
+class LeaseTimeoutError(ConcurrencyError, TimeoutError):
     """The object's exclusive lease could not be acquired within acquire_timeout."""
 
 
-class LeaseLostError(StateError):
+class LeaseLostError(ConcurrencyError):
     """The session's lease expired or was taken over; its writes were not applied."""
 
 
-class WorkflowCompletedError(StateError):
+class VersionConflictError(ConcurrencyError):
+    """The object changed since its state was read; an edit checked against it wrote nothing."""
+
+
+class WorkflowCompletedError(ConcurrencyError):
     """A run session was opened for a workflow whose run already completed."""
 
 
-class CommitError(StateError):
+# -- availability -------------------------------------------------------------------------------
+
+
+class StoreUnavailableError(AvailabilityError, ConnectionError):
+    """Redis could not be reached within the retry budget."""
+
+
+class StoreError(AvailabilityError):
+    """Redis refused a command for a reason a retry cannot fix (credentials, ACL, a script)."""
+
+
+class CommitError(AvailabilityError):
     """A commit could not be confirmed (connection lost, replicas missing); see the message."""
 
 
@@ -68,29 +154,5 @@ class ReplicationError(CommitError):
     """A commit was applied on the primary but fewer replicas than min_replicas confirmed it."""
 
 
-class StoreUnavailableError(StateError, ConnectionError):
-    """Redis could not be reached within the retry budget."""
-
-
-class StoreError(StateError):
-    """Redis refused a command for a reason a retry cannot fix (credentials, ACL, a script)."""
-
-
-class CorruptStateError(StateError, ValueError):
-    """The object's bookkeeping in Redis does not parse (it was not written by this library)."""
-
-
-class VersionConflictError(StateError):
-    """The object changed since its state was read; an edit checked against it wrote nothing."""
-
-
-class UnknownObjectError(StateError, LookupError):
-    """The named object, workflow or state key does not exist."""
-
-
-class InvalidPatchError(StateError, ValueError):
-    """A JSON Patch (RFC 6902) is malformed or does not apply to the object's state."""
-
-
-class EmbeddedServerError(StateError):
+class EmbeddedServerError(AvailabilityError):
     """The embedded Valkey server (restate-redis demo / bench) could not be started."""

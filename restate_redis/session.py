@@ -23,6 +23,7 @@ from .errors import (
     CommitError,
     CorruptStateError,
     InvalidNameError,
+    InvalidOptionError,
     LeaseLostError,
     LeaseTimeoutError,
     ReadOnlySessionError,
@@ -92,7 +93,7 @@ class Session:
             self._preload = tuple(self._check_name(n) for n in state_preload)
             self.mode = "preload"
         else:
-            raise TypeError(
+            raise InvalidOptionError(
                 f"state_preload must be True, False or a list of state keys, got {state_preload!r}"
             )
         if commit_id is not None and (not isinstance(commit_id, str) or not commit_id):

@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .connection import connect, socket_timeout_of
-from .errors import StateError
+from .errors import InvalidOptionError, StateError
 from .keyspace import DEFAULT_NAMESPACE, Keyspace, ObjectKeys, check_key, check_service
 from .replication import commit_and_wait
 from .retry import RetryPolicy, as_state_error, is_transient
@@ -42,15 +42,17 @@ def seconds(value: Duration, what: str, *, allow_zero: bool = False) -> float:
     elif isinstance(value, int | float) and not isinstance(value, bool):
         secs = float(value)
     else:
-        raise TypeError(f"{what} must be seconds or a timedelta, got {type(value).__name__}")
+        raise InvalidOptionError(
+            f"{what} must be seconds or a timedelta, got {type(value).__name__}"
+        )
     if secs < 0 or (secs == 0 and not allow_zero) or secs != secs:
-        raise ValueError(f"{what} must be positive, got {value!r}")
+        raise InvalidOptionError(f"{what} must be positive, got {value!r}")
     return secs
 
 
 def _positive_int(value: int, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
+        raise InvalidOptionError(f"{what} must be a positive int, got {value!r}")
     return value
 
 
@@ -121,7 +123,7 @@ class RedisStateStore:
         meter_provider: MeterProvider | None = None,
     ) -> None:
         if _decodes_responses(client):
-            raise StateError(
+            raise InvalidOptionError(
                 "RedisStateStore needs a client created with decode_responses=False: "
                 "state values are bytes"
             )
@@ -146,7 +148,7 @@ class RedisStateStore:
             timeout=seconds(retry_timeout, "retry_timeout"),
         )
         if not isinstance(min_replicas, int) or isinstance(min_replicas, bool) or min_replicas < 0:
-            raise ValueError(f"min_replicas must be an int >= 0, got {min_replicas!r}")
+            raise InvalidOptionError(f"min_replicas must be an int >= 0, got {min_replicas!r}")
         self.min_replicas = min_replicas
         self.replica_timeout = seconds(replica_timeout, "replica_timeout")
         self.is_cluster = _is_cluster(client)
@@ -154,7 +156,7 @@ class RedisStateStore:
         timeout = socket_timeout_of(client)
         self.wait_slice = 5.0 if timeout is None else max(0.01, min(5.0, timeout / 2))
         if min_replicas and timeout is not None and self.replica_timeout >= timeout:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"replica_timeout={self.replica_timeout:g}s must be shorter than the client's "
                 f"socket_timeout={timeout:g}s: WAIT blocks the connection that long"
             )

@@ -40,6 +40,8 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from .errors import InvalidOptionError
+
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import Span, TracerProvider
@@ -189,7 +191,7 @@ class Telemetry:
         object_key: ObjectKeyMode = "plain",
     ) -> None:
         if object_key not in ("plain", "hash", "omit"):
-            raise ValueError(
+            raise InvalidOptionError(
                 f"trace_object_key must be 'plain', 'hash' or 'omit', got {object_key!r}"
             )
         self.object_key_mode: ObjectKeyMode = object_key

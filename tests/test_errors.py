@@ -240,3 +240,48 @@ def test_store_options_are_the_same_in_both_constructors_and_documented() -> Non
     page = Path(__file__).resolve().parent.parent / "docs" / "guide" / "api.md"
     table = page.read_text().split("## Store options", 1)[1].split("\n## ", 1)[0]
     assert [name for name in init if f"| `{name}` |" not in table] == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"lease_ttl": 0},
+        {"lease_ttl": "10s"},
+        {"eager_state_field_limit": -1},
+        {"min_replicas": -1},
+        {"trace_object_key": "secret"},
+    ],
+)
+async def test_option_errors_are_usage_errors_of_the_one_tree(
+    client: aioredis.Redis, options: dict[str, object]
+) -> None:
+    from restate_redis import InvalidOptionError, UsageError
+
+    with pytest.raises(InvalidOptionError) as err:
+        RedisStateStore(client, **options)  # type: ignore[arg-type]
+    assert isinstance(err.value, UsageError) and isinstance(err.value, StateError)
+    assert isinstance(err.value, ValueError) and isinstance(err.value, TypeError)
+    with pytest.raises(InvalidOptionError, match="not a Redis URL"):
+        RedisStateStore.from_url("localhost:6379")
+
+
+def test_every_public_error_sits_in_one_group() -> None:
+    import restate_redis as rr
+
+    groups = (rr.UsageError, rr.DataError, rr.ConcurrencyError, rr.AvailabilityError)
+    errors = [
+        getattr(rr, name)
+        for name in rr.__all__
+        if isinstance(getattr(rr, name), type) and issubclass(getattr(rr, name), rr.StateError)
+    ]
+    assert len(errors) > 20
+    for error in errors:
+        if error is rr.StateError or error in groups:
+            continue
+        assert sum(issubclass(error, g) for g in groups) == 1, error
+
+
+def test_the_package_ships_its_types() -> None:
+    from importlib.resources import files
+
+    assert (files("restate_redis") / "py.typed").is_file()
