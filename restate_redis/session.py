@@ -38,8 +38,8 @@ from .errors import (
     where,
 )
 from .keyspace import EMPTY_GRACE_SECONDS
+from .observe import ROUNDTRIP, SessionRecord
 from .serde import Serde, convert
-from .telemetry import ROUNDTRIP
 
 if TYPE_CHECKING:
     from .store import RedisStateStore, StatePreload
@@ -98,6 +98,10 @@ class Session:
             )
         if commit_id is not None and (not isinstance(commit_id, str) or not commit_id):
             raise InvalidNameError(f"commit_id must be a non-empty str, got {commit_id!r}")
+        self.record = SessionRecord(
+            service, key, kind, self.shared, commit_id, self.mode, replicated=store.min_replicas > 0
+        )
+        """What the store's observer (tracing, metrics) sees of this session."""
         self.commit_id = commit_id
         # Every exclusive commit carries an id, so a retry after a lost reply is recognised.
         # one random draw per session, none when the caller names both (a Restate invocation)
@@ -370,7 +374,7 @@ class Session:
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                store.telemetry.record_lease_timeout(self)
+                store.telemetry.record_lease_timeout(self.record)
                 raise LeaseTimeoutError(
                     f"could not acquire the lease of {where(self.service, self._key)} "
                     f"within acquire_timeout={store.acquire_timeout:g}s: another session holds it"
@@ -379,7 +383,8 @@ class Session:
             wait = max(0.001, min(remaining, store.wait_slice, pttl / 1000 + 0.001))
             await self._call("wait", lambda w=wait: store.client.blpop([self.keys.wake], timeout=w))
             self.lease_wait = time.monotonic() - started  # so far, for the next open's span
-        self.lease_wait = time.monotonic() - started
+            self.record.lease_wait = self.lease_wait
+        self.lease_wait = self.record.lease_wait = time.monotonic() - started
         self._version = int(reply[1])
         self._workflow_status = self._text(reply[2]) or None
         loaded = self._text(reply[3])
@@ -407,6 +412,7 @@ class Session:
             }
         else:
             self.mode = "lazy"
+        self.record.mode = self.mode
         if not self.shared:
             # A timer, not a task: most sessions end before the first renewal is due, and
             # cancelling a timer costs no event loop turn (a task per session cost ~40 us).
@@ -464,6 +470,7 @@ class Session:
         store = self.store
         if self._lease_lost:
             raise self._lost()
+        self.record.writes = self._changes()
         deletes = [n for n, v in self._writes.items() if v is None]
         flags = (
             ("c" if self._cleared_all else "")

@@ -9,6 +9,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from . import observe
 from .connection import connect, socket_timeout_of
 from .errors import InvalidOptionError, StateError
 from .keyspace import DEFAULT_NAMESPACE, Keyspace, ObjectKeys, check_key, check_service
@@ -16,7 +17,6 @@ from .replication import commit_and_wait
 from .retry import RetryPolicy, as_state_error, is_transient
 from .scripts import Scripts
 from .serde import MsgPackSerde, Serde
-from .telemetry import ObjectKeyMode, Telemetry
 from .wire import Wire
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class RedisStateStore:
         retry_timeout: Duration = 15.0,
         min_replicas: int = 0,
         replica_timeout: Duration = 1.0,
-        trace_object_key: ObjectKeyMode = "plain",
+        trace_object_key: observe.ObjectKeyMode = "plain",
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
     ) -> None:
@@ -160,7 +160,7 @@ class RedisStateStore:
                 f"replica_timeout={self.replica_timeout:g}s must be shorter than the client's "
                 f"socket_timeout={timeout:g}s: WAIT blocks the connection that long"
             )
-        self.telemetry = Telemetry(
+        self.telemetry: observe.Observer = observe.make(
             client,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
@@ -186,7 +186,7 @@ class RedisStateStore:
         retry_timeout: Duration = 15.0,
         min_replicas: int = 0,
         replica_timeout: Duration = 1.0,
-        trace_object_key: ObjectKeyMode = "plain",
+        trace_object_key: observe.ObjectKeyMode = "plain",
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         **redis_options: Any,
@@ -322,7 +322,7 @@ class RedisStateStore:
         """
         telemetry, started = self.telemetry, time.monotonic()
         try:  # the first attempt inline: the hot path, no closure or retry frame
-            return await telemetry.traced(op, session, call)
+            return await telemetry.traced(op, session.record, call)
         except Exception as exc:
             if self.retry.attempts <= 1 or not is_transient(exc):
                 translated = _as_state_error(exc, op, session)
@@ -332,8 +332,8 @@ class RedisStateStore:
             first = exc
 
         def attempt() -> Awaitable[T]:  # one span per attempt, inside the retries
-            telemetry.record_retry(op, session)
-            return telemetry.traced(op, session, call)
+            telemetry.record_retry(op, session.record)
+            return telemetry.traced(op, session.record, call)
 
         try:
             return await self.retry.after_failure(op, session.where, attempt, first, started)

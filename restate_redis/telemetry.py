@@ -31,9 +31,8 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from contextvars import ContextVar
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
@@ -41,12 +40,13 @@ from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .errors import InvalidOptionError
+from .observe import ROUNDTRIP, ObjectKeyMode, register
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import Span, TracerProvider
 
-    from .session import Session
+    from .observe import SessionRecord
 
 try:  # where set_meter_provider keeps the global provider (see _global_configured)
     metrics_internal: Any = importlib.import_module("opentelemetry.metrics._internal")
@@ -54,7 +54,6 @@ except ImportError:  # pragma: no cover - a future API without it: always take t
     metrics_internal = None
 
 T = TypeVar("T")
-ObjectKeyMode = Literal["plain", "hash", "omit"]
 
 SCOPE = "restate_redis"
 
@@ -107,12 +106,6 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
 
 # Outcomes that mean the operation did not do what the session asked: span status ERROR.
 _FAILED = frozenset({"wrong_type", "workflow_completed", "lease_lost", "corrupt", "error"})
-
-# What the session is about to ask in this task's next round trip, when the op alone does not
-# say: (Redis command, state key). A context variable so concurrent tasks each see their own.
-ROUNDTRIP: ContextVar[tuple[str, str | None] | None] = ContextVar(
-    "restate_redis_roundtrip", default=None
-)
 
 
 def _version() -> str:
@@ -296,7 +289,9 @@ class Telemetry:
 
     # -- the hook ---------------------------------------------------------------------------
 
-    def traced(self, op: str, session: Session, call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+    def traced(
+        self, op: str, session: SessionRecord, call: Callable[[], Awaitable[T]]
+    ) -> Awaitable[T]:
         """Round trip ``call`` of ``session``, in its span and measured, as an awaitable.
 
         With neither tracing nor metrics configured this is ``call()`` itself: not even a
@@ -308,11 +303,11 @@ class Telemetry:
         return call()
 
     async def _traced(
-        self, op: str, session: Session, call: Callable[[], Awaitable[T]], tracing: bool
+        self, op: str, session: SessionRecord, call: Callable[[], Awaitable[T]], tracing: bool
     ) -> T:
         metering = self.metering()
         command, script = COMMANDS[op]
-        if op == "commit" and session.store.min_replicas:
+        if op == "commit" and session.replicated:
             command = "PIPELINE"  # EVALSHA and WAIT in one round trip (replication.py)
         detail = ROUNDTRIP.get()
         state_key: str | None = None
@@ -323,7 +318,7 @@ class Telemetry:
             name, attrs = self._start_of(command, script)
             span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
         recording = span.is_recording()
-        written = session._changes() if op == "commit" else (0, 0)
+        written = session.writes if op == "commit" else (0, 0)
         token = None
         if recording:
             span.set_attributes(self._describe(op, session, state_key, written))
@@ -375,12 +370,12 @@ class Telemetry:
             return _NOTHING
         return _attached(headers() if callable(headers) else headers)
 
-    def record_retry(self, op: str, session: Session) -> None:
+    def record_retry(self, op: str, session: SessionRecord) -> None:
         """Count a retry of round trip ``op`` (called by the retry policy between attempts)."""
         if self.metering():
             self._retries.add(1, {SERVICE: session.service, OPERATION: op})
 
-    def record_lease_timeout(self, session: Session) -> None:
+    def record_lease_timeout(self, session: SessionRecord) -> None:
         """Count an exclusive session that gave up waiting for its lease."""
         if self.metering():
             self._timeouts.add(1, {SERVICE: session.service, MODE: session.mode})
@@ -396,7 +391,7 @@ class Telemetry:
         return None
 
     def _describe(
-        self, op: str, session: Session, state_key: str | None, written: tuple[int, int]
+        self, op: str, session: SessionRecord, state_key: str | None, written: tuple[int, int]
     ) -> dict[str, Any]:
         attrs: dict[str, Any] = {
             OPERATION: op,
@@ -404,7 +399,7 @@ class Telemetry:
             MODE: session.mode,
             SHARED: session.shared,
         }
-        key = self.key_attribute(session.key())
+        key = self.key_attribute(session.key)
         if key is not None:
             attrs[OBJECT_KEY if session.kind == "object" else WORKFLOW_ID] = key
         if state_key is not None:
@@ -462,7 +457,7 @@ class Telemetry:
             found[WOKEN] = result is not None
         return "ok", 0, 0
 
-    def _failed(self, span: Span, exc: BaseException, session: Session) -> None:
+    def _failed(self, span: Span, exc: BaseException, session: SessionRecord) -> None:
         kind = type(exc)
         span.set_attribute(OUTCOME, "error")
         span.set_attribute("error.type", f"{kind.__module__}.{kind.__qualname__}")
@@ -479,8 +474,8 @@ class Telemetry:
             )
         span.set_status(Status(StatusCode.ERROR, f"{kind.__name__}: {message}"))
 
-    def _scrub(self, text: str, session: Session) -> str:
-        key = session.key()
+    def _scrub(self, text: str, session: SessionRecord) -> str:
+        key = session.key
         if self.object_key_mode == "plain" or not key:
             return text
         from .keyspace import encode_name
@@ -489,7 +484,7 @@ class Telemetry:
         return text.replace(key, replacement).replace(encode_name(key), replacement)
 
     def _measure(
-        self, op: str, session: Session, outcome: str, elapsed: float, read: int, written: int
+        self, op: str, session: SessionRecord, outcome: str, elapsed: float, read: int, written: int
     ) -> None:
         attrs = {SERVICE: session.service, MODE: session.mode, OUTCOME: outcome}
         if op == "open":
@@ -509,3 +504,6 @@ class Telemetry:
             self._lost.add(1, attrs)
         if read:
             self._read.add(read, attrs)
+
+
+register(Telemetry)  # every store created from now on is observed (see observe.py)

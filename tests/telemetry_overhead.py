@@ -74,7 +74,7 @@ async def per_round_trip(rounds: int, n: int = 20_000) -> None:
                 if store is None:
                     await reply()
                 else:
-                    await store.telemetry.traced("get", session, reply)
+                    await store.telemetry.traced("get", session.record, reply)
             return (time.perf_counter() - started) / count * 1e6
 
         return run

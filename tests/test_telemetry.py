@@ -382,7 +382,7 @@ async def test_object_key_hashed_or_omitted(
             raise RuntimeError(f"cannot read {email}")
 
         with pytest.raises(RuntimeError):
-            await store.telemetry.traced("get", s, failing)
+            await store.telemetry.traced("get", s.record, failing)
     (span,) = [sp for sp in otel.spans() if attrs(sp)[tm.OPERATION] == "get"]
     (event,) = span.events
     assert event.attributes is not None
@@ -435,8 +435,8 @@ async def test_a_commit_waiting_for_replicas_is_a_pipeline(
 
 async def test_retries_are_counted(traced_store: RedisStateStore, otel: Otel) -> None:
     async with traced_store.object("Counter", "r", shared=True) as s:
-        traced_store.telemetry.record_retry("get", s)
-        traced_store.telemetry.record_retry("get", s)
+        traced_store.telemetry.record_retry("get", s.record)
+        traced_store.telemetry.record_retry("get", s.record)
     (retries,) = otel.points("restate_redis.retries")
     assert retries.value == 2
     assert retries.attributes == {tm.SERVICE: "Counter", tm.OPERATION: "get"}
@@ -451,7 +451,7 @@ async def test_the_span_is_current_during_the_round_trip(
         seen.append(trace.get_current_span())
 
     async with traced_store.object("Counter", "c", shared=True) as s:
-        await traced_store.telemetry.traced("get", s, call)
+        await traced_store.telemetry.traced("get", s.record, call)
     get = next(sp for sp in otel.spans() if attrs(sp)[tm.OPERATION] == "get")
     assert seen[0].get_span_context().span_id == get.context.span_id
     assert trace.get_current_span() is trace.INVALID_SPAN  # detached afterwards
