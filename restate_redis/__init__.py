@@ -33,11 +33,11 @@ from .errors import (
     WorkflowCompletedError,
     WrongTypeError,
 )
+from .ext.otel import Telemetry as _Telemetry  # noqa: F401 (registers the OpenTelemetry observer)
 from .keyspace import Keyspace
 from .serde import BytesSerde, JsonSerde, MsgPackSerde, Serde
 from .session import Session
 from .store import RedisStateStore
-from .telemetry import Telemetry as _Telemetry  # noqa: F401 (registers the OpenTelemetry observer)
 
 __all__ = [
     # the store and its sessions

@@ -13,12 +13,14 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 from redis.exceptions import ResponseError
 
+from .backend.scripts import Scripts
+from .backend.wire import Wire
 from .errors import (
     CommitError,
     CorruptStateError,
@@ -37,14 +39,46 @@ from .errors import (
     WrongTypeError,
     where,
 )
-from .keyspace import EMPTY_GRACE_SECONDS
-from .observe import ROUNDTRIP, SessionRecord
+from .keyspace import EMPTY_GRACE_SECONDS, Keyspace, ObjectKeys
+from .observe import ROUNDTRIP, Observer, Op, SessionRecord
 from .serde import Serde, convert
 
-if TYPE_CHECKING:
-    from .store import RedisStateStore, StatePreload
-
 T = TypeVar("T")
+StatePreload = bool | list[str] | tuple[str, ...]
+
+
+class SessionHost(Protocol):
+    """What a session needs of its store: the options, the command path and the observer
+    (:class:`~restate_redis.RedisStateStore` is one; the session never imports it)."""
+
+    client: Any
+    keyspace: Keyspace
+    serde: Serde[Any]
+    scripts: Scripts
+    wire: Wire
+    telemetry: Observer
+    lease_ttl: float
+    lease_ttl_ms: int
+    acquire_timeout: float
+    wait_slice: float
+    eager_state_size_limit: int
+    eager_state_field_limit: int
+    max_value_bytes: int
+    min_replicas: int
+
+    def roundtrip(self, op: Op, session: Session, call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        """Every round trip of the session passes here (retries, tracing)."""
+        ...
+
+    def run_commit(self, keys: list[str], args: list[Any], where: str) -> Awaitable[Any]:
+        """Run commit.lua once (with WAIT for ``min_replicas``)."""
+        ...
+
+    def release_later(self, keys: ObjectKeys, token: str) -> None:
+        """Release the lease ``token`` may hold, in a task that outlives the session."""
+        ...
+
+
 Kind = Literal["object", "workflow"]
 Mode = Literal["eager", "lazy", "preload"]
 
@@ -66,7 +100,7 @@ class Session:
 
     def __init__(
         self,
-        store: RedisStateStore,
+        store: SessionHost,
         kind: Kind,
         service: str,
         key: str,

@@ -3,32 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import observe
-from .connection import connect, socket_timeout_of
+from .backend.connection import connect, socket_timeout_of
+from .backend.replication import commit_and_wait
+from .backend.retry import RetryPolicy, as_state_error, is_transient
+from .backend.scripts import Scripts
+from .backend.wire import Wire
 from .errors import InvalidOptionError, StateError
 from .keyspace import DEFAULT_NAMESPACE, Keyspace, ObjectKeys, check_key, check_service
-from .replication import commit_and_wait
-from .retry import RetryPolicy, as_state_error, is_transient
-from .scripts import Scripts
+from .observe import Op
 from .serde import MsgPackSerde, Serde
-from .wire import Wire
+from .session import Session, StatePreload
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
-    from .restate_sdk import RestateState
-    from .session import Session
-
 T = TypeVar("T")
+_H = TypeVar("_H")  # a restate-sdk handler, VirtualObject or Workflow
+RESTATE_INTEGRATION = "restate_redis.ext.restate_sdk:RestateState"
 Duration = float | int | timedelta
-StatePreload = bool | list[str] | tuple[str, ...]
 
 MiB = 1024 * 1024
 DEFAULT_FIELD_LIMIT = 20_000
@@ -195,7 +196,7 @@ class RedisStateStore:
 
         ``redis://``, ``rediss://`` (TLS), ``unix://``, ``redis+cluster://h:p,h:p,...`` and
         ``redis+sentinel://h:p,h:p/service_name``, each with an optional ``user:password@``;
-        the full syntax is in :mod:`restate_redis.connection`. Extra keyword arguments go to
+        the full syntax is in :mod:`restate_redis.backend.connection`. Extra keyword arguments go to
         the redis-py client.
         """
         client = connect(url, **redis_options)
@@ -244,8 +245,6 @@ class RedisStateStore:
         same token as a holder that died mid-session re-enters its lease at once instead of
         waiting out ``lease_ttl``. Give it only to a retry of the same work.
         """
-        from .session import Session
-
         return Session(
             self,
             "object",
@@ -278,8 +277,6 @@ class RedisStateStore:
         workflow raises :class:`~restate_redis.errors.WorkflowCompletedError`. Shared sessions
         read the state until it expires.
         """
-        from .session import Session
-
         return Session(
             self,
             "workflow",
@@ -295,7 +292,7 @@ class RedisStateStore:
             lease_token=lease_token,
         )
 
-    def restate_state(self, **options: Any) -> RestateState:
+    def restate_state(self, **options: Any) -> Callable[[_H], _H]:
         """A decorator that keeps a restate-sdk handler's K/V state in this store.
 
         Put it under the SDK's ``@obj.handler()`` / ``@wf.main()``; the handler's
@@ -306,13 +303,15 @@ class RedisStateStore:
         store's), ``ttl`` (Virtual Objects: expire state this long after the last commit).
         Needs ``pip install 'restate-redis[restate]'``.
         """
-        from .restate_sdk import RestateState
-
-        return RestateState(self, **options)
+        # The integration lives above the core: it is found by name, so that the core imports
+        # nothing of it or of restate-sdk (see the import-linter contracts in pyproject.toml).
+        module, _, name = RESTATE_INTEGRATION.partition(":")
+        factory: Callable[..., Callable[[_H], _H]] = getattr(importlib.import_module(module), name)
+        return factory(self, **options)
 
     async def roundtrip(
         self,
-        op: Literal["open", "get", "keys", "all", "commit", "release", "renew", "wait"],
+        op: Op,
         session: Session,
         call: Callable[[], Awaitable[T]],
     ) -> T:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from restate_redis.bench_meter import CountingConnection as MeteredConnection
-from restate_redis.bench_meter import command_name
+from restate_redis.tools.bench.meter import CountingConnection as MeteredConnection
+from restate_redis.tools.bench.meter import command_name
 
 
 class CountingConnection(MeteredConnection):

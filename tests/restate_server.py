@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from restate_redis.demo_restate import RESTATE_VERSION, npm_cache
+from restate_redis.tools.demo.restate import RESTATE_VERSION, npm_cache
 
 from .servers import free_port, unavailable
 

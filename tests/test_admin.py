@@ -20,8 +20,8 @@ from restate_redis import (
     UnknownObjectError,
     VersionConflictError,
 )
-from restate_redis.admin import Admin, decode_value, encode_value, load_json
 from restate_redis.serde import JsonSerde, MsgPackSerde
+from restate_redis.tools.admin import Admin, decode_value, encode_value, load_json
 
 
 async def put(store: RedisStateStore, service: str, key: str, **values: object) -> int:
@@ -494,7 +494,7 @@ def test_load_json_refuses_non_finite_numbers_and_says_where(text: str, where: s
 async def test_stray_keys_are_skipped_and_counted(
     store: RedisStateStore, client: aioredis.Redis
 ) -> None:
-    from restate_redis.admin import ServiceInfo, SkippedKeys
+    from restate_redis.tools.admin import ServiceInfo, SkippedKeys
 
     admin = Admin(store)
     await put(store, "Cart", "alice", n=1)

@@ -15,7 +15,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AuthenticationError
 
 from restate_redis import RedisStateStore, StateError, StoreError
-from restate_redis.connection import ConnectionSpec, connect, parse_url
+from restate_redis.backend.connection import ConnectionSpec, connect, parse_url
 
 from .servers import Server, free_port, start_server, start_server_in, unavailable
 
@@ -247,8 +247,8 @@ async def test_tls(tmp_path: Path) -> None:
     ],
 )
 def test_redact_hides_passwords_and_secret_options(url: str, shown: str) -> None:
-    from restate_redis.cli_kv import redact_url
-    from restate_redis.connection import redact
+    from restate_redis.backend.connection import redact
+    from restate_redis.tools.kv import redact_url
 
     assert redact(url) == shown == redact_url(url)
 

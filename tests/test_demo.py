@@ -19,9 +19,9 @@ import redis
 import redis.asyncio as aioredis
 
 from restate_redis import RedisStateStore
-from restate_redis.demo import WorkerReport, check, make_plan
-from restate_redis.demo_restate import RESTATE_VERSION
-from restate_redis.examples import cart, fulfilment
+from restate_redis.tools.demo.examples import cart, fulfilment
+from restate_redis.tools.demo.restate import RESTATE_VERSION
+from restate_redis.tools.demo.run import WorkerReport, check, make_plan
 
 from .clirun import console_script, run_cli
 from .restate_server import restate_binaries
@@ -179,9 +179,9 @@ RESTATE_LINE = re.compile(
     r"admin http://127\.0\.0\.1:(\d+)\), its data and logs in (\S+) \(removed at the end\)"
 )
 HANDLERS_LINE = re.compile(
-    r"Handlers: the restate-sdk services of restate_redis\.examples\.sdk, state kept in Redis by "
-    r"@store\.restate_state\(\), served by hypercorn with (\d+) worker process\(es\) on "
-    r"http://127\.0\.0\.1:(\d+), registered with the server"
+    r"Handlers: the restate-sdk services of restate_redis\.tools\.demo\.examples\.sdk, "
+    r"state kept in Redis by @store\.restate_state\(\), served by hypercorn with (\d+) "
+    r"worker process\(es\) on http://127\.0\.0\.1:(\d+), registered with the server"
 )
 
 
@@ -330,8 +330,8 @@ def test_demo_restate_asks_before_installing(
 ) -> None:
     from click.testing import CliRunner
 
-    from restate_redis import demo_restate
-    from restate_redis.demo import demo_command
+    from restate_redis.tools.demo import restate as demo_restate
+    from restate_redis.tools.demo.command import demo_command
 
     bin_dir, calls = _fake_npm(tmp_path, 1)
     cache = tmp_path / "npm-cache"

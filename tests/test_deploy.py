@@ -199,11 +199,11 @@ def test_commands_of_our_containers_exist() -> None:
             )
         else:
             assert argv[0] in scripts, argv
-            from restate_redis.cli import COMMANDS
+            from restate_redis.tools.cli import COMMANDS
 
             assert argv[1] in COMMANDS, argv
             result = subprocess.run(
-                [sys.executable, "-m", "restate_redis.cli", *argv[1:2], "--help"],
+                [sys.executable, "-m", "restate_redis.tools.cli", *argv[1:2], "--help"],
                 capture_output=True,
                 text=True,
                 timeout=60,

@@ -20,8 +20,8 @@ from restate_redis import (
     RedisStateStore,
     StoreUnavailableError,
 )
+from restate_redis.backend.retry import is_transient
 from restate_redis.keyspace import ObjectKeys
-from restate_redis.retry import is_transient
 from restate_redis.session import Session
 
 from .proxy import CutProxy

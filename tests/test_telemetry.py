@@ -31,7 +31,7 @@ from restate_redis import (
     StoreUnavailableError,
     WrongTypeError,
 )
-from restate_redis import telemetry as tm
+from restate_redis.ext import otel as tm
 
 from .servers import Server, free_port
 

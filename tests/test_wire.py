@@ -288,7 +288,7 @@ async def test_a_resp3_client_reads_and_commits_through_the_link(make_store: Mak
 async def test_the_public_path_can_be_forced_and_serves_sessions(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from restate_redis.wire import FORCE_PUBLIC_ENV
+    from restate_redis.backend.wire import FORCE_PUBLIC_ENV
 
     monkeypatch.setenv(FORCE_PUBLIC_ENV, "1")
     client = aioredis.Redis.from_url(server.url)
@@ -308,7 +308,7 @@ async def test_the_public_path_can_be_forced_and_serves_sessions(
 async def test_a_connection_that_fails_the_probe_falls_back_for_good(
     server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from restate_redis import wire
+    from restate_redis.backend import wire
 
     monkeypatch.setattr(wire, "_probe", lambda conn: "transport.set_protocol")
     client = aioredis.Redis.from_url(server.url)
@@ -332,7 +332,7 @@ async def test_a_connection_that_fails_the_probe_falls_back_for_good(
 def test_the_probe_names_what_a_connection_lacks() -> None:
     from types import SimpleNamespace
 
-    from restate_redis.wire import _probe
+    from restate_redis.backend.wire import _probe
 
     assert "_writer" in (_probe(SimpleNamespace()) or "")
     writer = SimpleNamespace(writelines=lambda b: None, transport=SimpleNamespace())
@@ -340,7 +340,7 @@ def test_the_probe_names_what_a_connection_lacks() -> None:
 
 
 async def test_a_real_connection_passes_the_probe(make_store: MakeStore) -> None:
-    from restate_redis.wire import _probe
+    from restate_redis.backend.wire import _probe
 
     store = make_store()
     await store.wire.execute("PING")

@@ -87,7 +87,7 @@ def test_commit_cut_off_mid_send_applies_nothing(server: Server) -> None:
 
     from redis.connection import Connection
 
-    from restate_redis.scripts import source
+    from restate_redis.backend.scripts import source
 
     ks = Keyspace()
     keys = ks.object_keys("Atomic", "cut")

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .errors import EmbeddedServerError
+from ..errors import EmbeddedServerError
 
 INSTALL_HINT = "pip install 'restate-redis[demo]'"
 

@@ -1,8 +1,8 @@
 """The demo's services as restate-sdk handlers, for ``restate-redis demo --restate``.
 
-``hypercorn restate_redis.examples.sdk:app`` serves the ``Cart`` Virtual Object and the
-``OrderFulfilment`` Workflow of :mod:`~restate_redis.examples.cart` and
-:mod:`~restate_redis.examples.fulfilment` to a Restate server; ``@store.restate_state()``
+``hypercorn restate_redis.tools.demo.examples.sdk:app`` serves the ``Cart`` Virtual Object and the
+``OrderFulfilment`` Workflow of :mod:`~restate_redis.tools.demo.examples.cart` and
+:mod:`~restate_redis.tools.demo.examples.fulfilment` to a Restate server; ``@store.restate_state()``
 keeps their state in Redis, in the same keys as the direct version.
 
 Environment: ``RESTATE_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``) and
@@ -23,7 +23,7 @@ from restate.context import (
     WorkflowSharedContext,
 )
 
-from ..store import RedisStateStore
+from ....store import RedisStateStore
 from . import cart, fulfilment
 
 store = RedisStateStore.from_url(os.environ.get("RESTATE_REDIS_URL", "redis://127.0.0.1:6379/0"))

@@ -2,7 +2,7 @@
 
 restate-server (found on PATH, else in the npm cache folder, installed there with the user's
 consent) runs on free loopback ports with its data and temporary files in a temporary folder;
-hypercorn serves :mod:`restate_redis.examples.sdk` (restate-sdk handlers whose state
+hypercorn serves :mod:`restate_redis.tools.demo.examples.sdk` (restate-sdk handlers whose state
 ``@store.restate_state()`` keeps in Redis) in worker processes; the deployment is registered
 through the admin API and every invocation of the plan goes through the ingress. Every
 process started here is stopped by its pid at the end, and the temporary folder removed.
@@ -27,12 +27,12 @@ from typing import Any
 
 import click
 
-from .demo import Invocation, WorkerReport, _progress_bar
 from .examples import cart, fulfilment
+from .run import Invocation, WorkerReport, _progress_bar
 
 RESTATE_VERSION = "1.7.12"
 PACKAGE = "@restatedev/restate-server"
-SDK_APP = "restate_redis.examples.sdk:app"
+SDK_APP = "restate_redis.tools.demo.examples.sdk:app"
 INSTALL_HINT = "pip install 'restate-redis[demo,restate]'"
 
 

@@ -4,8 +4,8 @@ Listens on 127.0.0.1:9071 by default (``--port 0``: a free port, printed at star
 in use is a one-line error and exit code 4). Listening on any other address needs
 ``--token`` (or the env ``RESTATE_REDIS_UI_TOKEN``, printable ASCII); without it the command
 refuses to start. The JSON
-API the page uses is documented in :mod:`restate_redis.ui.app`, the protections in
-:mod:`restate_redis.ui.security`.
+API the page uses is documented in :mod:`restate_redis.tools.ui.app`, the protections in
+:mod:`restate_redis.tools.ui.security`.
 """
 
 from __future__ import annotations
@@ -18,19 +18,19 @@ from typing import Any
 
 import click
 
-from ..cli_kv import EXIT_CANNOT_LISTEN, Connection, connection_options, fail, run
-from ..connection import redact
+from ...backend.connection import redact
+from ..kv import EXIT_CANNOT_LISTEN, Connection, connection_options, fail, run
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9071
-DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # as restate_redis.ui.app, which needs starlette
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # as restate_redis.tools.ui.app, which needs starlette
 ENV_TOKEN = "RESTATE_REDIS_UI_TOKEN"
 
 __all__ = ["create_app", "ui_command"]
 
 
 def create_app(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`restate_redis.ui.app.create_app` (imported lazily: it needs starlette)."""
+    """See :func:`restate_redis.tools.ui.app.create_app` (imported lazily: it needs starlette)."""
     from .app import create_app as create
 
     return create(*args, **kwargs)

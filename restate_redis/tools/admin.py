@@ -48,7 +48,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import (
+from ..backend.retry import redis_errors
+from ..errors import (
     CorruptStateError,
     InvalidPatchError,
     StateEncodeError,
@@ -57,7 +58,7 @@ from .errors import (
     VersionConflictError,
     where,
 )
-from .keyspace import (
+from ..keyspace import (
     META,
     META_GRACE,
     META_VERSION,
@@ -68,10 +69,9 @@ from .keyspace import (
     check_key,
     check_service,
 )
-from .retry import redis_errors
-from .serde import BytesSerde, Serde
-from .session import Session
-from .store import RedisStateStore
+from ..serde import BytesSerde, Serde
+from ..session import Session
+from ..store import RedisStateStore
 
 BYTES_MARK = "$base64"
 RAW_MARK = "$raw"

@@ -20,8 +20,8 @@ from typing import Any
 
 import msgpack
 
-from .bench_dapr import DaprStyleState
-from .store import RedisStateStore
+from ...store import RedisStateStore
+from .dapr import DaprStyleState
 
 NAMESPACE = "restate-bench"  # every key the bench writes starts with this or DAPR_APP
 DAPR_APP = "restate-bench-dapr"

@@ -2,8 +2,8 @@
 
 One run, one server, several repetitions of every case (interleaved, so drift hits every case
 alike), medians reported. Round trips and bytes per session are counted on the wire
-(:mod:`restate_redis.bench_meter`), not assumed. The workloads and what "raw redis-py" means
-are in :mod:`restate_redis.bench_workloads`.
+(:mod:`restate_redis.tools.bench.meter`), not assumed. The workloads and what "raw redis-py" means
+are in :mod:`restate_redis.tools.bench.workloads`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Any
 import click
 from redis.exceptions import RedisError
 
-from .bench_meter import METER, CountingConnection
-from .bench_workloads import NAMESPACE, Case, Workloads
-from .errors import StateError
-from .store import RedisStateStore
-from .urls import redact
+from ...backend.connection import redact
+from ...errors import StateError
+from ...store import RedisStateStore
+from .meter import METER, CountingConnection
+from .workloads import NAMESPACE, Case, Workloads
 
 SCHEMA = 1
 
@@ -359,7 +359,7 @@ def bench_command(
     scale = 0.05 if quick else 1.0
     embedded = None
     if url is None:
-        from .embedded import start_for_command
+        from ..embedded import start_for_command
 
         embedded = start_for_command()
         url = embedded.url

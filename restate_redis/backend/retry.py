@@ -28,7 +28,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from .errors import (
+from ..errors import (
     CommitError,
     StateError,
     StoreError,

@@ -7,12 +7,18 @@ the retention.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ..store import RedisStateStore
+from ....store import RedisStateStore
 
-if TYPE_CHECKING:
-    from .cart import StateContext
+
+class StateContext(Protocol):
+    """What the handlers use of a session or of a restate-sdk handler's context."""
+
+    async def get(self, name: str) -> Any: ...
+    def set(self, name: str, value: Any) -> None: ...
+    def clear(self, name: str) -> None: ...
+
 
 SERVICE = "OrderFulfilment"
 STEPS = ("reserved", "paid", "shipped")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
-from .errors import (
+from ..errors import (
     InvalidNameError,
     ReadOnlySessionError,
     StateDecodeError,
@@ -33,7 +33,8 @@ from .errors import (
     WorkflowCompletedError,
     WrongTypeError,
 )
-from .store import Duration, StatePreload, seconds
+from ..session import StatePreload
+from ..store import Duration, seconds
 
 try:
     from restate.exceptions import TerminalError
@@ -41,14 +42,14 @@ try:
     from restate.serde import DefaultSerde as _SdkDefaultSerde
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "restate_redis.restate_sdk needs the Restate Python SDK: "
+        "restate_redis.ext.restate_sdk needs the Restate Python SDK: "
         "pip install 'restate-redis[restate]'"
     ) from exc
 
 if TYPE_CHECKING:
-    from .serde import Serde
-    from .session import Session
-    from .store import RedisStateStore
+    from ..serde import Serde
+    from ..session import Session
+    from ..store import RedisStateStore
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 S = TypeVar("S")

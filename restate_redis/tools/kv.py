@@ -2,7 +2,7 @@
 
 Every command takes ``--url`` (env ``RESTATE_REDIS_URL``), ``--namespace`` (env
 ``RESTATE_REDIS_NAMESPACE``) and ``--serde`` (env ``RESTATE_REDIS_SERDE``), and goes through
-:mod:`restate_redis.admin`: changes take the object's lease like a handler and land in one
+:mod:`restate_redis.tools.admin`: changes take the object's lease like a handler and land in one
 atomic commit.
 
 Exit codes: 0 success; 1 any failure, with one line on stderr; 2 a usage error; 3 a version
@@ -31,12 +31,12 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from ..backend.connection import redact, scrub
+from ..backend.retry import as_state_error
+from ..errors import StateError, StoreUnavailableError, VersionConflictError
+from ..serde import BytesSerde, JsonSerde, MsgPackSerde, Serde
+from ..store import RedisStateStore
 from .admin import Admin, ObjectState, SkippedKeys, load_json, same_value
-from .connection import redact, scrub
-from .errors import StateError, StoreUnavailableError, VersionConflictError
-from .retry import as_state_error
-from .serde import BytesSerde, JsonSerde, MsgPackSerde, Serde
-from .store import RedisStateStore
 
 T = TypeVar("T")
 
@@ -102,7 +102,7 @@ def plural(n: int, word: str) -> str:
 
 def redact_url(url: str) -> str:
     """``url`` with its password and secret options replaced by ``***``
-    (:func:`restate_redis.connection.redact`)."""
+    (:func:`restate_redis.backend.connection.redact`)."""
     return redact(url)
 
 

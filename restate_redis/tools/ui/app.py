@@ -23,7 +23,7 @@ The API (every answer is JSON; errors are ``{"error": message, "code": code}``):
 
 Changes answer ``{"version": new version}``. ``"version"`` is required in every change: the
 version the caller read, or ``null`` to skip the check; a mismatch answers 409 with code
-``version_conflict`` and writes nothing. Values are JSON as in :mod:`restate_redis.admin`
+``version_conflict`` and writes nothing. Values are JSON as in :mod:`restate_redis.tools.admin`
 (``{"$base64": ...}`` bytes, ``{"$raw": ...}`` undecodable); a body holding NaN, Infinity or
 a number too large for a float (``1e999``) is refused. A value whose JSON text is over
 64 KiB comes as a 2 000-character ``preview``; ``/api/value`` downloads all of it. One
@@ -31,7 +31,7 @@ a number too large for a float (``1e999``) is refused. A value whose JSON text i
 not all fit, it holds the first ones from ``offset`` and ``next_offset`` continues (null on
 the last page). Listings leave out keys restate-redis did not write: ``"skipped"`` counts
 them and ``"skipped_keys"`` names a few (both absent when none was skipped).
-Security (token, cross-site and DNS-rebinding checks) is in :mod:`restate_redis.ui.security`.
+Security (token, cross-site and DNS-rebinding checks) is in :mod:`restate_redis.tools.ui.security`.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..admin import Admin, SkippedKeys, load_json
-from ..connection import scrub
-from ..errors import (
+from ...backend.connection import scrub
+from ...backend.retry import as_state_error
+from ...errors import (
     InvalidNameError,
     InvalidPatchError,
     LeaseTimeoutError,
@@ -63,8 +63,8 @@ from ..errors import (
     ValueTooLargeError,
     VersionConflictError,
 )
-from ..retry import as_state_error
-from ..store import RedisStateStore
+from ...store import RedisStateStore
+from ..admin import Admin, SkippedKeys, load_json
 from .security import Guard
 
 STATIC = Path(__file__).parent / "static"

@@ -12,8 +12,8 @@ from redis.commands.core import AsyncScript
 
 @cache
 def source(name: str) -> str:
-    """The text of ``scripts/<name>.lua``."""
-    return (files("restate_redis") / "scripts" / f"{name}.lua").read_text(encoding="utf-8")
+    """The text of ``lua/<name>.lua``."""
+    return (files(__package__) / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)

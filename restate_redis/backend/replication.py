@@ -9,19 +9,25 @@ behind it also covers the earlier attempt that applied.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
 
-from .errors import ReplicationError, StateError
-
-if TYPE_CHECKING:
-    from .store import RedisStateStore
+from ..errors import ReplicationError, StateError
+from .scripts import Scripts
 
 
-async def commit_and_wait(
-    store: RedisStateStore, keys: list[str], args: list[Any], where: str
-) -> Any:
+class Replicated(Protocol):
+    """What a commit with WAIT needs of its store."""
+
+    client: Any
+    scripts: Scripts
+    is_cluster: bool
+    min_replicas: int
+    replica_timeout: float
+
+
+async def commit_and_wait(store: Replicated, keys: list[str], args: list[Any], where: str) -> Any:
     """The commit.lua reply; ReplicationError when fewer than min_replicas confirmed it."""
     if store.is_cluster:
         reply, acked = await _on_cluster(store, keys, args)
@@ -36,7 +42,7 @@ async def commit_and_wait(
     return reply
 
 
-def _commands(store: RedisStateStore, keys: list[str], args: list[Any]) -> list[tuple[Any, ...]]:
+def _commands(store: Replicated, keys: list[str], args: list[Any]) -> list[tuple[Any, ...]]:
     wait_ms = max(1, int(store.replica_timeout * 1000))
     return [
         ("EVALSHA", store.scripts.commit.sha, len(keys), *keys, *args),
@@ -44,7 +50,7 @@ def _commands(store: RedisStateStore, keys: list[str], args: list[Any]) -> list[
     ]
 
 
-async def _on_server(store: RedisStateStore, keys: list[str], args: list[Any]) -> tuple[Any, int]:
+async def _on_server(store: Replicated, keys: list[str], args: list[Any]) -> tuple[Any, int]:
     for _ in range(2):
         async with store.client.pipeline(transaction=False) as pipe:
             for command in _commands(store, keys, args):
@@ -60,7 +66,7 @@ async def _on_server(store: RedisStateStore, keys: list[str], args: list[Any]) -
     raise StateError("commit.lua could not be loaded on the server")
 
 
-async def _on_cluster(store: RedisStateStore, keys: list[str], args: list[Any]) -> tuple[Any, int]:
+async def _on_cluster(store: Replicated, keys: list[str], args: list[Any]) -> tuple[Any, int]:
     # WAIT has no key, so a cluster pipeline would send it to some other node: hold one
     # connection to the master of the object's slot for both commands instead.
     node = store.client.get_node_from_key(keys[0])

@@ -5,26 +5,18 @@ ran on it) and ``orders`` (ids of the orders it checked out, oldest first).
 
 Each handler's state logic (``apply_*``) works on any context with ``get / set / clear``: a
 :class:`~restate_redis.session.Session` here, the context of a restate-sdk handler in
-:mod:`restate_redis.examples.sdk`, so that both demos run the same services.
+:mod:`restate_redis.tools.demo.examples.sdk`, so that both demos run the same services.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-from ..store import RedisStateStore
+from ....store import RedisStateStore
 from . import fulfilment
+from .fulfilment import StateContext
 
 SERVICE = "Cart"
-
-
-class StateContext(Protocol):
-    """What the handlers use of a session or of a restate-sdk handler's context."""
-
-    async def get(self, name: str) -> Any: ...
-    def set(self, name: str, value: Any) -> None: ...
-    def clear(self, name: str) -> None: ...
 
 
 @dataclass

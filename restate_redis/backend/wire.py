@@ -79,7 +79,7 @@ def _pack_python(conn: Any, command: tuple[Arg, ...]) -> bytes:
 
 class Batch(list[bytes]):
     """Commands written to the link in one write, one packed command per item (so that
-    :mod:`restate_redis.bench_meter` counts each as its session's round trip)."""
+    :mod:`restate_redis.tools.bench.meter` counts each as its session's round trip)."""
 
 
 class Wire:
@@ -210,7 +210,7 @@ class _Link:
         self._timeout: float | None = conn.socket_timeout if self._replies is not None else None
         self._since = 0.0  # loop time of the last bytes received, or of leaving idle
         self._timer: asyncio.TimerHandle | None = None
-        # (restate_redis.bench_meter counts what the link receives through this hook)
+        # (restate_redis.tools.bench.meter counts what the link receives through this hook)
         self._received: Callable[[int, int], None] | None = getattr(conn, "link_received", None)
         self._idle: asyncio.Future[None] | None = None  # the reader task waits here for work
         self._reader: asyncio.Task[None] | None = None

