@@ -19,6 +19,8 @@ from typing import Any, Literal, Protocol, TypeVar, overload
 
 from redis.exceptions import ResponseError
 
+from .backend import replies
+from .backend.replies import Replay, Status
 from .backend.scripts import Scripts
 from .backend.wire import Wire
 from .errors import (
@@ -392,20 +394,11 @@ class Session:
             reply = await self._call(
                 "open", lambda: store.wire.script(store.scripts.open, keys, args)
             )
-            status = int(reply[0])
-            if status == 1:
+            refused = replies.refusal(reply)
+            if refused is None:
                 break
-            if status == -1:
-                raise self._wrong_type(reply[1], reply[2])
-            if status == -4:
-                raise self._corrupt(reply[1], reply[2])
-            if status == -2:
-                raise WorkflowCompletedError(
-                    f"workflow {where(self.service, self._key)} already completed its run; "
-                    f"its state is kept until the retention expires. To run it again, purge "
-                    f"it: restate-redis kv purge {self.service} {self._key} (or "
-                    f"await store.purge({self.service!r}, {self._key!r}))"
-                )
+            if refused.status is not Status.BUSY:
+                raise self._refused(refused)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 store.telemetry.record_lease_timeout(self.record)
@@ -413,24 +406,23 @@ class Session:
                     f"could not acquire the lease of {where(self.service, self._key)} "
                     f"within acquire_timeout={store.acquire_timeout:g}s: another session holds it"
                 )
-            pttl = int(reply[1])
-            wait = max(0.001, min(remaining, store.wait_slice, pttl / 1000 + 0.001))
+            wait = max(0.001, min(remaining, store.wait_slice, refused.pttl / 1000 + 0.001))
             await self._call("wait", lambda w=wait: store.client.blpop([self.keys.wake], timeout=w))
             self.lease_wait = time.monotonic() - started  # so far, for the next open's span
             self.record.lease_wait = self.lease_wait
         self.lease_wait = self.record.lease_wait = time.monotonic() - started
-        self._version = int(reply[1])
-        self._workflow_status = self._text(reply[2]) or None
-        loaded = self._text(reply[3])
-        replay = int(reply[4])
-        self.replayed = replay != 0
-        data = reply[5:]
-        if replay == 2:  # the prior values of what the commit changed, over the state
+        opened = replies.Opened.parse(reply)
+        self._version = opened.version
+        self._workflow_status = opened.workflow_status
+        loaded = opened.mode
+        self.replayed = opened.replay is not Replay.NONE
+        data = opened.data
+        if opened.replay is Replay.OVERLAY:  # prior values of what it changed, over the state
             for i in range(0, len(data), 2):
                 raw = data[i + 1]
                 self._overlay[self._field(data[i])] = raw[1:] if raw[:1] == b"+" else _MISSING
             self._cache.update(self._overlay)
-        elif replay == 3:  # the whole prior state, renamed aside by a clear_all
+        elif opened.replay is Replay.OLD:  # the whole prior state, renamed aside by a clear_all
             self._source = self.keys.old
         if loaded == "eager":
             self.mode = "eager" if self.mode == "eager" or self.replayed else self.mode
@@ -544,21 +536,17 @@ class Session:
             return store.run_commit(keys, args, self.where)
 
         reply = await self._call("commit", attempt)
-        status = int(reply[0])
-        if status == -3 and attempts > 1:
+        refused = replies.refusal(reply)
+        if refused is not None and refused.status is Status.LEASE_LOST and attempts > 1:
             self._lease_lost = True
             raise CommitError(
                 f"the commit of {where(self.service, self._key)} lost its reply and its retry "
                 f"found the lease gone and the commit id not among the recent ones: it may "
                 f"or may not have been applied"
             )
-        if status == -3:
-            raise self._lost()
-        if status == -1:
-            raise self._wrong_type(reply[1], reply[2])
-        if status == -4:
-            raise self._corrupt(reply[1], reply[2])
-        self._version = int(reply[1])
+        if refused is not None:
+            raise self._refused(refused)
+        self._version = replies.Committed.parse(reply).version
 
     def purge(self) -> None:
         """Remove the object entirely when the session ends: its state and its bookkeeping
@@ -576,12 +564,10 @@ class Session:
         reply = await self._call(
             "commit", lambda: store.wire.script(store.scripts.purge, keys, args)
         )
-        status = int(reply[0])
-        if status == -3:
-            raise self._lost()
-        if status == -1:
-            raise self._wrong_type(reply[1], reply[2])
-        self.purged = int(reply[1]) > 0
+        refused = replies.refusal(reply)
+        if refused is not None:
+            raise self._refused(refused)
+        self.purged = replies.Committed.parse(reply).version > 0
 
     async def _release(self) -> None:
         if self._lease_lost:
@@ -592,8 +578,10 @@ class Session:
         reply = await self._call(
             "release", lambda: store.wire.script(store.scripts.release, keys, args)
         )
-        if isinstance(reply, list):
-            raise self._wrong_type(reply[1], reply[2])
+        if isinstance(reply, list):  # {-1, type, key}; else 1 released, 0 not held
+            refused = replies.refusal(reply)
+            if refused is not None:
+                raise self._refused(refused)
 
     def _start_renewer(self) -> None:
         self._renew_timer = None
@@ -726,6 +714,23 @@ class Session:
             f"{self._text(found)}, not a {want}; it was not written by restate-redis, and "
             f"nothing was written"
         )
+
+    def _refused(self, refused: replies.Refusal) -> StateError:
+        """The error for a script's refusal (anything but BUSY)."""
+        if refused.status is Status.WRONG_TYPE:
+            return self._wrong_type(refused.found, refused.where)
+        if refused.status is Status.CORRUPT:
+            return self._corrupt(refused.found, refused.where)
+        if refused.status is Status.LEASE_LOST:
+            return self._lost()
+        if refused.status is Status.COMPLETED:
+            return WorkflowCompletedError(
+                f"workflow {where(self.service, self._key)} already completed its run; "
+                f"its state is kept until the retention expires. To run it again, purge "
+                f"it: restate-redis kv purge {self.service} {self._key} (or "
+                f"await store.purge({self.service!r}, {self._key!r}))"
+            )
+        return StateError(f"unexpected reply {refused} for {where(self.service, self._key)}")
 
     def _corrupt(self, field: bytes | str, value: bytes | str) -> CorruptStateError:
         return CorruptStateError(

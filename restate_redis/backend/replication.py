@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
 
 from ..errors import ReplicationError, StateError
+from . import replies
 from .scripts import Scripts
 
 
@@ -33,7 +34,7 @@ async def commit_and_wait(store: Replicated, keys: list[str], args: list[Any], w
         reply, acked = await _on_cluster(store, keys, args)
     else:
         reply, acked = await _on_server(store, keys, args)
-    if int(reply[0]) in (1, 2) and acked < store.min_replicas:
+    if replies.refusal(reply) is None and acked < store.min_replicas:
         raise ReplicationError(
             f"the commit of {where} was applied on the primary, but only {acked} of "
             f"min_replicas={store.min_replicas} replicas confirmed it within "

@@ -39,6 +39,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from ..backend import replies
 from ..errors import InvalidOptionError
 from ..observe import ROUNDTRIP, ObjectKeyMode, register
 
@@ -104,6 +105,15 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "wait": ("BLPOP", None),
 }
 
+# The outcome a script's refusal is reported as.
+_OUTCOMES = {
+    replies.Status.BUSY: "lease_busy",
+    replies.Status.WRONG_TYPE: "wrong_type",
+    replies.Status.COMPLETED: "workflow_completed",
+    replies.Status.LEASE_LOST: "lease_lost",
+    replies.Status.CORRUPT: "corrupt",
+}
+
 # Outcomes that mean the operation did not do what the session asked: span status ERROR.
 _FAILED = frozenset({"wrong_type", "workflow_completed", "lease_lost", "corrupt", "error"})
 
@@ -141,10 +151,6 @@ def _server(client: Any) -> tuple[str | None, int | None, str | None]:
         None if port is None else int(port),
         None if db is None else str(db),
     )
-
-
-def _text(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _sizes(values: Any) -> tuple[int, int]:
@@ -416,25 +422,16 @@ class Telemetry:
         """(outcome, state keys read, value bytes read) of a round trip's reply; other
         attributes it shows go into ``found``."""
         if op == "open":
-            status = int(result[0])
-            if status != 1:
-                return (
-                    {
-                        0: "lease_busy",
-                        -1: "wrong_type",
-                        -2: "workflow_completed",
-                        -4: "corrupt",
-                    }.get(status, "error"),
-                    0,
-                    0,
-                )
-            loaded, data = _text(result[3]), result[5:]
-            found[VERSION] = int(result[1])
-            found[MODE] = loaded
-            if loaded == "eager":
-                return "ok", len(data) // 2, sum(len(v) for v in data[1::2])
-            if loaded == "preload":
-                return "ok", *_sizes(data)
+            refused = replies.refusal(result)
+            if refused is not None:
+                return _OUTCOMES.get(refused.status, "error"), 0, 0
+            opened = replies.Opened.parse(result)
+            found[VERSION] = opened.version
+            found[MODE] = opened.mode
+            if opened.mode == "eager":
+                return "ok", len(opened.data) // 2, sum(len(v) for v in opened.data[1::2])
+            if opened.mode == "preload":
+                return "ok", *_sizes(opened.data)
             return "ok", 0, 0
         if op == "get":
             return "ok", *_sizes([result])
@@ -443,14 +440,14 @@ class Telemetry:
         if op == "all":  # a page of scan.lua: name, value pairs
             return "ok", *_sizes(result[1][1::2])
         if op == "commit":
-            status = int(result[0])
-            if status == -3:
-                return "lease_lost", 0, 0
-            if status == -1:
-                return "wrong_type", 0, 0
-            found[VERSION] = int(result[1])
-            # 2: this commit id was applied before (a retried invocation): nothing written now
-            return ("already_applied" if status == 2 else "ok"), 0, 0
+            refused = replies.refusal(result)
+            if refused is not None:
+                return _OUTCOMES.get(refused.status, "error"), 0, 0
+            committed = replies.Committed.parse(result)
+            found[VERSION] = committed.version
+            # this commit id was applied before (a retried invocation): nothing written now
+            already = committed.status is replies.Status.ALREADY_APPLIED
+            return ("already_applied" if already else "ok"), 0, 0
         if op == "renew":
             return ("ok" if result else "lease_lost"), 0, 0
         if op == "wait":

@@ -1,0 +1,115 @@
+"""The replies of the Lua scripts, decoded in this one place into typed results.
+
+Each script's header (``lua/*.lua``) documents its reply; :class:`Status` names the codes
+they share. The session acts on these results, the observer describes them, replication
+checks them: none of them reads a raw reply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+
+class Status(IntEnum):
+    """The first element of an open, commit or purge reply."""
+
+    CORRUPT = -4
+    """A meta field does not parse: (field, value) follow."""
+    LEASE_LOST = -3
+    """The commit's (or purge's) lease is no longer held by its token."""
+    COMPLETED = -2
+    """A workflow run session for a workflow whose run already completed."""
+    WRONG_TYPE = -1
+    """A key holds a type this library never writes there: (type, key) follow."""
+    BUSY = 0
+    """Another session holds the lease: its remaining ttl in ms follows."""
+    OK = 1
+    """Done."""
+    ALREADY_APPLIED = 2
+    """A commit whose id was applied before: recognised, not applied again."""
+
+
+class Replay(IntEnum):
+    """How an open that recognised its commit id as applied presents the prior state."""
+
+    NONE = 0
+    """Not a replay."""
+    WHOLE = 1
+    """The whole prior state follows, as field, value pairs."""
+    OVERLAY = 2
+    """The prior values of the keys the commit changed follow ("+" value or "-"); the rest
+    reads from the state."""
+    OLD = 3
+    """The prior state reads from the ``old`` key (a clear_all renamed it aside)."""
+
+
+def text(raw: bytes | str | None) -> str:
+    """A reply element as text ("" for nil)."""
+    if raw is None:
+        return ""
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A reply that refused the call; what it names, for the error message."""
+
+    status: Status
+    found: str = ""
+    """WRONG_TYPE: the type found; CORRUPT: the meta field."""
+    where: str = ""
+    """WRONG_TYPE: the Redis key; CORRUPT: the value found."""
+    pttl: int = 0
+    """BUSY: milliseconds until the holder's lease expires."""
+
+
+def refusal(reply: Any) -> Refusal | None:
+    """The refusal an open / commit / purge reply holds, or None when it did its work."""
+    status = Status(int(reply[0]))
+    if status in (Status.OK, Status.ALREADY_APPLIED):
+        return None
+    if status in (Status.WRONG_TYPE, Status.CORRUPT):
+        return Refusal(status, text(reply[1]), text(reply[2]))
+    if status is Status.BUSY:
+        return Refusal(status, pttl=int(reply[1]))
+    return Refusal(status)
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """open.lua's reply for a session that opened."""
+
+    version: int
+    workflow_status: str | None
+    mode: str
+    """What was loaded: "eager", "preload" or "lazy" (also when eager fell back)."""
+    replay: Replay
+    data: list[Any]
+    """eager / WHOLE: field, value pairs; preload: one value or None per name; OVERLAY:
+    field, "+" value or "-" pairs; otherwise empty."""
+
+    @classmethod
+    def parse(cls, reply: Any) -> Opened:
+        return cls(
+            version=int(reply[1]),
+            workflow_status=text(reply[2]) or None,
+            mode=text(reply[3]),
+            replay=Replay(int(reply[4])),
+            data=reply[5:],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """commit.lua's (or purge.lua's) reply for a commit that applied or was recognised."""
+
+    status: Status
+    version: int
+    """The version after the commit; for a purge, how many keys it removed."""
+
+    @classmethod
+    def parse(cls, reply: Any) -> Committed:
+        version = reply[1] if len(reply) > 1 else None
+        return cls(Status(int(reply[0])), int(version) if version is not None else 0)
