@@ -20,7 +20,7 @@ from .errors import InvalidOptionError, StateError
 from .keyspace import DEFAULT_NAMESPACE, Keyspace, ObjectKeys, check_key, check_service
 from .observe import Op
 from .serde import MsgPackSerde, Serde
-from .session import Session, StatePreload
+from .session import Session, StatePreload, Target
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -312,7 +312,7 @@ class RedisStateStore:
     async def roundtrip(
         self,
         op: Op,
-        session: Session,
+        session: Target,
         call: Callable[[], Awaitable[T]],
     ) -> T:
         """Every Redis round trip of a session passes here (one place for retries and tracing).
@@ -344,7 +344,7 @@ class RedisStateStore:
 
     def release_later(self, keys: ObjectKeys, token: str) -> None:
         """Release the lease ``token`` may hold on ``keys``, in a task of the store's own: for a
-        session whose open was cancelled or failed (see ``Session._open_session``)."""
+        session whose open was cancelled or failed (see ``Session.__aenter__``)."""
         if not token:
             return
         args: list[Any] = [token, self.lease_ttl_ms]
@@ -400,7 +400,7 @@ class RedisStateStore:
         await self.aclose()
 
 
-def _as_state_error(exc: Exception, op: str, session: Session) -> BaseException:
+def _as_state_error(exc: Exception, op: str, session: Target) -> BaseException:
     """A Redis error of a session's round trip as a StateError (errors of ours pass as they
     are); a WRONGTYPE reply keeps its ResponseError form for the session to name the key."""
     if isinstance(exc, StateError) or "WRONGTYPE" in str(exc):

@@ -1,0 +1,10 @@
+"""One invocation's session on an object's or workflow's state, in parts that each hold one
+concept: the facade a handler uses (:mod:`.facade`), the read view and its cache
+(:mod:`.view`), the write buffer (:mod:`.writes`), the lease and its renewal (:mod:`.lease`),
+the open / commit / purge protocol (:mod:`.protocol`), and what they share (:mod:`.target`:
+the store seen through a Protocol, the object, its round trips and errors)."""
+
+from .facade import Session
+from .target import SessionHost, StatePreload, Target
+
+__all__ = ["Session", "SessionHost", "StatePreload", "Target"]

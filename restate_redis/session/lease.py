@@ -1,0 +1,95 @@
+"""The exclusive lease of a session: its token, its renewal while the session runs, and its
+release. (The lease is taken by the open and released by the commit, in the same scripts.)"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ..backend import replies
+from ..errors import LeaseLostError
+from .target import Target
+
+log = logging.getLogger("restate_redis")
+
+
+class Lease:
+    """The token a session holds its object's lease under ("" for a shared session)."""
+
+    def __init__(self, target: Target, token: str) -> None:
+        self.target = target
+        self.token = token
+        self.lost = False
+        self._renewer: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def lost_error(self) -> LeaseLostError:
+        """The lease is gone: mark it, and the error that says so."""
+        self.lost = True
+        return LeaseLostError(
+            f"the lease of {self.target.where} expired or was taken over before the commit "
+            f"(lease_ttl={self.target.host.lease_ttl:g}s); nothing was written"
+        )
+
+    def start_renewal(self) -> None:
+        # A timer, not a task: most sessions end before the first renewal is due, and
+        # cancelling a timer costs no event loop turn (a task per session cost ~40 us).
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.target.host.lease_ttl / 3, self._start_renewer)
+
+    def stop_renewal(self) -> asyncio.Task[None] | None:
+        """Stop renewing; the renewal task to await when one is running (most sessions end
+        before the first renewal is due, and then nothing is awaited)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None:
+            renewer.cancel()
+        return renewer
+
+    def _start_renewer(self) -> None:
+        self._timer = None
+        self._renewer = asyncio.create_task(self._renew_loop())
+
+    async def _renew_loop(self) -> None:
+        """Renew now, then every third of the lease ttl (started one third after the open)."""
+        target, host = self.target, self.target.host
+        interval = host.lease_ttl / 3
+        keys = [target.keys.lease]
+        args: list[Any] = [self.token, host.lease_ttl_ms]
+        while True:
+            try:
+                renewed = await target.call(
+                    "renew", lambda: host.wire.script(host.scripts.renew, keys, args)
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep trying until the lease runs out
+                log.warning("renewing the lease of %s failed: %s", target.where, exc)
+            else:
+                if not renewed:
+                    self.lost = True
+                    log.warning("the lease of %s was lost", target.where)
+                    return
+            await asyncio.sleep(interval)
+
+    async def release(self) -> None:
+        """Give the lease up without writing (release.lua), waking one waiter."""
+        if self.lost:
+            return
+        target, host = self.target, self.target.host
+        keys = [target.keys.lease, target.keys.wake]
+        args: list[Any] = [self.token, host.lease_ttl_ms]
+        reply = await target.call(
+            "release", lambda: host.wire.script(host.scripts.release, keys, args)
+        )
+        if isinstance(reply, list):  # {-1, type, key}; else 1 released, 0 not held
+            refused = replies.refusal(reply)
+            if refused is not None:
+                raise target.wrong_type(refused.found, refused.where)
+
+    def release_later(self) -> None:
+        """Release in a task of the store's that outlives the session (see the open)."""
+        self.target.host.release_later(self.target.keys, self.token)

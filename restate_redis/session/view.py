@@ -1,0 +1,118 @@
+"""The read view of a session: what it has read of the state, and how it reads the rest.
+
+Eager sessions hold the whole state from the open; preload sessions the named keys; lazy
+sessions read a key with one HGET on first use and cache it. A replay (a session whose commit
+id was already applied) reads the state as it was before that commit.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from ..backend.replies import Opened, Replay
+from .target import MISSING, Target
+
+SCAN_WHOLE = 10_000  # state_keys() / get_all() read a state of up to this many keys at once,
+SCAN_PAGE = 1_000  # and a larger one in HSCAN pages of about this many
+
+
+class ReadView:
+    """State keys read so far (stored bytes, or MISSING when known to be absent)."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.cache: dict[str, Any] = {}
+        self.complete = False  # cache holds every stored key
+        self.stored_keys: set[str] | None = None  # lazy: the stored names, once read
+        # A replay too large to load: the prior values of the keys the replayed commit
+        # changed (over the state), or the whole prior state read from the old key.
+        self.overlay: dict[str, Any] = {}
+        self.source = target.keys.state  # the hash lazy reads go to
+
+    def load(self, opened: Opened, preload: tuple[str, ...]) -> None:
+        """Take what the open read."""
+        data, field = opened.data, self.target.field
+        if opened.replay is Replay.OVERLAY:  # prior values of what it changed, over the state
+            for i in range(0, len(data), 2):
+                raw = data[i + 1]
+                self.overlay[field(data[i])] = raw[1:] if raw[:1] == b"+" else MISSING
+            self.cache.update(self.overlay)
+        elif opened.replay is Replay.OLD:  # the whole prior state, renamed aside by a clear_all
+            self.source = self.target.keys.old
+        if opened.mode == "eager":
+            pairs = iter(data)
+            try:
+                self.cache = {f.decode(): v for f, v in zip(pairs, pairs, strict=True)}
+            except (AttributeError, UnicodeDecodeError):  # str replies, or a non-UTF-8 name
+                self.cache = {field(data[i]): data[i + 1] for i in range(0, len(data), 2)}
+            self.complete = True
+        elif opened.mode == "preload":
+            self.cache = {
+                n: MISSING if v is None else v for n, v in zip(preload, data, strict=True)
+            }
+
+    def known(self, name: str) -> Any:
+        """The stored bytes or None when known without a round trip, else MISSING."""
+        cached = self.cache.get(name, MISSING if self.complete else None)
+        if cached is None:
+            if self.stored_keys is not None and name not in self.stored_keys:
+                return None  # state_keys() already showed it is not stored
+            return MISSING
+        return None if cached is MISSING else cached
+
+    async def fetch(self, name: str) -> bytes | None:
+        """One HGET of a state key that is not known yet; the answer is cached."""
+        wire, source = self.target.host.wire, self.source
+        value: bytes | None = await self.target.read(
+            "get", source, lambda: wire.execute("HGET", source, name), ("HGET", name)
+        )
+        self.cache[name] = MISSING if value is None else value
+        return value
+
+    async def names(self) -> set[str]:
+        """The names of the stored state keys (read once)."""
+        if self.complete:
+            return {k for k, v in self.cache.items() if v is not MISSING}
+        if self.stored_keys is None:
+            fields = await self._scan("keys", values=False)
+            self.stored_keys = {self.target.field(f) for f in fields}
+            for name, raw in self.overlay.items():
+                if raw is MISSING:
+                    self.stored_keys.discard(name)
+                else:
+                    self.stored_keys.add(name)
+        return set(self.stored_keys)
+
+    async def load_all(self) -> None:
+        """Read every stored key not read yet."""
+        if self.complete:
+            return
+        data = await self._scan("all", values=True)
+        pairs = iter(data)
+        for f, v in zip(pairs, pairs, strict=True):
+            self.cache.setdefault(self.target.field(f), v)
+        self.complete = True
+
+    async def _scan(self, op: Any, *, values: bool) -> list[Any]:
+        """Every field (``values``: field, value, ...) of the hash reads go to, by scan.lua:
+        the whole hash in one round trip up to ``SCAN_WHOLE`` fields, in pages beyond."""
+        host, source, flag = self.target.host, self.source, "1" if values else "0"
+        items: list[Any] = []
+        seen: set[Any] = set()
+        cursor: Any = "0"
+        while True:
+            args: list[Any] = [cursor, SCAN_WHOLE, flag, SCAN_PAGE]
+            reply = await self.target.read(
+                op, source, functools.partial(host.wire.script, host.scripts.scan, [source], args)
+            )
+            cursor, page = reply[0], reply[1]
+            if cursor in (b"0", "0", 0) and not items:
+                return list(page)  # one page: the whole hash, read atomically
+            step = 2 if values else 1
+            for i in range(0, len(page), step):
+                if page[i] not in seen:  # HSCAN may return a field twice
+                    seen.add(page[i])
+                    items.extend(page[i : i + step])
+            if cursor in (b"0", "0", 0):
+                return items
