@@ -8,10 +8,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from restate_redis import RedisStateStore
-
-from . import leftovers
-from .servers import Server, start_server
-from .workload import Workers
+from tests.support import leftovers
+from tests.support.servers import Server, start_server
+from tests.support.workers import Workers
 
 FLAVOURS = ["valkey", "redis"]
 
