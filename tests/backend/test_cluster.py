@@ -11,6 +11,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from restate_redis import RedisStateStore, ReplicationError
 from tests.support.servers import Cluster, migrate_slot, start_cluster
+from tests.support.stores import empty_store
 from tests.support.workers import SERVICE, Workers, object_keys, read_counts
 
 WORKERS, STEPS, OBJECTS = 4, 500, 20
@@ -26,10 +27,8 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
 
 @pytest.fixture
 async def cstore(cluster: Cluster) -> AsyncIterator[RedisStateStore]:
-    store = RedisStateStore.from_url(cluster.url, lease_ttl=2, acquire_timeout=10)
-    await store.client.flushall()
-    yield store
-    await store.aclose()
+    async with empty_store(cluster.url, lease_ttl=2, acquire_timeout=10) as store:
+        yield store
 
 
 def master_port_of(store: RedisStateStore, key: str) -> int:

@@ -16,7 +16,13 @@ from redis.exceptions import AuthenticationError
 
 from restate_redis import RedisStateStore, StateError, StoreError
 from restate_redis.backend.connection import ConnectionSpec, connect, parse_url
-from tests.support.servers import Server, free_port, start_server, start_server_in, unavailable
+from tests.support.servers import (
+    Server,
+    free_port,
+    running_server,
+    start_server_in,
+    unavailable,
+)
 
 # -- parsing ------------------------------------------------------------------------------------
 
@@ -147,12 +153,10 @@ async def roundtrip(store: RedisStateStore) -> None:
 
 @pytest.fixture(scope="module")
 def acl_server() -> Iterator[Server]:
-    srv = start_server("redis")
-    with redis.Redis(port=srv.port) as r:
-        r.execute_command("ACL", "SETUSER", "app", "on", ">s3cr%t", "~*", "&*", "+@all")
-    yield srv
-    srv.stop()
-    shutil.rmtree(srv.dir, ignore_errors=True)
+    with running_server("redis") as srv:
+        with redis.Redis(port=srv.port) as r:
+            r.execute_command("ACL", "SETUSER", "app", "on", ">s3cr%t", "~*", "&*", "+@all")
+        yield srv
 
 
 async def test_acl_user_and_password_in_the_url(acl_server: Server) -> None:

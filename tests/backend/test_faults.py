@@ -25,24 +25,15 @@ from restate_redis.keyspace import ObjectKeys
 from restate_redis.session import Session
 from tests.support.proxy import CutProxy
 from tests.support.servers import Server, free_port, start_server
+from tests.support.stores import empty_store
 from tests.support.workers import SERVICE, Workers, object_keys, read_counts, run_increments
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[Server]:
-    srv = start_server("redis")
-    yield srv
-    srv.stop()
-    shutil.rmtree(srv.dir, ignore_errors=True)
 
 
 @pytest.fixture
 async def direct(redis_server: Server) -> AsyncIterator[RedisStateStore]:
     """A store straight on the server (no proxy), on an empty database."""
-    store = RedisStateStore.from_url(redis_server.url, lease_ttl=2, acquire_timeout=10)
-    await store.client.flushall()
-    yield store
-    await store.aclose()
+    async with empty_store(redis_server.url, lease_ttl=2, acquire_timeout=10) as store:
+        yield store
 
 
 def commit_sha(store: RedisStateStore) -> bytes:

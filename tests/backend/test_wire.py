@@ -16,7 +16,7 @@ from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from restate_redis import RedisStateStore
-from tests.support.counting import CountingConnection
+from tests.support.counting import CountingConnection, open_counted_store
 from tests.support.servers import Server, start_server
 
 MakeStore = Callable[..., RedisStateStore]
@@ -51,19 +51,11 @@ async def counted(
 ) -> AsyncIterator[RedisStateStore]:
     """A store whose connections log what they send; with and without a socket_timeout, which
     bounds the wait for the link's replies."""
-    pool = aioredis.ConnectionPool.from_url(
-        server.url,
-        connection_class=CountingConnection,
-        socket_timeout=request.param,
-        parser_class=parser,
-    )
-    client = aioredis.Redis(connection_pool=pool)
-    await client.flushall()
-    store = RedisStateStore(client, lease_ttl=5, acquire_timeout=10)
-    CountingConnection.sent_log.clear()
-    yield store
-    await store.aclose()
-    await client.aclose()
+    options = {"socket_timeout": request.param, "parser_class": parser}
+    async with open_counted_store(
+        server.url, pool_options=options, lease_ttl=5, acquire_timeout=10
+    ) as store:
+        yield store
 
 
 async def test_a_plain_client_takes_the_link_and_a_pinned_one_does_not(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +10,7 @@ import redis.asyncio as aioredis
 
 from restate_redis import InvalidNameError, Keyspace, RedisStateStore
 from restate_redis.keyspace import decode_name, encode_name, glob_escape
-from tests.support.servers import Server, start_server
+from tests.support.servers import Server, running_server
 
 ODD = ["{", "}", "{x}", "a:b", "*", "?", "[ab]", "a/b", "with space", "ünïcødé ☃", "", "%41", "\\"]
 
@@ -71,10 +70,8 @@ def test_namespace_must_be_usable(bad: str) -> None:
 @pytest.fixture(scope="module")
 def cluster_node() -> Iterator[Server]:
     """A cluster-enabled server: CLUSTER KEYSLOT answers there."""
-    srv = start_server("redis", "--cluster-enabled", "yes")
-    yield srv
-    srv.stop()
-    shutil.rmtree(srv.dir, ignore_errors=True)
+    with running_server("redis", "--cluster-enabled", "yes") as srv:
+        yield srv
 
 
 @pytest.mark.parametrize("key", ODD)

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from restate_redis import LeaseLostError, LeaseTimeoutError, RedisStateStore
-from tests.support.counting import CountingConnection
+from tests.support.counting import CountingConnection, open_counted_store
 from tests.support.servers import Server
 
 
@@ -49,11 +49,8 @@ async def test_lease_key_holds_the_token_only_during_the_session(
 
 @pytest.fixture
 async def counted_store(server: Server) -> AsyncIterator[RedisStateStore]:
-    pool = aioredis.ConnectionPool.from_url(server.url, connection_class=CountingConnection)
-    client = aioredis.Redis(connection_pool=pool)
-    await client.flushall()
-    yield RedisStateStore(client, lease_ttl=30, acquire_timeout=30)
-    await client.aclose()
+    async with open_counted_store(server.url, lease_ttl=30, acquire_timeout=30) as store:
+        yield store
 
 
 async def test_waiter_wakes_on_release_without_polling(counted_store: RedisStateStore) -> None:

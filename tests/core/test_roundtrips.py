@@ -8,28 +8,24 @@ import pytest
 import redis.asyncio as aioredis
 
 from restate_redis import RedisStateStore, StateError
-from tests.support.counting import CountingConnection
+from tests.support.counting import CountingConnection, open_counted_store
 from tests.support.servers import Server
 
 
 @pytest.fixture
 async def counted(server: Server) -> AsyncIterator[RedisStateStore]:
-    pool = aioredis.ConnectionPool.from_url(server.url, connection_class=CountingConnection)
-    client = aioredis.Redis(connection_pool=pool)
-    await client.flushall()
-    store = RedisStateStore(client)
-    async with store.object("Warm", "up") as ctx:  # load the scripts once
-        ctx.set("k", 1)
-    async with store.object("Warm", "up", state_preload=False) as ctx:
-        await ctx.state_keys()
-    async with store.object("Warm", "up"):
-        pass
-    for i in range(10):
-        async with store.object("Svc", "obj") as ctx:
-            ctx.set(f"k{i}", "x" * 100)
-    CountingConnection.sent_log.clear()
-    yield store
-    await client.aclose()
+    async with open_counted_store(server.url) as store:
+        async with store.object("Warm", "up") as ctx:  # load the scripts once
+            ctx.set("k", 1)
+        async with store.object("Warm", "up", state_preload=False) as ctx:
+            await ctx.state_keys()
+        async with store.object("Warm", "up"):
+            pass
+        for i in range(10):
+            async with store.object("Svc", "obj") as ctx:
+                ctx.set(f"k{i}", "x" * 100)
+        CountingConnection.sent_log.clear()
+        yield store
 
 
 async def test_eager_exclusive_session_is_two_round_trips(counted: RedisStateStore) -> None:

@@ -7,7 +7,6 @@ are in tests/restate_app.py; each test runs for the eager, lazy and preload vari
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,19 +19,11 @@ import redis.asyncio as aioredis
 
 from restate_redis import Keyspace, RedisStateStore
 from tests.support.restate_server import RestateStack, start_stack
-from tests.support.servers import Server, start_server
+from tests.support.servers import Server
 
 NAMESPACE = "rrt"
 MODES = ["eager", "lazy", "preload"]
 keyspace = Keyspace(NAMESPACE)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[Server]:
-    srv = start_server("redis")
-    yield srv
-    srv.stop()
-    shutil.rmtree(srv.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,17 @@ def start_server(flavour: str, *extra: str) -> Server:
         return stack.start_server(flavour, *extra)
 
 
+@contextlib.contextmanager
+def running_server(flavour: str, *extra: str) -> Iterator[Server]:
+    """A started server, stopped and its folder removed at the end of the block."""
+    srv = start_server(flavour, *extra)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        shutil.rmtree(srv.dir, ignore_errors=True)
+
+
 def start_server_in(flavour: str, dir: Path, *extra: str) -> Server:
     with _needed():
         return stack.start_server(flavour, *extra, dir=dir)

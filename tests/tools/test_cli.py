@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +22,6 @@ from tests.support.servers import Server, free_port
 pytestmark = pytest.mark.parametrize("server", ["valkey"], indirect=True)
 
 SCRIPT = str(Path(sys.executable).with_name("restate-redis"))
-
-
-@pytest.fixture
-def rc(server: Server) -> Iterator[redis.Redis]:
-    """A sync client on an empty database."""
-    c = redis.Redis.from_url(server.url)
-    c.flushall()
-    yield c
-    c.close()
 
 
 Cli = Callable[..., "subprocess.CompletedProcess[str]"]

@@ -34,7 +34,7 @@ import redis
 import yaml
 
 from tests.support.otlp import OtlpReceiver
-from tests.support.servers import Server, free_port, server_binary, start_server, unavailable
+from tests.support.servers import Server, free_port, server_binary, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -340,14 +340,6 @@ def test_documented_urls_are_accepted_by_the_store() -> None:
 
 
 # -- the container commands, run here -------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[Server]:
-    srv = start_server("redis")
-    yield srv
-    srv.stop()
-    shutil.rmtree(srv.dir, ignore_errors=True)
 
 
 def base_env(**extra: str) -> dict[str, str]:

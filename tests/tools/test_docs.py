@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.servers import Server, start_server
+from tests.support.servers import Server, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -139,10 +138,8 @@ def assert_runs(source: str, url: str, name: str) -> str:
 
 @pytest.fixture(scope="module")
 def docs_server() -> Iterator[Server]:
-    srv = start_server("valkey")
-    yield srv
-    srv.stop()
-    shutil.rmtree(srv.dir, ignore_errors=True)
+    with running_server("valkey") as srv:
+        yield srv
 
 
 @pytest.mark.parametrize("block", TO_RUN, ids=[b.name for b in TO_RUN])

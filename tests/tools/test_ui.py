@@ -97,14 +97,6 @@ def ui(server: Server) -> Iterator[UI]:
     started.stop()
 
 
-@pytest.fixture
-def rc(server: Server) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(server.url)
-    c.flushall()
-    yield c
-    c.close()
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
