@@ -3,10 +3,11 @@
     python -m examples.latency                     # starts Redis, Restate and the example
     python -m examples.latency --ingress http://127.0.0.1:8080   # an example already running
 
-Without ``--ingress`` it runs from a checkout with the dev extra installed: a Redis server
-on a free port (tests/servers.py), restate-server from npm (tests/restate_server.py) with its
-data on tmpfs where there is one, and ``hypercorn examples.service:app`` with
-``examples/hypercorn.toml``; everything stops at the end.
+Without ``--ingress`` it runs from a checkout with the dev extra installed: a Redis server on
+a free port, restate-server from npm with its data on tmpfs where there is one (both started
+by ``restate_redis.tools.bench.stack``, as in the test suite), and
+``hypercorn examples.service:app`` with ``examples/hypercorn.toml``; everything stops at the
+end.
 
 It calls ``POST /NativeCounter/<key>/add``, ``/PingCounter/<key>/add`` (the same plus two
 plain Redis PINGs: the floor of any state kept outside Restate) and ``/Counter/<key>/add``
@@ -42,6 +43,7 @@ import aiohttp
 SERVICES = {"native": "NativeCounter", "native+2 pings": "PingCounter", "redis": "Counter"}
 
 
+CHECKOUT = Path(__file__).resolve().parent.parent  # where examples.service imports from
 Processes = dict[str, list[int]]  # the name of a CPU column -> the processes it adds up
 
 
@@ -50,20 +52,19 @@ def local_stack(hypercorn_args: tuple[str, ...] = ()) -> Iterator[tuple[str, Pro
     """Redis + restate-server + the example deployment (``hypercorn_args``: more options for
     hypercorn); yields the ingress URL and the process ids of the worker (hypercorn and its
     worker processes), Restate and Redis."""
-    from tests.restate_server import _children, start_stack
-    from tests.servers import start_server
+    from restate_redis.tools.bench.stack import children, start_server, start_stack
 
     redis_server = start_server("redis")
     try:
         env = {"RESTATE_REDIS_URL": redis_server.url, "RESTATE_REDIS_NAMESPACE": "latency"}
-        stack = start_stack("examples.service:app", env, hypercorn_args)
+        stack = start_stack("examples.service:app", env, hypercorn_args, cwd=CHECKOUT)
         try:
             assert stack.deployment.proc and stack.server.proc and redis_server.proc
             hypercorn = stack.deployment.proc.pid
             yield (
                 stack.ingress,
                 {
-                    "worker": [hypercorn, *_children(hypercorn)],
+                    "worker": [hypercorn, *children(hypercorn)],
                     "Restate": [stack.server.proc.pid],
                     "Redis": [redis_server.proc.pid],
                 },

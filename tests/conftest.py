@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -8,10 +7,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from restate_redis import RedisStateStore
-
-from . import leftovers
-from .servers import Server, start_server
-from .workload import Workers
+from tests.support import leftovers
+from tests.support.servers import Server, running_server
+from tests.support.workers import Workers
 
 FLAVOURS = ["valkey", "redis"]
 
@@ -19,10 +17,16 @@ FLAVOURS = ["valkey", "redis"]
 @pytest.fixture(scope="session", params=FLAVOURS)
 def server(request: pytest.FixtureRequest) -> Iterator[Server]:
     """A standalone server of each flavour, shared by the tests of a session."""
-    srv = start_server(request.param)
-    yield srv
-    srv.stop()
-    shutil.rmtree(srv.dir, ignore_errors=True)
+    with running_server(request.param) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[Server]:
+    """A Redis server of the module's own (for tests that cut, stop or share it with
+    processes of their own)."""
+    with running_server("redis") as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -77,11 +77,6 @@ def _pack_python(conn: Any, command: tuple[Arg, ...]) -> bytes:
     return b"".join(conn.pack_command(*command))
 
 
-class Batch(list[bytes]):
-    """Commands written to the link in one write, one packed command per item (so that
-    :mod:`restate_redis.tools.bench.meter` counts each as its session's round trip)."""
-
-
 class Wire:
     """Sends commands for the sessions of one store."""
 
@@ -202,7 +197,7 @@ class _Link:
         self.error: BaseException | None = None
         self._writer: Any = conn._writer  # redis-py's StreamWriter for the connection
         self._transport: Any = self._writer.transport
-        self._queued = Batch()  # packed, not written yet
+        self._queued: list[bytes] = []  # packed, not written yet
         self._waiting: deque[asyncio.Future[Any]] = deque()  # written or queued, in order
         self._flush_handle: asyncio.Handle | None = None
         self._replies = _reply_reader(conn)
@@ -210,8 +205,6 @@ class _Link:
         self._timeout: float | None = conn.socket_timeout if self._replies is not None else None
         self._since = 0.0  # loop time of the last bytes received, or of leaving idle
         self._timer: asyncio.TimerHandle | None = None
-        # (restate_redis.tools.bench.meter counts what the link receives through this hook)
-        self._received: Callable[[int, int], None] | None = getattr(conn, "link_received", None)
         self._idle: asyncio.Future[None] | None = None  # the reader task waits here for work
         self._reader: asyncio.Task[None] | None = None
         if self._replies is not None:
@@ -241,7 +234,7 @@ class _Link:
                 self._since = self.loop.time()
                 if self._timer is None:
                     self._timer = self.loop.call_at(self._since + self._timeout, self._expire)
-            self._write(Batch((packed,)))
+            self._write([packed])
         else:
             self._waiting.append(future)
             self._queued.append(packed)
@@ -256,11 +249,11 @@ class _Link:
 
     def _flush(self) -> None:
         self._flush_handle = None
-        queued, self._queued = self._queued, Batch()
+        queued, self._queued = self._queued, []
         if queued:
             self._write(queued)
 
-    def _write(self, batch: Batch) -> None:
+    def _write(self, batch: list[bytes]) -> None:
         if self.error is not None:
             return
         try:
@@ -285,10 +278,8 @@ class _Link:
         self._since = self.loop.time()
         replies, waiting = self._replies, self._waiting
         replies.feed(data)
-        count = 0
         try:
             while (reply := replies.gets()) is not _MORE:
-                count += 1
                 if _PUSH is not None and isinstance(reply, _PUSH):
                     continue  # RESP3 push data (no caller waits for it)
                 if isinstance(reply, Exception):  # an error reply, parsed by redis-py's rules
@@ -301,9 +292,6 @@ class _Link:
                     future.set_result(reply)
         except Exception as exc:  # a protocol error: nothing after it can be matched
             self._fail(RedisConnectionError(f"Error while reading from socket: {exc!r}"))
-        finally:
-            if self._received is not None:
-                self._received(len(data), count)
 
     async def _read_replies(self) -> None:
         conn, waiting = self.conn, self._waiting
@@ -356,7 +344,7 @@ class _Link:
             if self._reader is not None and self._reader is not _current_task():
                 self._reader.cancel()
         waiting, self._waiting = self._waiting, deque()
-        self._queued = Batch()
+        self._queued = []
         for future in waiting:
             if not future.done():
                 future.set_exception(type(exc)(*exc.args))

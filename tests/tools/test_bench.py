@@ -1,0 +1,102 @@
+"""``restate-redis bench --quick`` end to end: the report's shape and the counted round trips.
+
+Timings are not asserted (they belong to the full bench); round trips and bytes are counted
+on the wire, so they are exact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import redis
+
+from tests.support.clirun import run_cli
+from tests.support.servers import Server
+
+CASES = {
+    # case id -> round trips per session, counted
+    "w1.adapter.eager.c1": 2,  # open (lease + HGETALL) and commit
+    "w1.adapter.lazy.c1": 3,  # open, HGET, commit
+    "w2.raw.eager.c1": 2,  # HGETALL, HSET
+    "w2.raw.lazy.c1": 2,  # HGET, HSET
+    "w3.adapter.k1": 2,
+    "w3.adapter.k5": 2,
+    "w3.adapter.k10": 2,
+    "w3.dapr.k1": 2,  # one HGETALL and one compare-and-set per key
+    "w3.dapr.k5": 10,
+    "w3.dapr.k10": 20,
+    "w4.adapter.lazy": 3,  # open, HGET, release
+    "w4.adapter.preload": 2,
+    "w4.adapter.eager": 2,
+    "w4.adapter.shared-lazy": 1,  # HGET: a shared lazy session opens without a round trip
+    "w4.adapter.shared-eager": 1,
+    "w6.adapter.c1": 1,  # a shared eager session: open only
+    "w6.raw.c1": 1,
+}
+
+
+def test_quick_bench_reports_exact_round_trips(server: Server, tmp_path: Path) -> None:
+    out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
+    done = run_cli(
+        "bench", "--quick", "--url", server.url, "--concurrency", "8", "--hot-concurrency", "4",
+        "--json", str(out_json), "--markdown", str(out_md),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "hiredis parser" in done.stdout
+
+    report = json.loads(out_json.read_text())
+    assert report["schema"] == 1
+    machine = report["machine"]
+    assert machine["parser"] == "hiredis" and machine["hiredis"]
+    assert machine["nproc"] >= 1 and machine["server_version"] and machine["redis_py"]
+    assert machine["server"] == ("valkey" if server.flavour == "valkey" else "redis")
+
+    cases = {c["id"]: c for c in report["cases"]}
+    for case_id, round_trips in CASES.items():
+        case = cases[case_id]
+        assert case["round_trips"] == round_trips, (case_id, case)
+        assert case["replies"] == round_trips, (case_id, case)
+        assert case["ops_per_s"] > 0 and case["p99_ms"] >= case["p50_ms"] > 0
+        assert case["bytes_out"] > 0 and case["bytes_in"] > 0
+        assert case["client_cpu_us"] > 0 and case["server_cpu_us"] >= 0
+        assert len(case["samples"]) == 1 and case["problems"] == []
+    # The same sessions on 8 objects at once cost the same round trips.
+    assert cases["w1.adapter.eager.c8"]["round_trips"] == 2
+    assert cases["w6.adapter.c8"]["round_trips"] == 1
+    # The eager read of one key moves the whole 1,000 x 1 KiB state; lazy and preload do not.
+    assert cases["w4.adapter.eager"]["bytes_in"] > 1000 * 1024
+    assert cases["w4.adapter.lazy"]["bytes_in"] < 4096
+    assert cases["w4.adapter.preload"]["bytes_in"] < 4096
+    assert cases["w4.adapter.shared-eager"]["bytes_in"] > 1000 * 1024
+    assert cases["w4.adapter.shared-lazy"]["bytes_in"] < 2048
+    # The hot key: every increment landed.
+    assert cases["w5.adapter.hot"]["concurrency"] == 4 and cases["w5.adapter.hot"]["problems"] == []
+
+    targets = {t["target"]: t for t in report["targets"]}
+    for name in (
+        "round trips, eager exclusive session",
+        "round trips, shared eager session",
+        "round trips, lazy read of one key",
+    ):
+        assert targets[name]["met"] is True, targets[name]
+    assert {
+        "adapter/raw eager.c1",
+        "adapter/raw by CPU eager.c1",
+        "adapter/dapr k5",
+        "adapter/dapr k10",
+        "lazy/eager 1 of 1,000 x 1 KiB",
+        "shared lazy/eager 1 of 1,000 x 1 KiB",
+    } <= set(report["ratios"])
+    md = out_md.read_text()
+    assert "| workload | system |" in md and "hiredis" in md
+
+    # It cleaned up after itself: the server may be the user's.
+    with redis.Redis.from_url(server.url) as r:
+        assert list(r.scan_iter(match="restate-bench*")) == []
+
+
+def test_bench_rejects_a_bad_url() -> None:
+    done = run_cli("bench", "--quick", "--url", "not-a-url", timeout=60)
+    assert done.returncode != 0
+    assert "not-a-url" in done.stdout + done.stderr
