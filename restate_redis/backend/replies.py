@@ -65,11 +65,18 @@ class Refusal:
     """BUSY: milliseconds until the holder's lease expires."""
 
 
+# Status by code, and Replay by code: a lookup, not an Enum call, on the hot path.
+_STATUS = {int(s): s for s in Status}
+_REPLAY = tuple(Replay)
+_MODES = {b"eager": "eager", b"lazy": "lazy", b"preload": "preload"}
+
+
 def refusal(reply: Any) -> Refusal | None:
     """The refusal an open / commit / purge reply holds, or None when it did its work."""
-    status = Status(int(reply[0]))
-    if status in (Status.OK, Status.ALREADY_APPLIED):
+    code = reply[0]
+    if code == 1 or code == 2:  # OK, ALREADY_APPLIED: the common case first
         return None
+    status = _STATUS[int(code)]
     if status in (Status.WRONG_TYPE, Status.CORRUPT):
         return Refusal(status, text(reply[1]), text(reply[2]))
     if status is Status.BUSY:
@@ -92,12 +99,13 @@ class Opened:
 
     @classmethod
     def parse(cls, reply: Any) -> Opened:
+        status, mode = reply[2], reply[3]
         return cls(
-            version=int(reply[1]),
-            workflow_status=text(reply[2]) or None,
-            mode=text(reply[3]),
-            replay=Replay(int(reply[4])),
-            data=reply[5:],
+            int(reply[1]),
+            text(status) if status else None,
+            _MODES.get(mode) or text(mode),
+            _REPLAY[int(reply[4])],
+            reply[5:],
         )
 
 
@@ -112,4 +120,4 @@ class Committed:
     @classmethod
     def parse(cls, reply: Any) -> Committed:
         version = reply[1] if len(reply) > 1 else None
-        return cls(Status(int(reply[0])), int(version) if version is not None else 0)
+        return cls(_STATUS[int(reply[0])], int(version) if version is not None else 0)

@@ -17,6 +17,8 @@ log = logging.getLogger("restate_redis")
 class Lease:
     """The token a session holds its object's lease under ("" for a shared session)."""
 
+    __slots__ = ("_renewer", "_timer", "lost", "target", "token")
+
     def __init__(self, target: Target, token: str) -> None:
         self.target = target
         self.token = token

@@ -18,7 +18,7 @@ from .target import Mode, Target
 from .writes import WriteBuffer
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Options:
     """What a session asks of the open and the commit."""
 

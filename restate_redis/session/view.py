@@ -20,6 +20,8 @@ SCAN_PAGE = 1_000  # and a larger one in HSCAN pages of about this many
 class ReadView:
     """State keys read so far (stored bytes, or MISSING when known to be absent)."""
 
+    __slots__ = ("cache", "complete", "overlay", "source", "stored_keys", "target")
+
     def __init__(self, target: Target) -> None:
         self.target = target
         self.cache: dict[str, Any] = {}

@@ -8,6 +8,8 @@ from typing import Any
 class WriteBuffer:
     """Sets (encoded bytes) and clears (None) by state key, and whether all was cleared."""
 
+    __slots__ = ("cleared_all", "writes")
+
     def __init__(self) -> None:
         self.writes: dict[str, bytes | None] = {}
         self.cleared_all = False
