@@ -10,8 +10,6 @@ the one description of the keyspace, and the Lua scripts' headers point here::
                                                  absent while unknown (state written by
                                                  something else, counted by the next eager
                                                  open within the limits)
-                                             n   number of state keys; absent and
-                                                 counted like b
                                              c   id of the last commit
                                              pf  what the last commit recorded for a replay:
                                                  "0" prior values in prev, "r" a clear_all

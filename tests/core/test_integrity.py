@@ -165,7 +165,7 @@ async def test_a_foreign_value_under_any_key_is_refused_before_any_write(
     assert await client.type(redis_key) == (b"hash" if suffix == "lease" else b"string")
 
 
-@pytest.mark.parametrize("field", ["v", "b", "n"])
+@pytest.mark.parametrize("field", ["v", "b"])
 @pytest.mark.parametrize("preload", [True, False])
 async def test_bookkeeping_that_does_not_parse_is_a_state_error(
     store: RedisStateStore, client: aioredis.Redis, field: str, preload: bool

@@ -51,11 +51,10 @@ end
 
 -- Reads first: a key of the wrong type fails them (pcall) before anything is written.
 -- m: last commit id, version, stored bytes, prev flag, workflow status, grace flag
-local m = redis.pcall('HMGET', meta, 'c', 'v', 'b', 'pf', 'wf', 'e', 'n')
+local m = redis.pcall('HMGET', meta, 'c', 'v', 'b', 'pf', 'wf', 'e')
 if m.err then return wrong(meta) end
 if m[2] and not string.match(m[2], '^%d+$') then return {-4, 'v', m[2]} end
 if m[3] and not string.match(m[3], '^%d+$') then return {-4, 'b', m[3]} end
-if m[7] and not string.match(m[7], '^%d+$') then return {-4, 'n', m[7]} end
 local holder = token ~= '' and redis.pcall('GET', lease)
 if type(holder) == 'table' and holder.err then return wrong(lease) end
 if foreign(state, 'hash') then return wrong(state) end
@@ -103,17 +102,13 @@ if tag then
   if type(added) == 'table' and added.err then return wrong(commits) end
 end
 
--- The stored size and key count, nil while unknown (state written by something else and
--- too large to count here; the next eager open within the limits counts it).
-local size, count = tonumber(m[3]), tonumber(m[7])
-if size == nil or count == nil then
-  size, count = nil, nil
-  local n = not clear_all and redis.call('HLEN', state)
-  if n and n <= field_limit then
-    size, count = 0, n
-    for _, f in ipairs(redis.call('HKEYS', state)) do
-      size = size + #f + redis.call('HSTRLEN', state, f)
-    end
+-- The stored size, nil while unknown (state written by something else and too large to
+-- count here; the next eager open within the limits counts it).
+local size = tonumber(m[3])
+if size == nil and not clear_all and redis.call('HLEN', state) <= field_limit then
+  size = 0
+  for _, f in ipairs(redis.call('HKEYS', state)) do
+    size = size + #f + redis.call('HSTRLEN', state, f)
   end
 end
 
@@ -142,31 +137,26 @@ end
 
 if clear_all then
   if not record then redis.call('UNLINK', state) end
-  size, count = 0, 0
+  size = 0
 end
 for i = 9, first_set - 1 do
   local f = ARGV[i]
   local len = redis.call('HSTRLEN', state, f)
-  if redis.call('HDEL', state, f) == 1 and size then
-    size, count = size - #f - len, count - 1
-  end
+  if redis.call('HDEL', state, f) == 1 and size then size = size - #f - len end
 end
 for i = first_set, #ARGV, 2 do
   local f, v = ARGV[i], ARGV[i + 1]
   local len = redis.call('HSTRLEN', state, f)
   local added = redis.call('HSET', state, f, v)
   if size then
-    if added == 1 then size, count = size + #f, count + 1 end
+    if added == 1 then size = size + #f end
     size = size + #v - len
   end
 end
 
 local version = (tonumber(m[2]) or 0) + 1
 local fields = {'v', version}
-if size then
-  fields[#fields + 1] = 'b'; fields[#fields + 1] = size
-  fields[#fields + 1] = 'n'; fields[#fields + 1] = count
-end
+if size then fields[#fields + 1] = 'b'; fields[#fields + 1] = size end
 if commit_id ~= '' then fields[#fields + 1] = 'c'; fields[#fields + 1] = commit_id end
 if record then fields[#fields + 1] = 'pf'; fields[#fields + 1] = clear_all and 'r' or '0' end
 if string.find(flags, 'w', 1, true) then
@@ -178,8 +168,7 @@ if tag then
   redis.call('PEXPIRE', commits, 60000)
 end
 
-local empty
-if count then empty = count == 0 else empty = redis.call('EXISTS', state) == 0 end
+local empty = redis.call('EXISTS', state) == 0  -- right even after another tool wrote
 if expire_ms > 0 then
   redis.call('PEXPIRE', state, expire_ms)
   redis.call('PEXPIRE', meta, expire_ms)

@@ -41,12 +41,11 @@ end
 if foreign(state, 'hash') then return wrong(state) end
 
 -- Reads before any write: a key of the wrong type fails them (pcall), and nothing is written.
-local m = redis.pcall('HMGET', meta, 'v', 'b', 'c', 'wf', 'pf', 'n')
+local m = redis.pcall('HMGET', meta, 'v', 'b', 'c', 'wf', 'pf')
 if m.err then return wrong(meta) end
-local version, bytes, last_commit, wf, pf, count = m[1] or '0', m[2], m[3], m[4] or '', m[5], m[6]
+local version, bytes, last_commit, wf, pf = m[1] or '0', m[2], m[3], m[4] or '', m[5]
 if not string.match(version, '^%d+$') then return {-4, 'v', version} end
 if bytes and not string.match(bytes, '^%d+$') then return {-4, 'b', bytes} end
-if count and not string.match(count, '^%d+$') then return {-4, 'n', count} end
 local replay = commit_id ~= '' and last_commit == commit_id
 if replay then
   if foreign(prev, 'hash') then return wrong(prev) end
@@ -106,8 +105,8 @@ end
 
 local reply = {1, version, wf, mode, 0}
 if mode == 'eager' then
-  -- the stored key count (meta n) and size (meta b) decide, without looking at the state
-  local n = count and tonumber(count) or redis.call('HLEN', state)
+  -- HLEN (O(1), and right even after another tool wrote the hash) and the stored size decide
+  local n = redis.call('HLEN', state)
   if n > field_limit or (bytes and tonumber(bytes) > byte_limit) then
     reply[4] = 'lazy'
     return reply
@@ -118,7 +117,7 @@ if mode == 'eager' then
     -- the count, so no later open counts again
     local size = 0
     for i = 1, #all do size = size + #all[i] end
-    redis.call('HSET', meta, 'b', size, 'n', n)
+    redis.call('HSET', meta, 'b', size)
     if size > byte_limit then
       reply[4] = 'lazy'
       return reply
