@@ -187,41 +187,40 @@ class Session:
         if raw is None:
             return None
         serde = serde if serde is not None else self.store.serde
-        where = f"{self.where} state key {name!r}"
         try:
             data = serde.deserialize(raw)
         except Exception as exc:
             raise StateDecodeError(
-                f"cannot decode {where} with {type(serde).__name__}: {exc}"
+                f"cannot decode {self._name(name)} with {type(serde).__name__}: {exc}"
             ) from exc
         if type_hint is None:
             return data
         try:
             return convert(data, type_hint)
         except (TypeError, ValueError) as exc:
-            raise StateTypeError(f"{where}: {exc}") from exc
+            raise StateTypeError(f"{self._name(name)}: {exc}") from exc
 
     def set(self, name: str, value: Any, serde: Serde[Any] | None = None) -> None:
         """Set state key ``name`` to ``value``; encoded now, so a bad value fails here."""
         self._check_writable()
         name = self._target.check_name(name)
         serde = serde if serde is not None else self.store.serde
-        where = f"{self.where} state key {name!r}"
         try:
             buf = serde.serialize(value)
         except Exception as exc:
             raise StateEncodeError(
-                f"cannot encode value for {where} with {type(serde).__name__}: {exc}"
+                f"cannot encode value for {self._name(name)} with {type(serde).__name__}: {exc}"
             ) from exc
         if not isinstance(buf, bytes | bytearray | memoryview):
             raise StateEncodeError(
                 f"{type(serde).__name__}.serialize returned {type(buf).__name__}, not bytes, "
-                f"for {where}"
+                f"for {self._name(name)}"
             )
-        buf = bytes(buf)
+        if type(buf) is not bytes:
+            buf = bytes(buf)
         if len(buf) > self.store.max_value_bytes:
             raise ValueTooLargeError(
-                f"value for {where} is {len(buf)} bytes encoded, over "
+                f"value for {self._name(name)} is {len(buf)} bytes encoded, over "
                 f"max_value_bytes={self.store.max_value_bytes}"
             )
         self._writes.put(name, buf)
@@ -332,6 +331,10 @@ class Session:
             await self._lease.release()
 
     # -- checks ---------------------------------------------------------------------------------
+
+    def _name(self, name: str) -> str:
+        """The phrase error messages use for state key ``name`` of this session."""
+        return f"{self.where} state key {name!r}"
 
     def _check_usable(self) -> None:
         if not self._open:
