@@ -159,9 +159,7 @@ def as_state_error(exc: BaseException, what: str) -> BaseException:
     they mean "not reachable" and :class:`StoreError` otherwise. Anything else is returned
     as it is.
     """
-    if isinstance(exc, StateError):
-        return exc
-    if isinstance(exc, rex.WatchError):
+    if isinstance(exc, StateError | rex.WatchError):  # a WatchError is its caller's to retry
         return exc
     if isinstance(exc, rex.ResponseError) and "WRONGTYPE" in str(exc):
         return WrongTypeError(f"{what}: a Redis key holds a value of the wrong type: {exc}")
@@ -171,7 +169,7 @@ def as_state_error(exc: BaseException, what: str) -> BaseException:
         return StoreError(f"{what}: the Redis user lacks a permission (ACL): {exc}")
     if is_transient(exc) or isinstance(exc, rex.RedisClusterException | rex.ConnectionError):
         return StoreUnavailableError(f"{what}: Redis is not reachable: {exc}")
-    if isinstance(exc, rex.RedisError | rex.RedisClusterException):
+    if isinstance(exc, rex.RedisError):
         return StoreError(f"{what}: {type(exc).__name__}: {exc}")
     return exc
 

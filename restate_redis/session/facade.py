@@ -278,8 +278,10 @@ class Session:
                 # Cancelled while the open was in flight (its reply is dropped, but the script
                 # may run and take the lease), or failed after it took the lease: release with
                 # this session's token, in a task of the store's that outlives this one, so the
-                # next session does not wait out lease_ttl. Harmless when it was never taken.
-                self._lease.release_later()
+                # next session does not wait out lease_ttl. An open the script refused took
+                # nothing: no round trip then.
+                if self._lease.maybe_taken:
+                    self._lease.release_later()
                 raise
         self._open = True
         return self

@@ -17,12 +17,15 @@ log = logging.getLogger("restate_redis")
 class Lease:
     """The token a session holds its object's lease under ("" for a shared session)."""
 
-    __slots__ = ("_renewer", "_timer", "lost", "target", "token")
+    __slots__ = ("_renewer", "_timer", "lost", "maybe_taken", "target", "token")
 
     def __init__(self, target: Target, token: str) -> None:
         self.target = target
         self.token = token
         self.lost = False
+        # False while no open may have taken the lease: before the first, and after an open
+        # the script refused (busy, completed, a foreign key): those take nothing.
+        self.maybe_taken = False
         self._renewer: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 

@@ -70,10 +70,12 @@ async def open_state(target: Target, lease: Lease, options: Options) -> Opened:
     started = time.monotonic()
     deadline = started + host.acquire_timeout
     while True:
+        lease.maybe_taken = True  # until the reply says otherwise (it may never arrive)
         reply = await target.call("open", lambda: host.wire.script(host.scripts.open, keys, args))
         refused = replies.refusal(reply)
         if refused is None:
             break
+        lease.maybe_taken = False
         if refused.status is not Status.BUSY:
             raise refused_error(target, lease, refused)
         remaining = deadline - time.monotonic()

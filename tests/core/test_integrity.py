@@ -21,6 +21,7 @@ from restate_redis import (
     WrongTypeError,
 )
 from restate_redis.keyspace import EMPTY_GRACE_SECONDS
+from tests.support.counting import CountingConnection, open_counted_store
 from tests.support.servers import Server
 
 packb = msgpack.packb
@@ -243,6 +244,30 @@ async def test_an_open_that_raises_after_taking_the_lease_frees_it(
             assert await ctx.get("ok") == 2
     finally:
         await store.aclose()
+
+
+async def test_an_open_the_script_refused_sends_no_release(server: Server) -> None:
+    """A completed workflow's run, or a lease that stayed busy: the script took nothing, so
+    no release round trip follows (one would on a cancelled or failing open)."""
+    async with open_counted_store(server.url, lease_ttl=60, acquire_timeout=0.3) as store:
+        async with store.workflow("Signup", "done") as ctx:
+            ctx.set("a", 1)
+        CountingConnection.sent_log.clear()
+        with pytest.raises(WorkflowCompletedError):
+            async with store.workflow("Signup", "done"):
+                pass
+        await asyncio.sleep(0.1)  # what a release task of the store's would have sent
+        assert CountingConnection.sent_log == ["EVALSHA"]
+
+        async with store.object("Svc", "busy"):
+            CountingConnection.sent_log.clear()
+            with pytest.raises(LeaseTimeoutError):
+                async with store.object("Svc", "busy"):
+                    pass
+            await asyncio.sleep(0.1)
+            log = list(CountingConnection.sent_log)
+        # each open answered "busy", then a wait; the last open's refusal ends it
+        assert log.count("EVALSHA") == log.count("BLPOP") + 1 and log[-1] == "EVALSHA", log
 
 
 async def test_a_held_lease_still_times_out(client: aioredis.Redis) -> None:
