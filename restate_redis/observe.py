@@ -13,7 +13,10 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis, RedisCluster
 
 T = TypeVar("T")
 
@@ -100,6 +103,6 @@ def register(factory: ObserverFactory) -> None:
     _factory = factory
 
 
-def make(client: Any, **options: Any) -> Observer:
+def make(client: Redis | RedisCluster, **options: Any) -> Observer:
     """The observer for a new store: the registered one, else :class:`NoObserver`."""
     return _factory(client, **options) if _factory is not None else NoObserver()

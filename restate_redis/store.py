@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import observe
-from .backend.connection import connect, socket_timeout_of
-from .backend.replication import commit_and_wait
-from .backend.retry import RetryPolicy, as_state_error, is_transient
+from .backend.connection import RedisClient, connect, socket_timeout_of
+from .backend.engine import RedisBackend
+from .backend.retry import RetryPolicy
 from .backend.scripts import Scripts
 from .backend.wire import Wire
-from .errors import InvalidOptionError, StateError
-from .keyspace import DEFAULT_NAMESPACE, Keyspace, ObjectKeys, check_key, check_service
-from .observe import Op
+from .errors import InvalidOptionError
+from .keyspace import DEFAULT_NAMESPACE, Keyspace, check_key, check_service
 from .serde import MsgPackSerde, Serde
-from .session import Session, StatePreload, Target
+from .session import Session, StatePreload
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -57,13 +54,13 @@ def _positive_int(value: int, what: str) -> int:
     return value
 
 
-def _is_cluster(client: Any) -> bool:
+def _is_cluster(client: RedisClient) -> bool:
     from redis.asyncio.cluster import RedisCluster
 
     return isinstance(client, RedisCluster)
 
 
-def _decodes_responses(client: Any) -> bool:
+def _decodes_responses(client: RedisClient) -> bool:
     kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
     if kwargs is None:
         kwargs = getattr(client, "connection_kwargs", None)
@@ -105,7 +102,7 @@ class RedisStateStore:
 
     def __init__(
         self,
-        client: Any,
+        client: RedisClient,
         *,
         namespace: str = DEFAULT_NAMESPACE,
         lease_ttl: Duration = 10.0,
@@ -142,8 +139,6 @@ class RedisStateStore:
         self.max_value_bytes = _positive_int(max_value_bytes, "max_value_bytes")
         self.serde: Serde[Any] = serde if serde is not None else MsgPackSerde()
         self.workflow_retention = seconds(workflow_retention, "workflow_retention")
-        self.scripts = Scripts.register(client)
-        self.wire = Wire(client)
         self.retry = RetryPolicy(
             attempts=_positive_int(retry_attempts, "retry_attempts"),
             timeout=seconds(retry_timeout, "retry_timeout"),
@@ -167,8 +162,20 @@ class RedisStateStore:
             meter_provider=meter_provider,
             object_key=trace_object_key,
         )
+        self.backend = RedisBackend(
+            client,
+            observer=self.telemetry,
+            retry=self.retry,
+            lease_ttl=self.lease_ttl,
+            eager_state_size_limit=self.eager_state_size_limit,
+            eager_state_field_limit=self.eager_state_field_limit,
+            min_replicas=self.min_replicas,
+            replica_timeout=self.replica_timeout,
+            is_cluster=self.is_cluster,
+            wait_slice=self.wait_slice,
+        )
+        """The sessions' round trips (scripts, reads, waits) with their retries and tracing."""
         self._owns_client = False
-        self._releases: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(
@@ -309,62 +316,6 @@ class RedisStateStore:
         factory: Callable[..., Callable[[_H], _H]] = getattr(importlib.import_module(module), name)
         return factory(self, **options)
 
-    async def roundtrip(
-        self,
-        op: Op,
-        session: Target,
-        call: Callable[[], Awaitable[T]],
-    ) -> T:
-        """Every Redis round trip of a session passes here (one place for retries and tracing).
-
-        ``call`` can be called again: it is retried after transient errors (see retry.py).
-        """
-        telemetry, started = self.telemetry, time.monotonic()
-        try:  # the first attempt inline: the hot path, no closure or retry frame
-            return await telemetry.traced(op, session.record, call)
-        except Exception as exc:
-            if self.retry.attempts <= 1 or not is_transient(exc):
-                translated = _as_state_error(exc, op, session)
-                if translated is exc:
-                    raise
-                raise translated from exc
-            first = exc
-
-        def attempt() -> Awaitable[T]:  # one span per attempt, inside the retries
-            telemetry.record_retry(op, session.record)
-            return telemetry.traced(op, session.record, call)
-
-        try:
-            return await self.retry.after_failure(op, session.where, attempt, first, started)
-        except Exception as exc:
-            translated = _as_state_error(exc, op, session)
-            if translated is exc:
-                raise
-            raise translated from exc
-
-    def release_later(self, keys: ObjectKeys, token: str) -> None:
-        """Release the lease ``token`` may hold on ``keys``, in a task of the store's own: for a
-        session whose open was cancelled or failed (see ``Session.__aenter__``)."""
-        if not token:
-            return
-        args: list[Any] = [token, self.lease_ttl_ms]
-
-        async def release() -> None:
-            call = lambda: self.wire.script(self.scripts.release, [keys.lease, keys.wake], args)  # noqa: E731
-            # On the link the release runs after the open it follows; on pooled connections
-            # (a cluster, the public path) it may run first, so look again a little later.
-            for delay in (0.0, 0.2, 1.0) if not self.wire.direct else (0.0,):
-                await asyncio.sleep(delay)
-                try:
-                    if await self.retry.run("release", keys.lease, call) == 1:
-                        return
-                except Exception:  # the lease then expires after lease_ttl
-                    return
-
-        task = asyncio.get_running_loop().create_task(release())
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
-
     async def purge(self, service: str, key: str) -> bool:
         """Remove object (or workflow) ``service``/``key`` entirely: its state and its
         bookkeeping (version, workflow status, replay records), under its lease, so that the
@@ -374,19 +325,21 @@ class RedisStateStore:
             session.purge()
         return session.purged
 
-    async def run_commit(self, keys: list[str], args: list[Any], where: str) -> Any:
-        """Run commit.lua once; with ``min_replicas``, WAIT in the same round trip."""
-        if not self.min_replicas:
-            return await self.wire.script(self.scripts.commit, keys, args)
-        return await commit_and_wait(self, keys, args, where)
-
     async def aclose(self) -> None:
         """Close the store's own connection, and the client if this store created it."""
-        if self._releases:  # releases of cancelled sessions still on their way
-            await asyncio.wait(set(self._releases), timeout=self.retry.timeout)
-        await self.wire.aclose()
+        await self.backend.aclose()
         if self._owns_client:
             await self.client.aclose()
+
+    @property
+    def wire(self) -> Wire:
+        """The store's command link (see :mod:`restate_redis.backend.wire`)."""
+        return self.backend.wire
+
+    @property
+    def scripts(self) -> Scripts:
+        """The Lua scripts, registered on this store's client."""
+        return self.backend.scripts
 
     async def __aenter__(self) -> RedisStateStore:
         return self
@@ -398,11 +351,3 @@ class RedisStateStore:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-def _as_state_error(exc: Exception, op: str, session: Target) -> BaseException:
-    """A Redis error of a session's round trip as a StateError (errors of ours pass as they
-    are); a WRONGTYPE reply keeps its ResponseError form for the session to name the key."""
-    if isinstance(exc, StateError) or "WRONGTYPE" in str(exc):
-        return exc
-    return as_state_error(exc, f"{op} on {session.where}")

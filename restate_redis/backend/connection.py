@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
 import redis.asyncio as aioredis
@@ -33,6 +33,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..errors import InvalidOptionError
+
+RedisClient: TypeAlias = "aioredis.Redis | aioredis.RedisCluster"
+"""A redis.asyncio client: a single server (plain, TLS, Unix socket, a Sentinel's master) or
+a Redis Cluster."""
 
 Kind = Literal["redis", "cluster", "sentinel"]
 
@@ -307,7 +311,7 @@ def _ssl_options(options: dict[str, Any]) -> dict[str, Any]:
     return {k: options.pop(k) for k in list(options) if k.startswith("ssl_")}
 
 
-def create_client(spec: ConnectionSpec, **redis_options: Any) -> Any:
+def create_client(spec: ConnectionSpec, **redis_options: Any) -> RedisClient:
     """A new redis.asyncio client (``Redis`` or ``RedisCluster``) for ``spec``.
 
     ``redis_options`` go to the client and override the URL's options. The client returns
@@ -355,15 +359,16 @@ def create_client(spec: ConnectionSpec, **redis_options: Any) -> Any:
     options.setdefault("retry", Retry(NoBackoff(), 0))
     sentinel = Sentinel(list(spec.hosts), sentinel_kwargs=sentinel_kwargs, **options)  # type: ignore[no-untyped-call]
     assert spec.service_name is not None
-    return sentinel.master_for(spec.service_name, db=spec.db)
+    master: aioredis.Redis = sentinel.master_for(spec.service_name, db=spec.db)
+    return master
 
 
-def connect(url: str, **redis_options: Any) -> Any:
+def connect(url: str, **redis_options: Any) -> RedisClient:
     """Parse ``url`` and create its client."""
     return create_client(parse_url(url), **redis_options)
 
 
-def socket_timeout_of(client: Any) -> float | None:
+def socket_timeout_of(client: RedisClient) -> float | None:
     """The socket timeout a redis.asyncio client was created with, when it can be read."""
     kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
     if kwargs is None:

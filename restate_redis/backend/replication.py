@@ -11,32 +11,38 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
 
-from ..errors import ReplicationError, StateError
+from ..errors import ReplicationError, StateError, where
+from ..observe import SessionRecord
 from . import replies
+from .connection import RedisClient
 from .scripts import Scripts
 
 
 class Replicated(Protocol):
     """What a commit with WAIT needs of its store."""
 
-    client: Any
+    client: RedisClient
     scripts: Scripts
-    is_cluster: bool
     min_replicas: int
     replica_timeout: float
 
 
-async def commit_and_wait(store: Replicated, keys: list[str], args: list[Any], where: str) -> Any:
+async def commit_and_wait(
+    store: Replicated, keys: list[str], args: list[Any], record: SessionRecord
+) -> Any:
     """The commit.lua reply; ReplicationError when fewer than min_replicas confirmed it."""
-    if store.is_cluster:
-        reply, acked = await _on_cluster(store, keys, args)
+    client = store.client
+    if isinstance(client, RedisCluster):
+        reply, acked = await _on_cluster(store, client, keys, args)
     else:
-        reply, acked = await _on_server(store, keys, args)
+        reply, acked = await _on_server(store, client, keys, args)
     if replies.refusal(reply) is None and acked < store.min_replicas:
         raise ReplicationError(
-            f"the commit of {where} was applied on the primary, but only {acked} of "
+            f"the commit of {where(record.service, record.key)} was applied on the primary, "
+            f"but only {acked} of "
             f"min_replicas={store.min_replicas} replicas confirmed it within "
             f"replica_timeout={store.replica_timeout:g}s; it can be lost on a failover"
         )
@@ -51,14 +57,16 @@ def _commands(store: Replicated, keys: list[str], args: list[Any]) -> list[tuple
     ]
 
 
-async def _on_server(store: Replicated, keys: list[str], args: list[Any]) -> tuple[Any, int]:
+async def _on_server(
+    store: Replicated, client: Redis, keys: list[str], args: list[Any]
+) -> tuple[Any, int]:
     for _ in range(2):
-        async with store.client.pipeline(transaction=False) as pipe:
+        async with client.pipeline(transaction=False) as pipe:
             for command in _commands(store, keys, args):
                 pipe.execute_command(*command)
             reply, acked = await pipe.execute(raise_on_error=False)
         if isinstance(reply, NoScriptError):  # a restarted or flushed server
-            await store.client.script_load(store.scripts.commit.script)
+            await client.script_load(store.scripts.commit.script)
             continue
         for result in (reply, acked):
             if isinstance(result, BaseException):
@@ -67,10 +75,14 @@ async def _on_server(store: Replicated, keys: list[str], args: list[Any]) -> tup
     raise StateError("commit.lua could not be loaded on the server")
 
 
-async def _on_cluster(store: Replicated, keys: list[str], args: list[Any]) -> tuple[Any, int]:
+async def _on_cluster(
+    store: Replicated, client: RedisCluster, keys: list[str], args: list[Any]
+) -> tuple[Any, int]:
     # WAIT has no key, so a cluster pipeline would send it to some other node: hold one
     # connection to the master of the object's slot for both commands instead.
-    node = store.client.get_node_from_key(keys[0])
+    node = client.get_node_from_key(keys[0])
+    if node is None:  # the slot has no master right now: retried, like CLUSTERDOWN
+        raise TryAgainError(f"TRYAGAIN no master serves the slot of {keys[0]!r}")
     for _ in range(2):
         conn = node.acquire_connection()
         try:
@@ -85,7 +97,7 @@ async def _on_cluster(store: Replicated, keys: list[str], args: list[Any]) -> tu
                 # The slot moved (resharding, failover): note where, and let the retry policy
                 # send the commit again, to the new owner.
                 await conn.read_response()
-                await store.client.nodes_manager.move_slot(exc)
+                await client.nodes_manager.move_slot(exc)
                 raise TryAgainError(f"TRYAGAIN slot moved: {exc}") from exc
             except AskError as exc:  # mid-migration: retried until the slot has moved
                 await conn.read_response()

@@ -63,6 +63,8 @@ class Refusal:
     """WRONG_TYPE: the Redis key; CORRUPT: the value found."""
     pttl: int = 0
     """BUSY: milliseconds until the holder's lease expires."""
+    after_retry: bool = False
+    """LEASE_LOST of a commit retried after a lost reply: it may or may not have applied."""
 
 
 # Status by code, and Replay by code: a lookup, not an Enum call, on the hot path.

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
-from typing import Any
 
 from redis.commands.core import AsyncScript
+
+from .connection import RedisClient
 
 
 @cache
@@ -28,7 +29,7 @@ class Scripts:
     scan: AsyncScript
 
     @classmethod
-    def register(cls, client: Any) -> Scripts:
+    def register(cls, client: RedisClient) -> Scripts:
         return cls(
             open=client.register_script(source("open")),
             commit=client.register_script(source("commit")),

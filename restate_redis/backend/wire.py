@@ -53,6 +53,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .connection import RedisClient
+
 try:  # a dependency (redis[hiredis]), but the library stays correct without it
     import hiredis
     from redis._parsers import _AsyncHiredisParser
@@ -80,7 +82,7 @@ def _pack_python(conn: Any, command: tuple[Arg, ...]) -> bytes:
 class Wire:
     """Sends commands for the sessions of one store."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self.client = client
         pool = getattr(client, "connection_pool", None)
         kwargs = getattr(pool, "connection_kwargs", {})

@@ -17,8 +17,8 @@ span of kind CLIENT, named and attributed by the semantic conventions for databa
 - this library's ``restate_redis.*`` attributes (see :data:`ATTRIBUTES`). Values never go into
   spans; only sizes and counts do.
 
-The store's retry policy wraps :meth:`Telemetry.traced` from outside
-(``RedisStateStore.roundtrip``), so each attempt is its own span, and each retry is counted by
+The backend's retry policy wraps :meth:`Telemetry.traced` from outside
+(``RedisBackend._roundtrip`` in ``backend/engine.py``), so each attempt is its own span, and each retry is counted by
 :meth:`Telemetry.record_retry`. :meth:`Telemetry.invocation` puts the spans of a Restate
 handler under the trace context that the Restate server sent with the invocation.
 """
@@ -40,6 +40,7 @@ from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ..backend import replies
+from ..backend.connection import RedisClient
 from ..errors import InvalidOptionError
 from ..observe import ROUNDTRIP, ObjectKeyMode, register
 
@@ -133,7 +134,7 @@ def _global_configured(module: Any, name: str) -> bool:
     return getattr(module, name, True) is not None
 
 
-def _server(client: Any) -> tuple[str | None, int | None, str | None]:
+def _server(client: RedisClient) -> tuple[str | None, int | None, str | None]:
     """(server.address, server.port, db.namespace) as the client was configured."""
     kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
     if kwargs is None:
@@ -183,7 +184,7 @@ class Telemetry:
 
     def __init__(
         self,
-        client: Any,
+        client: RedisClient,
         *,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,

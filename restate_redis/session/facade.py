@@ -81,7 +81,13 @@ class Session:
         if lease_token is not None and (not isinstance(lease_token, str) or not lease_token):
             raise InvalidNameError(f"lease_token must be a non-empty str, got {lease_token!r}")
         self.record = SessionRecord(
-            service, key, kind, self.shared, commit_id, self.mode, replicated=store.min_replicas > 0
+            service,
+            key,
+            kind,
+            self.shared,
+            commit_id,
+            self.mode,
+            replicated=store.backend.replicated,
         )
         """What the store's observer (tracing, metrics) sees of this session."""
         self._target = Target(store, service, key, self.record)
@@ -292,7 +298,7 @@ class Session:
             # it. (A workflow's shared session still opens, for its workflow_status.)
             self._meta_read = False
             return
-        opened = await protocol.open_state(self._target, self._lease, self._options)
+        opened = await protocol.open_state(self._target, self._lease, self._options, self.store)
         self._version = opened.version
         self._workflow_status = opened.workflow_status
         self.replayed = opened.replay is not Replay.NONE

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
-from ..backend import replies
 from ..errors import LeaseLostError
 from .target import Target
 
@@ -34,14 +32,14 @@ class Lease:
         self.lost = True
         return LeaseLostError(
             f"the lease of {self.target.where} expired or was taken over before the commit "
-            f"(lease_ttl={self.target.host.lease_ttl:g}s); nothing was written"
+            f"(lease_ttl={self.target.backend.lease_ttl:g}s); nothing was written"
         )
 
     def start_renewal(self) -> None:
         # A timer, not a task: most sessions end before the first renewal is due, and
         # cancelling a timer costs no event loop turn (a task per session cost ~40 us).
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.target.host.lease_ttl / 3, self._start_renewer)
+        self._timer = loop.call_later(self.target.backend.lease_ttl / 3, self._start_renewer)
 
     def stop_renewal(self) -> asyncio.Task[None] | None:
         """Stop renewing; the renewal task to await when one is running (most sessions end
@@ -60,15 +58,11 @@ class Lease:
 
     async def _renew_loop(self) -> None:
         """Renew now, then every third of the lease ttl (started one third after the open)."""
-        target, host = self.target, self.target.host
-        interval = host.lease_ttl / 3
-        keys = [target.keys.lease]
-        args: list[Any] = [self.token, host.lease_ttl_ms]
+        target, backend = self.target, self.target.backend
+        interval = backend.lease_ttl / 3
         while True:
             try:
-                renewed = await target.call(
-                    "renew", lambda: host.wire.script(host.scripts.renew, keys, args)
-                )
+                renewed = await backend.renew(target.record, target.keys, self.token)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep trying until the lease runs out
@@ -81,20 +75,14 @@ class Lease:
             await asyncio.sleep(interval)
 
     async def release(self) -> None:
-        """Give the lease up without writing (release.lua), waking one waiter."""
+        """Give the lease up without writing, waking one waiter."""
         if self.lost:
             return
-        target, host = self.target, self.target.host
-        keys = [target.keys.lease, target.keys.wake]
-        args: list[Any] = [self.token, host.lease_ttl_ms]
-        reply = await target.call(
-            "release", lambda: host.wire.script(host.scripts.release, keys, args)
-        )
-        if isinstance(reply, list):  # {-1, type, key}; else 1 released, 0 not held
-            refused = replies.refusal(reply)
-            if refused is not None:
-                raise target.wrong_type(refused.found, refused.where)
+        target = self.target
+        refused = await target.backend.release(target.record, target.keys, self.token)
+        if refused is not None:  # a key of the wrong type
+            raise target.wrong_type(refused.found, refused.where)
 
     def release_later(self) -> None:
-        """Release in a task of the store's that outlives the session (see the open)."""
-        self.target.host.release_later(self.target.keys, self.token)
+        """Release in a task of the backend's that outlives the session (see the open)."""
+        self.target.backend.release_later(self.target.keys, self.token)

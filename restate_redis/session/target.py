@@ -1,98 +1,153 @@
-"""What every part of a session shares: the store it runs on (seen through a Protocol), the
-object it is about, its round trips, and the errors that name it."""
+"""What every part of a session shares: the backend it runs on and the store's options (each
+seen through a Protocol), the object it is about, and the errors that name it."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Sequence
 from typing import Any, Literal, Protocol, TypeVar
 
 from redis.exceptions import ResponseError
 
-from ..backend.scripts import Scripts
-from ..backend.wire import Wire
+from ..backend.replies import Committed, Opened, Refusal
 from ..errors import CorruptStateError, InvalidNameError, StateDecodeError, WrongTypeError, where
 from ..keyspace import Keyspace, ObjectKeys
-from ..observe import ROUNDTRIP, Observer, Op, SessionRecord
+from ..observe import Observer, SessionRecord
 from ..serde import Serde
 
 T = TypeVar("T")
 StatePreload = bool | list[str] | tuple[str, ...]
 Kind = Literal["object", "workflow"]
 Mode = Literal["eager", "lazy", "preload"]
-Detail = tuple[str, str | None]  # (Redis command, state key) of a round trip, for its span
+Cursor = bytes | str | int
 
 MISSING: Any = object()  # cached "this key does not exist"
 
 
-class SessionHost(Protocol):
-    """What a session needs of its store: the options, the command path and the observer
-    (:class:`~restate_redis.RedisStateStore` is one; the session never imports it)."""
+class Backend(Protocol):
+    """The round trips a session makes, each one call (retried and traced on the other side);
+    :class:`restate_redis.backend.engine.RedisBackend` is the one on Redis."""
 
-    client: Any
-    keyspace: Keyspace
-    serde: Serde[Any]
-    scripts: Scripts
-    wire: Wire
-    telemetry: Observer
     lease_ttl: float
-    lease_ttl_ms: int
-    acquire_timeout: float
     wait_slice: float
-    eager_state_size_limit: int
-    eager_state_field_limit: int
-    max_value_bytes: int
-    min_replicas: int
+    """The longest single :meth:`wait`."""
 
-    def roundtrip(self, op: Op, target: Target, call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
-        """Every round trip of the session passes here (retries, tracing)."""
+    @property
+    def replicated(self) -> bool:
+        """Commits wait for replicas."""
         ...
 
-    def run_commit(self, keys: list[str], args: list[Any], where: str) -> Awaitable[Any]:
-        """Run commit.lua once (with WAIT for ``min_replicas``)."""
+    def open(
+        self,
+        record: SessionRecord,
+        keys: ObjectKeys,
+        token: str,
+        *,
+        mode: str,
+        run: bool,
+        commit_id: str | None,
+        preload: Sequence[str],
+    ) -> Awaitable[Opened | Refusal]:
+        """Take the lease (``token`` "" for a shared session) and read what ``mode`` needs."""
+        ...
+
+    def commit(
+        self,
+        record: SessionRecord,
+        keys: ObjectKeys,
+        token: str,
+        *,
+        commit_id: str,
+        writes: Sequence[Any],
+        cleared_all: bool,
+        record_prior: bool,
+        run: bool,
+        expire: float | None,
+    ) -> Awaitable[Committed | Refusal]:
+        """Apply ``writes`` atomically and release the lease."""
+        ...
+
+    def purge(
+        self, record: SessionRecord, keys: ObjectKeys, token: str
+    ) -> Awaitable[Committed | Refusal]:
+        """Remove every key of the object, under the lease."""
+        ...
+
+    def release(
+        self, record: SessionRecord, keys: ObjectKeys, token: str
+    ) -> Awaitable[Refusal | None]:
+        """Give the lease up without writing."""
         ...
 
     def release_later(self, keys: ObjectKeys, token: str) -> None:
         """Release the lease ``token`` may hold, in a task that outlives the session."""
         ...
 
+    def renew(self, record: SessionRecord, keys: ObjectKeys, token: str) -> Awaitable[bool]:
+        """Extend the lease; False when it is no longer held."""
+        ...
+
+    def read_field(self, record: SessionRecord, source: str, name: str) -> Awaitable[bytes | None]:
+        """One state key of hash ``source``."""
+        ...
+
+    def read_names(
+        self,
+        record: SessionRecord,
+        source: str,
+        cursor: Cursor,
+        *,
+        values: bool,
+        whole: int,
+        page: int,
+    ) -> Awaitable[tuple[Cursor, list[Any]]]:
+        """The fields (``values``: and their values) of hash ``source``: all of them at once
+        up to ``whole``, else a page of about ``page`` from ``cursor``."""
+        ...
+
+    def wait(self, record: SessionRecord, keys: ObjectKeys, seconds: float) -> Awaitable[None]:
+        """Block up to ``seconds`` for the lease's release."""
+        ...
+
+
+class SessionHost(Protocol):
+    """What a session needs of its store (:class:`~restate_redis.RedisStateStore` is one; the
+    session never imports it)."""
+
+    @property
+    def backend(self) -> Backend: ...
+    @property
+    def keyspace(self) -> Keyspace: ...
+    @property
+    def serde(self) -> Serde[Any]: ...
+    @property
+    def telemetry(self) -> Observer: ...
+    @property
+    def acquire_timeout(self) -> float: ...
+    @property
+    def max_value_bytes(self) -> int: ...
+
 
 class Target:
-    """One session's object: its Redis keys, its record, its round trips and its errors."""
+    """One session's object: its Redis keys, its record, the backend and its errors."""
+
+    __slots__ = ("backend", "key", "keys", "record", "service")
 
     def __init__(self, host: SessionHost, service: str, key: str, record: SessionRecord) -> None:
-        self.host = host
+        self.backend = host.backend
         self.service = service
         self.key = key
         self.record = record
         self.keys = host.keyspace.object_keys(service, key)
 
-    @functools.cached_property
+    @property
     def where(self) -> str:
         """The 'service'/'key' phrase error messages use for this session."""
         return where(self.service, self.key)
 
-    def call(
-        self, op: Op, call: Callable[[], Awaitable[T]], detail: Detail | None = None
-    ) -> Awaitable[T]:
-        """One round trip through the store (retries, tracing)."""
-        if detail is None:
-            return self.host.roundtrip(op, self, call)  # no frame of its own on the hot path
-        return self._detailed(op, call, detail)
-
-    async def _detailed(self, op: Op, call: Callable[[], Awaitable[T]], detail: Detail) -> T:
-        token = ROUNDTRIP.set(detail)
-        try:
-            return await self.host.roundtrip(op, self, call)
-        finally:
-            ROUNDTRIP.reset(token)
-
-    async def read(
-        self, op: Op, source: str, call: Callable[[], Awaitable[T]], detail: Detail | None = None
-    ) -> T:
+    async def read(self, source: str, call: Awaitable[T]) -> T:
         """A round trip that reads hash ``source``: another type there is a WrongTypeError."""
         try:
-            return await self.call(op, call, detail)
+            return await call
         except (ResponseError, WrongTypeError) as exc:
             if isinstance(exc, WrongTypeError) or "WRONGTYPE" in str(exc):
                 raise self.wrong_type(b"non-hash", source) from exc

@@ -7,11 +7,10 @@ id was already applied) reads the state as it was before that commit.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from ..backend.replies import Opened, Replay
-from .target import MISSING, Target
+from .target import MISSING, Cursor, Target
 
 SCAN_WHOLE = 10_000  # state_keys() / get_all() read a state of up to this many keys at once,
 SCAN_PAGE = 1_000  # and a larger one in HSCAN pages of about this many
@@ -64,11 +63,9 @@ class ReadView:
         return None if cached is MISSING else cached
 
     async def fetch(self, name: str) -> bytes | None:
-        """One HGET of a state key that is not known yet; the answer is cached."""
-        wire, source = self.target.host.wire, self.source
-        value: bytes | None = await self.target.read(
-            "get", source, lambda: wire.execute("HGET", source, name), ("HGET", name)
-        )
+        """One read of a state key that is not known yet; the answer is cached."""
+        target, source = self.target, self.source
+        value = await target.read(source, target.backend.read_field(target.record, source, name))
         self.cache[name] = MISSING if value is None else value
         return value
 
@@ -77,7 +74,7 @@ class ReadView:
         if self.complete:
             return {k for k, v in self.cache.items() if v is not MISSING}
         if self.stored_keys is None:
-            fields = await self._scan("keys", values=False)
+            fields = await self._scan(values=False)
             self.stored_keys = {self.target.field(f) for f in fields}
             for name, raw in self.overlay.items():
                 if raw is MISSING:
@@ -90,25 +87,26 @@ class ReadView:
         """Read every stored key not read yet."""
         if self.complete:
             return
-        data = await self._scan("all", values=True)
+        data = await self._scan(values=True)
         pairs = iter(data)
         for f, v in zip(pairs, pairs, strict=True):
             self.cache.setdefault(self.target.field(f), v)
         self.complete = True
 
-    async def _scan(self, op: Any, *, values: bool) -> list[Any]:
-        """Every field (``values``: field, value, ...) of the hash reads go to, by scan.lua:
-        the whole hash in one round trip up to ``SCAN_WHOLE`` fields, in pages beyond."""
-        host, source, flag = self.target.host, self.source, "1" if values else "0"
+    async def _scan(self, *, values: bool) -> list[Any]:
+        """Every field (``values``: field, value, ...) of the hash reads go to: the whole hash
+        in one round trip up to ``SCAN_WHOLE`` fields, in pages beyond."""
+        target, source = self.target, self.source
         items: list[Any] = []
         seen: set[Any] = set()
-        cursor: Any = "0"
+        cursor: Cursor = "0"
         while True:
-            args: list[Any] = [cursor, SCAN_WHOLE, flag, SCAN_PAGE]
-            reply = await self.target.read(
-                op, source, functools.partial(host.wire.script, host.scripts.scan, [source], args)
+            cursor, page = await target.read(
+                source,
+                target.backend.read_names(
+                    target.record, source, cursor, values=values, whole=SCAN_WHOLE, page=SCAN_PAGE
+                ),
             )
-            cursor, page = reply[0], reply[1]
             if cursor in (b"0", "0", 0) and not items:
                 return list(page)  # one page: the whole hash, read atomically
             step = 2 if values else 1

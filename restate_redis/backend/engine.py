@@ -1,0 +1,320 @@
+"""The Redis side of a session: each call a session makes is one method here, one round trip
+(a script, an HGET, a BLPOP), with its retries, its tracing and its reply decoded.
+
+A session sees this class only through the small interface it declares
+(:class:`restate_redis.session.Backend`): open, commit, purge, release, renew, read a field,
+read names, wait. Everything about redis-py (the client, the store's command link, the
+scripts, WAIT for replicas) stays on this side of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from ..errors import StateError, where
+from ..keyspace import EMPTY_GRACE_SECONDS, ObjectKeys
+from ..observe import ROUNDTRIP, Observer, Op, SessionRecord
+from . import replies
+from .connection import RedisClient
+from .replication import commit_and_wait
+from .replies import Committed, Opened, Refusal, Status
+from .retry import RetryPolicy, as_state_error, is_transient
+from .scripts import Scripts
+from .wire import Wire
+
+T = TypeVar("T")
+Cursor = bytes | str | int
+
+
+class RedisBackend:
+    """The round trips of the sessions of one store, on one client."""
+
+    __slots__ = (
+        "_releases",
+        "client",
+        "eager_state_field_limit",
+        "eager_state_size_limit",
+        "is_cluster",
+        "lease_ttl",
+        "lease_ttl_ms",
+        "min_replicas",
+        "observer",
+        "replica_timeout",
+        "retry",
+        "scripts",
+        "wait_slice",
+        "wire",
+    )
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        observer: Observer,
+        retry: RetryPolicy,
+        lease_ttl: float,
+        eager_state_size_limit: int,
+        eager_state_field_limit: int,
+        min_replicas: int,
+        replica_timeout: float,
+        is_cluster: bool,
+        wait_slice: float,
+    ) -> None:
+        self.client = client
+        self.scripts = Scripts.register(client)
+        self.wire = Wire(client)
+        self.observer = observer
+        self.retry = retry
+        self.lease_ttl = lease_ttl
+        self.lease_ttl_ms = max(1, int(lease_ttl * 1000))
+        self.eager_state_size_limit = eager_state_size_limit
+        self.eager_state_field_limit = eager_state_field_limit
+        self.min_replicas = min_replicas
+        self.replica_timeout = replica_timeout
+        self.is_cluster = is_cluster
+        self.wait_slice = wait_slice
+        """The longest single BLPOP of a lease wait (shorter than the socket timeout)."""
+        self._releases: set[asyncio.Task[None]] = set()
+
+    @property
+    def replicated(self) -> bool:
+        """Commits wait for ``min_replicas`` replicas (WAIT, in the commit's round trip)."""
+        return self.min_replicas > 0
+
+    # -- the session's round trips -------------------------------------------------------------
+
+    async def open(
+        self,
+        record: SessionRecord,
+        keys: ObjectKeys,
+        token: str,
+        *,
+        mode: str,
+        run: bool,
+        commit_id: str | None,
+        preload: Sequence[str],
+    ) -> Opened | Refusal:
+        """open.lua: take the lease (unless ``token`` is "", a shared session) and read what
+        ``mode`` needs; a refusal when the lease is busy or the object cannot be opened."""
+        args: list[Any] = [
+            token,
+            self.lease_ttl_ms,
+            mode,
+            self.eager_state_size_limit,
+            "1" if run else "0",
+            commit_id or "",
+            self.eager_state_field_limit,
+            *preload,
+        ]
+        redis_keys = [keys.state, keys.meta, keys.lease, keys.prev, keys.old]
+        script, wire = self.scripts.open, self.wire
+        reply = await self._roundtrip("open", record, lambda: wire.script(script, redis_keys, args))
+        return replies.refusal(reply) or Opened.parse(reply)
+
+    async def commit(
+        self,
+        record: SessionRecord,
+        keys: ObjectKeys,
+        token: str,
+        *,
+        commit_id: str,
+        writes: Sequence[Any],
+        cleared_all: bool,
+        record_prior: bool,
+        run: bool,
+        expire: float | None,
+    ) -> Committed | Refusal:
+        """commit.lua: ``writes`` (its tail: the deletes counted, then name, value pairs)
+        applied atomically and the lease released. A retry after a lost reply is flagged, so
+        the script recognises a first attempt that applied; a retry that finds the lease gone
+        and the commit not applied is a refusal with ``after_retry`` set."""
+        flags = ("c" if cleared_all else "") + ("r" if record_prior else "") + ("w" if run else "")
+        args: list[Any] = [
+            token,
+            commit_id,
+            flags,
+            int(expire * 1000) if expire else 0,
+            self.lease_ttl_ms,
+            self.eager_state_field_limit,
+            EMPTY_GRACE_SECONDS * 1000,
+            *writes,
+        ]
+        redis_keys = [
+            keys.state,
+            keys.meta,
+            keys.lease,
+            keys.wake,
+            keys.prev,
+            keys.commits,
+            keys.old,
+        ]
+        attempts = 0
+
+        def attempt() -> Awaitable[Any]:
+            nonlocal attempts
+            attempts += 1
+            if attempts == 2:  # a retry: the first attempt may have applied
+                args[2] = flags + "a"
+            if self.min_replicas:
+                return commit_and_wait(self, redis_keys, args, record)
+            return self.wire.script(self.scripts.commit, redis_keys, args)
+
+        reply = await self._roundtrip("commit", record, attempt)
+        refused = replies.refusal(reply)
+        if refused is None:
+            return Committed.parse(reply)
+        if refused.status is Status.LEASE_LOST and attempts > 1:
+            return Refusal(Status.LEASE_LOST, after_retry=True)
+        return refused
+
+    async def purge(
+        self, record: SessionRecord, keys: ObjectKeys, token: str
+    ) -> Committed | Refusal:
+        """purge.lua: the object's every key removed, under the lease."""
+        redis_keys = [
+            keys.state,
+            keys.meta,
+            keys.lease,
+            keys.wake,
+            keys.prev,
+            keys.commits,
+            keys.old,
+        ]
+        args: list[Any] = [token, self.lease_ttl_ms]
+        script, wire = self.scripts.purge, self.wire
+        reply = await self._roundtrip(
+            "commit", record, lambda: wire.script(script, redis_keys, args)
+        )
+        return replies.refusal(reply) or Committed.parse(reply)
+
+    async def release(self, record: SessionRecord, keys: ObjectKeys, token: str) -> Refusal | None:
+        """release.lua: give the lease up without writing, waking one waiter; a refusal only
+        for a key of the wrong type (a lease no longer held is nothing to release)."""
+        redis_keys, args = [keys.lease, keys.wake], [token, self.lease_ttl_ms]
+        script, wire = self.scripts.release, self.wire
+        reply = await self._roundtrip(
+            "release", record, lambda: wire.script(script, redis_keys, args)
+        )
+        return replies.refusal(reply) if isinstance(reply, list) else None
+
+    def release_later(self, keys: ObjectKeys, token: str) -> None:
+        """Release the lease ``token`` may hold, in a task that outlives the session (for a
+        session whose open was cancelled or failed after the script ran)."""
+        if not token:
+            return
+        args: list[Any] = [token, self.lease_ttl_ms]
+        redis_keys = [keys.lease, keys.wake]
+
+        async def release() -> None:
+            call = lambda: self.wire.script(self.scripts.release, redis_keys, args)  # noqa: E731
+            # On the link the release runs after the open it follows; on pooled connections
+            # (a cluster, the public path) it may run first, so look again a little later.
+            for delay in (0.0, 0.2, 1.0) if not self.wire.direct else (0.0,):
+                await asyncio.sleep(delay)
+                try:
+                    if await self.retry.run("release", keys.lease, call) == 1:
+                        return
+                except Exception:  # the lease then expires after lease_ttl
+                    return
+
+        task = asyncio.get_running_loop().create_task(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def renew(self, record: SessionRecord, keys: ObjectKeys, token: str) -> bool:
+        """renew.lua: extend the lease by ``lease_ttl``; False when it is no longer held."""
+        redis_keys, args = [keys.lease], [token, self.lease_ttl_ms]
+        script, wire = self.scripts.renew, self.wire
+        return bool(
+            await self._roundtrip("renew", record, lambda: wire.script(script, redis_keys, args))
+        )
+
+    async def read_field(self, record: SessionRecord, source: str, name: str) -> bytes | None:
+        """HGET of one state key from hash ``source``."""
+        wire = self.wire
+        token = ROUNDTRIP.set(("HGET", name))  # what the span of this round trip names
+        try:
+            value: bytes | None = await self._roundtrip(
+                "get", record, lambda: wire.execute("HGET", source, name)
+            )
+            return value
+        finally:
+            ROUNDTRIP.reset(token)
+
+    async def read_names(
+        self,
+        record: SessionRecord,
+        source: str,
+        cursor: Cursor,
+        *,
+        values: bool,
+        whole: int,
+        page: int,
+    ) -> tuple[Cursor, list[Any]]:
+        """scan.lua: every field of hash ``source`` (``values``: field, value pairs) in one
+        atomic page when it has at most ``whole`` fields, else the next HSCAN page of about
+        ``page`` from ``cursor``; the next cursor ("0" at the end) and the page."""
+        args: list[Any] = [cursor, whole, "1" if values else "0", page]
+        script, wire = self.scripts.scan, self.wire
+        reply = await self._roundtrip(
+            "all" if values else "keys", record, lambda: wire.script(script, [source], args)
+        )
+        return reply[0], reply[1]
+
+    async def wait(self, record: SessionRecord, keys: ObjectKeys, seconds: float) -> None:
+        """Block up to ``seconds`` until a holder of the lease releases it (BLPOP)."""
+        client, wake = self.client, [keys.wake]
+        await self._roundtrip("wait", record, lambda: client.blpop(wake, timeout=seconds))
+
+    async def _roundtrip(
+        self, op: Op, record: SessionRecord, call: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Every round trip passes here: traced, retried after transient errors (``call``
+        can be called again), and Redis's errors turned into the library's."""
+        observer, started = self.observer, time.monotonic()
+        try:  # the first attempt inline: the hot path, no closure or retry frame
+            return await observer.traced(op, record, call)
+        except Exception as exc:
+            if self.retry.attempts <= 1 or not is_transient(exc):
+                translated = _state_error(exc, op, record)
+                if translated is exc:
+                    raise
+                raise translated from exc
+            first = exc
+
+        def attempt() -> Awaitable[T]:  # one span per attempt, inside the retries
+            observer.record_retry(op, record)
+            return observer.traced(op, record, call)
+
+        try:
+            return await self.retry.after_failure(
+                op, where(record.service, record.key), attempt, first, started
+            )
+        except Exception as exc:
+            translated = _state_error(exc, op, record)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    async def aclose(self) -> None:
+        """Wait for the releases still on their way, then close the command link."""
+        if self._releases:
+            await asyncio.wait(set(self._releases), timeout=self.retry.timeout)
+        await self.wire.aclose()
+
+
+def _every_key(keys: ObjectKeys) -> list[str]:
+    """KEYS of the commit and purge scripts."""
+    return [keys.state, keys.meta, keys.lease, keys.wake, keys.prev, keys.commits, keys.old]
+
+
+def _state_error(exc: Exception, op: str, record: SessionRecord) -> Exception:
+    """A Redis error of a session's round trip as a StateError (errors of ours pass as they
+    are); a WRONGTYPE reply keeps its ResponseError form for the session to name the key."""
+    if isinstance(exc, StateError) or "WRONGTYPE" in str(exc):
+        return exc
+    translated = as_state_error(exc, f"{op} on {where(record.service, record.key)}")
+    return translated if isinstance(translated, Exception) else exc
