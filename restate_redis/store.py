@@ -5,15 +5,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from datetime import timedelta
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import observe
 from .backend.connection import RedisClient, connect, socket_timeout_of
 from .backend.engine import RedisBackend
 from .backend.retry import RetryPolicy
-from .backend.scripts import Scripts
-from .backend.wire import Wire
 from .errors import InvalidOptionError
 from .keyspace import DEFAULT_NAMESPACE, Keyspace, check_key, check_service
 from .serde import MsgPackSerde, Serde
@@ -331,23 +328,8 @@ class RedisStateStore:
         if self._owns_client:
             await self.client.aclose()
 
-    @property
-    def wire(self) -> Wire:
-        """The store's command link (see :mod:`restate_redis.backend.wire`)."""
-        return self.backend.wire
-
-    @property
-    def scripts(self) -> Scripts:
-        """The Lua scripts, registered on this store's client."""
-        return self.backend.scripts
-
     async def __aenter__(self) -> RedisStateStore:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: Any) -> None:
         await self.aclose()

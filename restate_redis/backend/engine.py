@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 from ..errors import StateError, where
 from ..keyspace import EMPTY_GRACE_SECONDS, ObjectKeys
@@ -27,6 +28,33 @@ from .wire import Wire
 
 T = TypeVar("T")
 Cursor = bytes | str | int
+
+
+Mode = Literal["eager", "lazy", "preload"]
+
+
+@dataclass(slots=True, eq=False)
+class SessionRef:
+    """One session as its backend sees it: the object's keys, the record its observer sees,
+    the lease token, and what the open and the commit ask (fixed when the session is made)."""
+
+    record: SessionRecord
+    keys: ObjectKeys
+    token: str
+    """The lease token ("" for a shared session, which takes no lease)."""
+    mode: Mode
+    preload: tuple[str, ...]
+    """preload: the state keys the open reads."""
+    run: bool
+    """A workflow's run session: refused for a completed workflow, marks it completed."""
+    commit_id: str | None
+    """The caller's commit id (a replay is recognised by it)."""
+    commit_tag: str
+    """The id every exclusive commit carries: the caller's, or a random one."""
+    record_prior: bool
+    """Keep the prior values of what the commit changes, for a replay of it."""
+    expire: float | None
+    """Seconds after the commit until the object's keys expire (ttl, retention)."""
 
 
 class RedisBackend:
@@ -86,55 +114,43 @@ class RedisBackend:
 
     # -- the session's round trips -------------------------------------------------------------
 
-    async def open(
-        self,
-        record: SessionRecord,
-        keys: ObjectKeys,
-        token: str,
-        *,
-        mode: str,
-        run: bool,
-        commit_id: str | None,
-        preload: Sequence[str],
-    ) -> Opened | Refusal:
-        """open.lua: take the lease (unless ``token`` is "", a shared session) and read what
-        ``mode`` needs; a refusal when the lease is busy or the object cannot be opened."""
+    async def open(self, ref: SessionRef) -> Opened | Refusal:
+        """open.lua: take the lease (unless the token is "", a shared session) and read what
+        the mode needs; a refusal when the lease is busy or the object cannot be opened."""
+        keys = ref.keys
         args: list[Any] = [
-            token,
+            ref.token,
             self.lease_ttl_ms,
-            mode,
+            ref.mode,
             self.eager_state_size_limit,
-            "1" if run else "0",
-            commit_id or "",
+            "1" if ref.run else "0",
+            ref.commit_id or "",
             self.eager_state_field_limit,
-            *preload,
+            *ref.preload,
         ]
         redis_keys = [keys.state, keys.meta, keys.lease, keys.prev, keys.old]
         script, wire = self.scripts.open, self.wire
-        reply = await self._roundtrip("open", record, lambda: wire.script(script, redis_keys, args))
+        reply = await self._roundtrip(
+            "open", ref.record, lambda: wire.script(script, redis_keys, args)
+        )
         return replies.refusal(reply) or Opened.parse(reply)
 
     async def commit(
-        self,
-        record: SessionRecord,
-        keys: ObjectKeys,
-        token: str,
-        *,
-        commit_id: str,
-        writes: Sequence[Any],
-        cleared_all: bool,
-        record_prior: bool,
-        run: bool,
-        expire: float | None,
+        self, ref: SessionRef, writes: Sequence[Any], *, cleared_all: bool
     ) -> Committed | Refusal:
         """commit.lua: ``writes`` (its tail: the deletes counted, then name, value pairs)
         applied atomically and the lease released. A retry after a lost reply is flagged, so
         the script recognises a first attempt that applied; a retry that finds the lease gone
         and the commit not applied is a refusal with ``after_retry`` set."""
-        flags = ("c" if cleared_all else "") + ("r" if record_prior else "") + ("w" if run else "")
+        flags = (
+            ("c" if cleared_all else "")
+            + ("r" if ref.record_prior else "")
+            + ("w" if ref.run else "")
+        )
+        expire, record = ref.expire, ref.record
         args: list[Any] = [
-            token,
-            commit_id,
+            ref.token,
+            ref.commit_tag,
             flags,
             int(expire * 1000) if expire else 0,
             self.lease_ttl_ms,
@@ -142,15 +158,7 @@ class RedisBackend:
             EMPTY_GRACE_SECONDS * 1000,
             *writes,
         ]
-        redis_keys = [
-            keys.state,
-            keys.meta,
-            keys.lease,
-            keys.wake,
-            keys.prev,
-            keys.commits,
-            keys.old,
-        ]
+        redis_keys = _every_key(ref.keys)
         attempts = 0
 
         def attempt() -> Awaitable[Any]:
@@ -170,42 +178,33 @@ class RedisBackend:
             return Refusal(Status.LEASE_LOST, after_retry=True)
         return refused
 
-    async def purge(
-        self, record: SessionRecord, keys: ObjectKeys, token: str
-    ) -> Committed | Refusal:
+    async def purge(self, ref: SessionRef) -> Committed | Refusal:
         """purge.lua: the object's every key removed, under the lease."""
-        redis_keys = [
-            keys.state,
-            keys.meta,
-            keys.lease,
-            keys.wake,
-            keys.prev,
-            keys.commits,
-            keys.old,
-        ]
-        args: list[Any] = [token, self.lease_ttl_ms]
+        redis_keys = _every_key(ref.keys)
+        args: list[Any] = [ref.token, self.lease_ttl_ms]
         script, wire = self.scripts.purge, self.wire
         reply = await self._roundtrip(
-            "commit", record, lambda: wire.script(script, redis_keys, args)
+            "commit", ref.record, lambda: wire.script(script, redis_keys, args)
         )
         return replies.refusal(reply) or Committed.parse(reply)
 
-    async def release(self, record: SessionRecord, keys: ObjectKeys, token: str) -> Refusal | None:
+    async def release(self, ref: SessionRef) -> Refusal | None:
         """release.lua: give the lease up without writing, waking one waiter; a refusal only
         for a key of the wrong type (a lease no longer held is nothing to release)."""
-        redis_keys, args = [keys.lease, keys.wake], [token, self.lease_ttl_ms]
+        redis_keys, args = [ref.keys.lease, ref.keys.wake], [ref.token, self.lease_ttl_ms]
         script, wire = self.scripts.release, self.wire
         reply = await self._roundtrip(
-            "release", record, lambda: wire.script(script, redis_keys, args)
+            "release", ref.record, lambda: wire.script(script, redis_keys, args)
         )
         return replies.refusal(reply) if isinstance(reply, list) else None
 
-    def release_later(self, keys: ObjectKeys, token: str) -> None:
-        """Release the lease ``token`` may hold, in a task that outlives the session (for a
-        session whose open was cancelled or failed after the script ran)."""
-        if not token:
+    def release_later(self, ref: SessionRef) -> None:
+        """Release the lease the session may hold, in a task that outlives it (for a session
+        whose open was cancelled or failed after the script ran)."""
+        if not ref.token:
             return
-        args: list[Any] = [token, self.lease_ttl_ms]
+        args: list[Any] = [ref.token, self.lease_ttl_ms]
+        keys = ref.keys
         redis_keys = [keys.lease, keys.wake]
 
         async def release() -> None:
@@ -224,21 +223,23 @@ class RedisBackend:
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
-    async def renew(self, record: SessionRecord, keys: ObjectKeys, token: str) -> bool:
+    async def renew(self, ref: SessionRef) -> bool:
         """renew.lua: extend the lease by ``lease_ttl``; False when it is no longer held."""
-        redis_keys, args = [keys.lease], [token, self.lease_ttl_ms]
+        redis_keys, args = [ref.keys.lease], [ref.token, self.lease_ttl_ms]
         script, wire = self.scripts.renew, self.wire
         return bool(
-            await self._roundtrip("renew", record, lambda: wire.script(script, redis_keys, args))
+            await self._roundtrip(
+                "renew", ref.record, lambda: wire.script(script, redis_keys, args)
+            )
         )
 
-    async def read_field(self, record: SessionRecord, source: str, name: str) -> bytes | None:
+    async def read_field(self, ref: SessionRef, source: str, name: str) -> bytes | None:
         """HGET of one state key from hash ``source``."""
         wire = self.wire
         token = ROUNDTRIP.set(("HGET", name))  # what the span of this round trip names
         try:
             value: bytes | None = await self._roundtrip(
-                "get", record, lambda: wire.execute("HGET", source, name)
+                "get", ref.record, lambda: wire.execute("HGET", source, name)
             )
             return value
         finally:
@@ -246,7 +247,7 @@ class RedisBackend:
 
     async def read_names(
         self,
-        record: SessionRecord,
+        ref: SessionRef,
         source: str,
         cursor: Cursor,
         *,
@@ -260,14 +261,14 @@ class RedisBackend:
         args: list[Any] = [cursor, whole, "1" if values else "0", page]
         script, wire = self.scripts.scan, self.wire
         reply = await self._roundtrip(
-            "all" if values else "keys", record, lambda: wire.script(script, [source], args)
+            "all" if values else "keys", ref.record, lambda: wire.script(script, [source], args)
         )
         return reply[0], reply[1]
 
-    async def wait(self, record: SessionRecord, keys: ObjectKeys, seconds: float) -> None:
+    async def wait(self, ref: SessionRef, seconds: float) -> None:
         """Block up to ``seconds`` until a holder of the lease releases it (BLPOP)."""
-        client, wake = self.client, [keys.wake]
-        await self._roundtrip("wait", record, lambda: client.blpop(wake, timeout=seconds))
+        client, wake = self.client, [ref.keys.wake]
+        await self._roundtrip("wait", ref.record, lambda: client.blpop(wake, timeout=seconds))
 
     async def _roundtrip(
         self, op: Op, record: SessionRecord, call: Callable[[], Awaitable[T]]

@@ -17,8 +17,8 @@ span of kind CLIENT, named and attributed by the semantic conventions for databa
 - this library's ``restate_redis.*`` attributes (see :data:`ATTRIBUTES`). Values never go into
   spans; only sizes and counts do.
 
-The backend's retry policy wraps :meth:`Telemetry.traced` from outside
-(``RedisBackend._roundtrip`` in ``backend/engine.py``), so each attempt is its own span, and each retry is counted by
+The backend's retry policy wraps :meth:`Telemetry.traced` from outside (in
+``backend/engine.py``), so each attempt is its own span, and each retry is counted by
 :meth:`Telemetry.record_retry`. :meth:`Telemetry.invocation` puts the spans of a Restate
 handler under the trace context that the Restate server sent with the invocation.
 """
@@ -172,6 +172,33 @@ def _attached(headers: Mapping[str, str]) -> Iterator[None]:
         otel_context.detach(token)
 
 
+# (attribute, name, unit, description) of each counter a Telemetry keeps.
+_COUNTERS = (
+    ("_commits", "restate_redis.commits", "{commit}", "Commit round trips, by outcome"),
+    (
+        "_conflicts",
+        "restate_redis.lease.conflicts",
+        "{conflict}",
+        "Opens that found the lease held by another session and had to wait",
+    ),
+    (
+        "_timeouts",
+        "restate_redis.lease.timeouts",
+        "{timeout}",
+        "Exclusive sessions that gave up waiting for the lease",
+    ),
+    (
+        "_lost",
+        "restate_redis.lease.lost",
+        "{lease}",
+        "Leases found lost at renewal or commit (the commit was not applied)",
+    ),
+    ("_retries", "restate_redis.retries", "{retry}", "Round trips retried after a transient error"),
+    ("_read", "restate_redis.bytes.read", "By", "Encoded state value bytes read from Redis"),
+    ("_written", "restate_redis.bytes.written", "By", "Encoded state value bytes written to Redis"),
+)
+
+
 class Telemetry:
     """The spans and metrics of one store; built by :class:`~restate_redis.RedisStateStore`.
 
@@ -181,6 +208,15 @@ class Telemetry:
     ``"plain"``, ``"hash"`` (``sha256:`` and the first 16 hex digits of its SHA-256, enough to
     correlate spans, not to anonymise a guessable key) or ``"omit"``.
     """
+
+    # The counters, made from _COUNTERS.
+    _commits: metrics.Counter
+    _conflicts: metrics.Counter
+    _timeouts: metrics.Counter
+    _lost: metrics.Counter
+    _retries: metrics.Counter
+    _read: metrics.Counter
+    _written: metrics.Counter
 
     def __init__(
         self,
@@ -211,45 +247,19 @@ class Telemetry:
             if meter_provider is not None
             else metrics.get_meter(SCOPE, version)
         )
-        self._load = meter.create_histogram(
+        histogram, counter = meter.create_histogram, meter.create_counter
+        self._load = histogram(
             "restate_redis.load.duration", "s", "Duration of a session's open (snapshot load)"
         )
-        self._get = meter.create_histogram(
+        self._get = histogram(
             "restate_redis.get.duration", "s", "Duration of a lazy state read (HGET)"
         )
-        self._commit = meter.create_histogram(
-            "restate_redis.commit.duration", "s", "Duration of a commit"
-        )
-        self._lease_wait = meter.create_histogram(
+        self._commit = histogram("restate_redis.commit.duration", "s", "Duration of a commit")
+        self._lease_wait = histogram(
             "restate_redis.lease.wait", "s", "Time an exclusive session waited for its lease"
         )
-        self._commits = meter.create_counter(
-            "restate_redis.commits", "{commit}", "Commit round trips, by outcome"
-        )
-        self._conflicts = meter.create_counter(
-            "restate_redis.lease.conflicts",
-            "{conflict}",
-            "Opens that found the lease held by another session and had to wait",
-        )
-        self._timeouts = meter.create_counter(
-            "restate_redis.lease.timeouts",
-            "{timeout}",
-            "Exclusive sessions that gave up waiting for the lease",
-        )
-        self._lost = meter.create_counter(
-            "restate_redis.lease.lost",
-            "{lease}",
-            "Leases found lost at renewal or commit (the commit was not applied)",
-        )
-        self._retries = meter.create_counter(
-            "restate_redis.retries", "{retry}", "Round trips retried after a transient error"
-        )
-        self._read = meter.create_counter(
-            "restate_redis.bytes.read", "By", "Encoded state value bytes read from Redis"
-        )
-        self._written = meter.create_counter(
-            "restate_redis.bytes.written", "By", "Encoded state value bytes written to Redis"
-        )
+        for attr, name, unit, description in _COUNTERS:
+            setattr(self, attr, counter(name, unit, description))
 
         host, port, db = _server(client)
         target = f"{host}:{port}" if host is not None and port is not None else host
@@ -422,10 +432,11 @@ class Telemetry:
     def _result(self, op: str, result: Any, found: dict[str, Any]) -> tuple[str, int, int]:
         """(outcome, state keys read, value bytes read) of a round trip's reply; other
         attributes it shows go into ``found``."""
-        if op == "open":
+        if op == "open" or op == "commit":
             refused = replies.refusal(result)
             if refused is not None:
                 return _OUTCOMES.get(refused.status, "error"), 0, 0
+        if op == "open":
             opened = replies.Opened.parse(result)
             found[VERSION] = opened.version
             found[MODE] = opened.mode
@@ -441,9 +452,6 @@ class Telemetry:
         if op == "all":  # a page of scan.lua: name, value pairs
             return "ok", *_sizes(result[1][1::2])
         if op == "commit":
-            refused = replies.refusal(result)
-            if refused is not None:
-                return _OUTCOMES.get(refused.status, "error"), 0, 0
             committed = replies.Committed.parse(result)
             found[VERSION] = committed.version
             # this commit id was applied before (a retried invocation): nothing written now

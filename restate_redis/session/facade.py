@@ -14,6 +14,7 @@ import secrets
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
+from ..backend.engine import Mode
 from ..backend.replies import Replay
 from ..errors import (
     InvalidNameError,
@@ -30,7 +31,7 @@ from ..observe import SessionRecord
 from ..serde import Serde, convert
 from . import protocol
 from .lease import Lease
-from .target import MISSING, Kind, Mode, SessionHost, StatePreload, Target
+from .target import MISSING, Kind, SessionHost, StatePreload, Target
 from .view import ReadView
 from .writes import WriteBuffer
 
@@ -65,7 +66,6 @@ class Session:
         self.service = service
         self.shared = bool(shared)
         self.mode: Mode
-        preload: tuple[str, ...] = ()
         if state_preload is True:
             self.mode = "eager"
         elif state_preload is False:
@@ -90,26 +90,29 @@ class Session:
             replicated=store.backend.replicated,
         )
         """What the store's observer (tracing, metrics) sees of this session."""
-        self._target = Target(store, service, key, self.record)
-        if self.mode == "preload":
-            preload = tuple(self._target.check_name(n) for n in state_preload)  # type: ignore[union-attr]
-        self.keys = self._target.keys
-        self.commit_id = commit_id
-        self.record_prior = record_prior
         # Every exclusive commit carries an id, so a retry after a lost reply is recognised:
         # one random draw per session, none when the caller names both (a Restate invocation).
         named = commit_id is not None and lease_token is not None
         nonce = "" if self.shared or named else secrets.token_hex(16)
-        self._options = protocol.Options(
+        self._target = target = Target(
+            self.record,
+            store.keyspace.object_keys(service, key),
+            token="" if self.shared else (lease_token or nonce),
             mode=self.mode,
-            preload=preload,
+            preload=(),
             run=kind == "workflow" and not self.shared,
             commit_id=commit_id,
             commit_tag=commit_id or nonce[:16],
             record_prior=record_prior,
             expire=expire,
         )
-        self._lease = Lease(self._target, "" if self.shared else (lease_token or nonce))
+        target.backend = store.backend
+        if self.mode == "preload":
+            target.preload = tuple(target.check_name(n) for n in state_preload)  # type: ignore[union-attr]
+        self.keys = target.keys
+        self.commit_id = commit_id
+        self.record_prior = record_prior
+        self._lease = Lease(target)
         self._view = ReadView(self._target)
         self._writes = WriteBuffer()
         self._version = 0
@@ -148,14 +151,6 @@ class Session:
         """The 'service'/'key' phrase error messages use for this session."""
         return self._target.where
 
-    @property
-    def _token(self) -> str:
-        return self._lease.token
-
-    @property
-    def _commit_id(self) -> str:
-        return self._options.commit_tag
-
     def _check_meta_read(self, what: str) -> None:
         if not self._meta_read:
             raise StateError(
@@ -168,7 +163,7 @@ class Session:
 
     def key(self) -> str:
         """The object key or workflow id."""
-        return self._target.key
+        return self.record.key
 
     @overload
     async def get(self, name: str, serde: Serde[T] | None = ..., type_hint: None = ...) -> Any: ...
@@ -298,11 +293,11 @@ class Session:
             # it. (A workflow's shared session still opens, for its workflow_status.)
             self._meta_read = False
             return
-        opened = await protocol.open_state(self._target, self._lease, self._options, self.store)
+        opened = await protocol.open_state(self._target, self._lease, self.store)
         self._version = opened.version
         self._workflow_status = opened.workflow_status
         self.replayed = opened.replay is not Replay.NONE
-        self._view.load(opened, self._options.preload)
+        self._view.load(opened, self._target.preload)
         if opened.mode == "eager":
             self.mode = "eager" if self.mode == "eager" or self.replayed else self.mode
         elif opened.mode != "preload":
@@ -332,9 +327,7 @@ class Session:
         if self._purge:
             self.purged = await protocol.purge(self._target, self._lease)
         elif self.dirty or (self.kind == "workflow" and not self.replayed):
-            self._version = await protocol.commit(
-                self._target, self._lease, self._writes, self._options
-            )
+            self._version = await protocol.commit(self._target, self._lease, self._writes)
         else:
             await self._lease.release()
 

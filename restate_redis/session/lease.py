@@ -13,13 +13,13 @@ log = logging.getLogger("restate_redis")
 
 
 class Lease:
-    """The token a session holds its object's lease under ("" for a shared session)."""
+    """The lease a session holds its object under (its token is the target's: "" for a
+    shared session, which holds none)."""
 
-    __slots__ = ("_renewer", "_timer", "lost", "maybe_taken", "target", "token")
+    __slots__ = ("_renewer", "_timer", "lost", "maybe_taken", "target")
 
-    def __init__(self, target: Target, token: str) -> None:
+    def __init__(self, target: Target) -> None:
         self.target = target
-        self.token = token
         self.lost = False
         # False while no open may have taken the lease: before the first, and after an open
         # the script refused (busy, completed, a foreign key): those take nothing.
@@ -62,7 +62,7 @@ class Lease:
         interval = backend.lease_ttl / 3
         while True:
             try:
-                renewed = await backend.renew(target.record, target.keys, self.token)
+                renewed = await backend.renew(target)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep trying until the lease runs out
@@ -79,10 +79,10 @@ class Lease:
         if self.lost:
             return
         target = self.target
-        refused = await target.backend.release(target.record, target.keys, self.token)
+        refused = await target.backend.release(target)
         if refused is not None:  # a key of the wrong type
             raise target.wrong_type(refused.found, refused.where)
 
     def release_later(self) -> None:
         """Release in a task of the backend's that outlives the session (see the open)."""
-        self.target.backend.release_later(self.target.keys, self.token)
+        self.target.backend.release_later(self.target)

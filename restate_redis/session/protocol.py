@@ -5,29 +5,12 @@ and the purge, each one round trip, their results acted on here."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from ..backend.replies import Committed, Opened, Refusal, Status
 from ..errors import CommitError, LeaseTimeoutError, StateError, WorkflowCompletedError
 from .lease import Lease
-from .target import Mode, SessionHost, Target
+from .target import SessionHost, Target
 from .writes import WriteBuffer
-
-
-@dataclass(slots=True)
-class Options:
-    """What a session asks of the open and the commit."""
-
-    mode: Mode
-    preload: tuple[str, ...]
-    run: bool
-    """A workflow's run session: refused for a completed workflow, marks it completed."""
-    commit_id: str | None
-    """The caller's commit id (a replay is recognised by it)."""
-    commit_tag: str
-    """The id every exclusive commit carries: the caller's, or a random one."""
-    record_prior: bool
-    expire: float | None
 
 
 def refused_error(target: Target, lease: Lease, refused: Refusal) -> StateError:
@@ -39,31 +22,23 @@ def refused_error(target: Target, lease: Lease, refused: Refusal) -> StateError:
     if refused.status is Status.LEASE_LOST:
         return lease.lost_error()
     if refused.status is Status.COMPLETED:
+        service, key = target.record.service, target.record.key
         return WorkflowCompletedError(
             f"workflow {target.where} already completed its run; its state is kept until the "
             f"retention expires. To run it again, purge it: restate-redis kv purge "
-            f"{target.service} {target.key} (or await store.purge({target.service!r}, "
-            f"{target.key!r}))"
+            f"{service} {key} (or await store.purge({service!r}, {key!r}))"
         )
     return StateError(f"unexpected reply {refused} for {target.where}")
 
 
-async def open_state(target: Target, lease: Lease, options: Options, host: SessionHost) -> Opened:
+async def open_state(target: Target, lease: Lease, host: SessionHost) -> Opened:
     """Open, waiting for the lease (one wait per busy reply) up to acquire_timeout."""
-    backend, record, keys = target.backend, target.record, target.keys
+    backend, record = target.backend, target.record
     started = time.monotonic()
     deadline = started + host.acquire_timeout
     while True:
         lease.maybe_taken = True  # until the reply says otherwise (it may never arrive)
-        opened = await backend.open(
-            record,
-            keys,
-            lease.token,
-            mode=options.mode,
-            run=options.run,
-            commit_id=options.commit_id,
-            preload=options.preload,
-        )
+        opened = await backend.open(target)
         if type(opened) is Opened:
             break
         assert isinstance(opened, Refusal)
@@ -78,14 +53,14 @@ async def open_state(target: Target, lease: Lease, options: Options, host: Sessi
                 f"acquire_timeout={host.acquire_timeout:g}s: another session holds it"
             )
         await backend.wait(
-            record, keys, max(0.001, min(remaining, backend.wait_slice, opened.pttl / 1000 + 0.001))
+            target, max(0.001, min(remaining, backend.wait_slice, opened.pttl / 1000 + 0.001))
         )
         record.lease_wait = time.monotonic() - started  # so far, for the next open's span
     record.lease_wait = time.monotonic() - started
     return opened
 
 
-async def commit(target: Target, lease: Lease, writes: WriteBuffer, options: Options) -> int:
+async def commit(target: Target, lease: Lease, writes: WriteBuffer) -> int:
     """Every buffered write, atomically, and the lease released; the new version.
 
     A retry after a lost reply is recognised by the commit id: never applied twice."""
@@ -93,15 +68,7 @@ async def commit(target: Target, lease: Lease, writes: WriteBuffer, options: Opt
         raise lease.lost_error()
     target.record.writes = writes.changes()
     committed = await target.backend.commit(
-        target.record,
-        target.keys,
-        lease.token,
-        commit_id=options.commit_tag,
-        writes=writes.script_args(),
-        cleared_all=writes.cleared_all,
-        record_prior=options.record_prior,
-        run=options.run,
-        expire=options.expire,
+        target, writes.script_args(), cleared_all=writes.cleared_all
     )
     if type(committed) is Committed:
         return committed.version
@@ -119,7 +86,7 @@ async def purge(target: Target, lease: Lease) -> bool:
     """The object's every key, under the lease; True when anything was stored."""
     if lease.lost:
         raise lease.lost_error()
-    purged = await target.backend.purge(target.record, target.keys, lease.token)
+    purged = await target.backend.purge(target)
     if type(purged) is Committed:
         return purged.version > 0
     assert isinstance(purged, Refusal)

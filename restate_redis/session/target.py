@@ -8,23 +8,23 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from redis.exceptions import ResponseError
 
+from ..backend.engine import Cursor, SessionRef
 from ..backend.replies import Committed, Opened, Refusal
 from ..errors import CorruptStateError, InvalidNameError, StateDecodeError, WrongTypeError, where
-from ..keyspace import Keyspace, ObjectKeys
-from ..observe import Observer, SessionRecord
+from ..keyspace import Keyspace
+from ..observe import Observer
 from ..serde import Serde
 
 T = TypeVar("T")
 StatePreload = bool | list[str] | tuple[str, ...]
 Kind = Literal["object", "workflow"]
-Mode = Literal["eager", "lazy", "preload"]
-Cursor = bytes | str | int
 
 MISSING: Any = object()  # cached "this key does not exist"
 
 
 class Backend(Protocol):
-    """The round trips a session makes, each one call (retried and traced on the other side);
+    """The round trips a session makes, each one call (retried and traced on the other side),
+    each given the session as the backend sees it (a :class:`Target` is one);
     :class:`restate_redis.backend.engine.RedisBackend` is the one on Redis."""
 
     lease_ttl: float
@@ -36,75 +36,45 @@ class Backend(Protocol):
         """Commits wait for replicas."""
         ...
 
-    def open(
-        self,
-        record: SessionRecord,
-        keys: ObjectKeys,
-        token: str,
-        *,
-        mode: str,
-        run: bool,
-        commit_id: str | None,
-        preload: Sequence[str],
-    ) -> Awaitable[Opened | Refusal]:
-        """Take the lease (``token`` "" for a shared session) and read what ``mode`` needs."""
+    def open(self, ref: SessionRef) -> Awaitable[Opened | Refusal]:
+        """Take the lease (none for a shared session) and read what the mode needs."""
         ...
 
     def commit(
-        self,
-        record: SessionRecord,
-        keys: ObjectKeys,
-        token: str,
-        *,
-        commit_id: str,
-        writes: Sequence[Any],
-        cleared_all: bool,
-        record_prior: bool,
-        run: bool,
-        expire: float | None,
+        self, ref: SessionRef, writes: Sequence[Any], *, cleared_all: bool
     ) -> Awaitable[Committed | Refusal]:
-        """Apply ``writes`` atomically and release the lease."""
+        """Apply ``writes`` (deletes counted, then name, value pairs) atomically and
+        release the lease."""
         ...
 
-    def purge(
-        self, record: SessionRecord, keys: ObjectKeys, token: str
-    ) -> Awaitable[Committed | Refusal]:
+    def purge(self, ref: SessionRef) -> Awaitable[Committed | Refusal]:
         """Remove every key of the object, under the lease."""
         ...
 
-    def release(
-        self, record: SessionRecord, keys: ObjectKeys, token: str
-    ) -> Awaitable[Refusal | None]:
+    def release(self, ref: SessionRef) -> Awaitable[Refusal | None]:
         """Give the lease up without writing."""
         ...
 
-    def release_later(self, keys: ObjectKeys, token: str) -> None:
-        """Release the lease ``token`` may hold, in a task that outlives the session."""
+    def release_later(self, ref: SessionRef) -> None:
+        """Release the lease the session may hold, in a task that outlives it."""
         ...
 
-    def renew(self, record: SessionRecord, keys: ObjectKeys, token: str) -> Awaitable[bool]:
+    def renew(self, ref: SessionRef) -> Awaitable[bool]:
         """Extend the lease; False when it is no longer held."""
         ...
 
-    def read_field(self, record: SessionRecord, source: str, name: str) -> Awaitable[bytes | None]:
+    def read_field(self, ref: SessionRef, source: str, name: str) -> Awaitable[bytes | None]:
         """One state key of hash ``source``."""
         ...
 
     def read_names(
-        self,
-        record: SessionRecord,
-        source: str,
-        cursor: Cursor,
-        *,
-        values: bool,
-        whole: int,
-        page: int,
+        self, ref: SessionRef, source: str, cursor: Cursor, *, values: bool, whole: int, page: int
     ) -> Awaitable[tuple[Cursor, list[Any]]]:
         """The fields (``values``: and their values) of hash ``source``: all of them at once
         up to ``whole``, else a page of about ``page`` from ``cursor``."""
         ...
 
-    def wait(self, record: SessionRecord, keys: ObjectKeys, seconds: float) -> Awaitable[None]:
+    def wait(self, ref: SessionRef, seconds: float) -> Awaitable[None]:
         """Block up to ``seconds`` for the lease's release."""
         ...
 
@@ -127,22 +97,18 @@ class SessionHost(Protocol):
     def max_value_bytes(self) -> int: ...
 
 
-class Target:
-    """One session's object: its Redis keys, its record, the backend and its errors."""
+class Target(SessionRef):
+    """One session's object as every part of the session sees it: what the backend sees of
+    it (:class:`SessionRef`), the backend itself, and the errors that name the object."""
 
-    __slots__ = ("backend", "key", "keys", "record", "service")
-
-    def __init__(self, host: SessionHost, service: str, key: str, record: SessionRecord) -> None:
-        self.backend = host.backend
-        self.service = service
-        self.key = key
-        self.record = record
-        self.keys = host.keyspace.object_keys(service, key)
+    __slots__ = ("backend",)
+    backend: Backend
+    """Set by the session right after it makes its target."""
 
     @property
     def where(self) -> str:
         """The 'service'/'key' phrase error messages use for this session."""
-        return where(self.service, self.key)
+        return where(self.record.service, self.record.key)
 
     async def read(self, source: str, call: Awaitable[T]) -> T:
         """A round trip that reads hash ``source``: another type there is a WrongTypeError."""

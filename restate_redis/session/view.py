@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..backend.engine import Cursor
 from ..backend.replies import Opened, Replay
-from .target import MISSING, Cursor, Target
+from .target import MISSING, Target
 
 SCAN_WHOLE = 10_000  # state_keys() / get_all() read a state of up to this many keys at once,
 SCAN_PAGE = 1_000  # and a larger one in HSCAN pages of about this many
@@ -65,7 +66,7 @@ class ReadView:
     async def fetch(self, name: str) -> bytes | None:
         """One read of a state key that is not known yet; the answer is cached."""
         target, source = self.target, self.source
-        value = await target.read(source, target.backend.read_field(target.record, source, name))
+        value = await target.read(source, target.backend.read_field(target, source, name))
         self.cache[name] = MISSING if value is None else value
         return value
 
@@ -104,7 +105,7 @@ class ReadView:
             cursor, page = await target.read(
                 source,
                 target.backend.read_names(
-                    target.record, source, cursor, values=values, whole=SCAN_WHOLE, page=SCAN_PAGE
+                    target, source, cursor, values=values, whole=SCAN_WHOLE, page=SCAN_PAGE
                 ),
             )
             if cursor in (b"0", "0", 0) and not items:

@@ -39,7 +39,7 @@ def master_port_of(store: RedisStateStore, key: str) -> int:
 async def test_from_url_gives_a_cluster_client(cstore: RedisStateStore) -> None:
     assert isinstance(cstore.client, RedisCluster)
     assert cstore.is_cluster
-    assert not cstore.wire.direct  # redis-py routes each command to its slot's master
+    assert not cstore.backend.wire.direct  # redis-py routes each command to its slot's master
     assert cstore.client.reinitialize_steps == 0  # a MOVED patches the slot map only
 
 

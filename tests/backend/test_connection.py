@@ -219,12 +219,12 @@ async def test_tls(tmp_path: Path) -> None:
         async with RedisStateStore.from_url(url) as store:
             await roundtrip(store)
             # the store's link, on TLS, closed by the server: the next session opens a new one
-            link_id = await store.wire.execute("CLIENT", "ID")
+            link_id = await store.backend.wire.execute("CLIENT", "ID")
             with redis.Redis(port=srv.port) as admin:
                 assert admin.client_kill_filter(_id=link_id) == 1
             await asyncio.sleep(0.1)
             await roundtrip(store)
-            assert await store.wire.execute("CLIENT", "ID") != link_id
+            assert await store.backend.wire.execute("CLIENT", "ID") != link_id
     finally:
         srv.stop()
 

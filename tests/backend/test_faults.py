@@ -37,7 +37,7 @@ async def direct(redis_server: Server) -> AsyncIterator[RedisStateStore]:
 
 
 def commit_sha(store: RedisStateStore) -> bytes:
-    return store.scripts.commit.sha.encode()
+    return store.backend.scripts.commit.sha.encode()
 
 
 @contextlib.contextmanager
@@ -102,10 +102,21 @@ async def test_retried_commit_recognised_after_other_commits(direct: RedisStateS
     a fencing rejection, never a second application."""
     keys, redis_keys, first = await committed_n_1(direct, "hot")
     # token, commit id, flags, expire ms, wake ttl ms, field limit, grace ms, deletes, sets
-    args = [first._token, first._commit_id, "a", 0, 2000, 20_000, 60_000, 0, "n", b"\x01"]
+    args = [
+        first._target.token,
+        first._target.commit_tag,
+        "a",
+        0,
+        2000,
+        20_000,
+        60_000,
+        0,
+        "n",
+        b"\x01",
+    ]
 
     async def retry_first() -> list[int]:
-        return [int(x) for x in await direct.scripts.commit(redis_keys, args)]
+        return [int(x) for x in await direct.backend.scripts.commit(redis_keys, args)]
 
     for i in range(1000):
         if i % 100 == 0:
@@ -133,11 +144,22 @@ async def test_a_commit_sent_again_below_the_store_is_recognised(direct: RedisSt
         s.set("other", 1)
     second = direct.object(SERVICE, "resent")
     await second.__aenter__()
-    args = [first._token, first._commit_id, "", 0, 2000, 20_000, 60_000, 0, "n", b"\x05"]
-    assert [int(x) for x in await direct.scripts.commit(redis_keys, args)] == [2, 2]
-    assert await direct.client.get(keys.lease) == second._token.encode()  # untouched
-    unknown = [first._token, "never-committed", "", 0, 2000, 20_000, 60_000, 0, "n", b"\x05"]
-    assert [int(x) for x in await direct.scripts.commit(redis_keys, unknown)] == [-3]
+    args = [
+        first._target.token,
+        first._target.commit_tag,
+        "",
+        0,
+        2000,
+        20_000,
+        60_000,
+        0,
+        "n",
+        b"\x05",
+    ]
+    assert [int(x) for x in await direct.backend.scripts.commit(redis_keys, args)] == [2, 2]
+    assert await direct.client.get(keys.lease) == second._target.token.encode()  # untouched
+    unknown = [first._target.token, "never-committed", "", 0, 2000, 20_000, 60_000, 0, "n", b"\x05"]
+    assert [int(x) for x in await direct.backend.scripts.commit(redis_keys, unknown)] == [-3]
     await second.__aexit__(None, None, None)
     async with direct.object(SERVICE, "resent", shared=True) as s:
         assert await s.get("n") == 1

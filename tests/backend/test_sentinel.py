@@ -44,7 +44,7 @@ def versions(port: int, keys: list[str]) -> int:
 
 async def test_sentinel_url_commits_reach_the_replicas(group: SentinelGroup) -> None:
     async with RedisStateStore.from_url(group.url, min_replicas=2, replica_timeout=5) as store:
-        assert store.wire.direct  # the store's link comes from the Sentinel-managed pool
+        assert store.backend.wire.direct  # the store's link comes from the Sentinel-managed pool
         async with store.object("Cart", "a") as s:
             s.set("n", 1)
         async with store.object("Cart", "a", state_preload=False) as s:

@@ -63,7 +63,7 @@ async def test_a_plain_client_takes_the_link_and_a_pinned_one_does_not(
 ) -> None:
     a, b = make_store(), make_store(single_connection_client=True)
     await a.client.flushall()
-    assert a.wire.direct and not b.wire.direct
+    assert a.backend.wire.direct and not b.backend.wire.direct
     for store, n in ((a, 1), (b, 2), (a, 3)):
         async with store.object("Svc", "obj", state_preload=False) as ctx:
             before = await ctx.get("n")
@@ -103,14 +103,14 @@ async def test_a_command_cancelled_in_flight_does_not_leave_its_reply_to_the_nex
         connection_pool=aioredis.ConnectionPool(**client.connection_pool.connection_kwargs)
     )
     try:
-        link_id = await counted.wire.execute("CLIENT", "ID")
+        link_id = await counted.backend.wire.execute("CLIENT", "ID")
         await admin.execute_command("CLIENT", "PAUSE", 300, "ALL")
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(counted.wire.execute("HGET", keys.state, "a"), 0.05)
+            await asyncio.wait_for(counted.backend.wire.execute("HGET", keys.state, "a"), 0.05)
         await asyncio.sleep(0.4)  # the pause ends; the cancelled HGET's reply is sent
-        assert await counted.wire.execute("HGET", keys.state, "b") == b"\x02"
-        assert await counted.wire.execute("HGET", keys.state, "a") == b"\x01"
-        assert await counted.wire.execute("CLIENT", "ID") == link_id
+        assert await counted.backend.wire.execute("HGET", keys.state, "b") == b"\x02"
+        assert await counted.backend.wire.execute("HGET", keys.state, "a") == b"\x01"
+        assert await counted.backend.wire.execute("CLIENT", "ID") == link_id
     finally:
         await admin.aclose()
 
@@ -120,14 +120,14 @@ async def test_a_write_to_a_stalled_server_times_out_and_drops_the_connection(
 ) -> None:
     store = make_store(socket_timeout=0.5)
     key = store.keyspace.object_keys("Svc", "obj").state
-    assert await store.wire.execute("HSET", key, "n", b"1") in (0, 1)
+    assert await store.backend.wire.execute("HSET", key, "n", b"1") in (0, 1)
     # far more than the socket buffers take, so the write itself must wait; the
     # socket_timeout ends it (wait_for only keeps a broken timeout from hanging the run)
     with server.paused(), pytest.raises(RedisTimeoutError, match="writing"):
-        big = store.wire.execute("HSET", key, "big", b"x" * (64 << 20))
+        big = store.backend.wire.execute("HSET", key, "big", b"x" * (64 << 20))
         await asyncio.wait_for(big, timeout=60)
-    assert await store.wire.execute("HGET", key, "n") == b"1"
-    assert await store.wire.execute("HEXISTS", key, "big") == 0
+    assert await store.backend.wire.execute("HGET", key, "n") == b"1"
+    assert await store.backend.wire.execute("HEXISTS", key, "big") == 0
 
 
 async def _stat(client: aioredis.Redis, field: str) -> int:
@@ -155,12 +155,12 @@ async def test_commands_issued_together_reach_the_server_in_one_read(
     store, admin = make_store(), make_store().client
     key = store.keyspace.object_keys("Svc", "obj").state
     await admin.hset(key, mapping={f"f{i}": f"v{i}".encode() for i in range(50)})
-    await store.wire.execute("PING")  # the link is connected
+    await store.backend.wire.execute("PING")  # the link is connected
     counts = []
     for _ in range(5):  # the fewest of a few tries: other clients' reads add to the count
         reads = await _quiet_reads(admin)
         replies = await asyncio.gather(
-            *(store.wire.execute("HGET", key, f"f{i}") for i in range(50))
+            *(store.backend.wire.execute("HGET", key, f"f{i}") for i in range(50))
         )
         assert replies == [f"v{i}".encode() for i in range(50)]
         counts.append(await _stat(admin, "total_reads_processed") - reads)
@@ -172,14 +172,14 @@ async def test_a_link_closed_by_the_server_is_replaced_before_the_next_command(
     make_store: MakeStore,
 ) -> None:
     store, admin = make_store(), make_store().client
-    first = await store.wire.execute("CLIENT", "ID")
+    first = await store.backend.wire.execute("CLIENT", "ID")
     assert await admin.client_kill_filter(_id=first) == 1
     await asyncio.sleep(0.1)  # the close reaches the idle link's stream
-    second = await store.wire.execute("CLIENT", "ID")  # no error: a new link
+    second = await store.backend.wire.execute("CLIENT", "ID")  # no error: a new link
     assert second != first
     async with store.object("Svc", "obj") as ctx:
         ctx.set("n", 1)
-    assert await store.wire.execute("CLIENT", "ID") == second
+    assert await store.backend.wire.execute("CLIENT", "ID") == second
     await store.aclose()
     ids = [int(c["id"]) for c in await admin.client_list()]
     assert second not in ids  # aclose closed the link
@@ -190,16 +190,16 @@ async def test_commands_in_flight_fail_together_when_the_server_stalls_then_a_ne
 ) -> None:
     store = make_store(socket_timeout=0.5)
     key = store.keyspace.object_keys("Svc", "obj").state
-    await store.wire.execute("HSET", key, "n", b"1")
-    first = await store.wire.execute("CLIENT", "ID")
+    await store.backend.wire.execute("HSET", key, "n", b"1")
+    first = await store.backend.wire.execute("CLIENT", "ID")
     with server.paused():
         results = await asyncio.gather(
-            *(store.wire.execute("HINCRBY", key, "i", 1) for _ in range(5)),
+            *(store.backend.wire.execute("HINCRBY", key, "i", 1) for _ in range(5)),
             return_exceptions=True,
         )
     assert all(isinstance(r, RedisTimeoutError) for r in results), results
-    assert await store.wire.execute("CLIENT", "ID") != first
-    assert await store.wire.execute("HGET", key, "n") == b"1"
+    assert await store.backend.wire.execute("CLIENT", "ID") != first
+    assert await store.backend.wire.execute("HGET", key, "n") == b"1"
 
 
 async def test_error_replies_go_to_their_own_commands_and_the_link_stays_up(
@@ -207,18 +207,18 @@ async def test_error_replies_go_to_their_own_commands_and_the_link_stays_up(
 ) -> None:
     keys = counted.keyspace.object_keys("Svc", "obj")
     await counted.client.set(keys.lease, b"a string")
-    link_id = await counted.wire.execute("CLIENT", "ID")
+    link_id = await counted.backend.wire.execute("CLIENT", "ID")
     results = await asyncio.gather(
-        counted.wire.execute("HSET", keys.state, "n", b"1"),
-        counted.wire.execute("HGET", keys.lease, "n"),  # WRONGTYPE
-        counted.wire.execute("HGET", keys.state),  # wrong number of arguments
-        counted.wire.execute("HGET", keys.state, "n"),
+        counted.backend.wire.execute("HSET", keys.state, "n", b"1"),
+        counted.backend.wire.execute("HGET", keys.lease, "n"),  # WRONGTYPE
+        counted.backend.wire.execute("HGET", keys.state),  # wrong number of arguments
+        counted.backend.wire.execute("HGET", keys.state, "n"),
         return_exceptions=True,
     )
     assert results[0] == 1 and results[3] == b"1", results
     assert isinstance(results[1], ResponseError) and "WRONGTYPE" in str(results[1])
     assert isinstance(results[2], ResponseError) and "wrong number" in str(results[2])
-    assert await counted.wire.execute("CLIENT", "ID") == link_id
+    assert await counted.backend.wire.execute("CLIENT", "ID") == link_id
 
 
 async def test_an_idle_link_does_not_time_out_and_slow_replies_within_the_timeout_arrive(
@@ -227,15 +227,15 @@ async def test_an_idle_link_does_not_time_out_and_slow_replies_within_the_timeou
     """socket_timeout bounds each wait for the next reply, not the time between commands nor
     the time a stream of replies takes."""
     store = make_store(socket_timeout=0.5)
-    link_id = await store.wire.execute("CLIENT", "ID")
+    link_id = await store.backend.wire.execute("CLIENT", "ID")
     await asyncio.sleep(1.2)  # idle for more than two socket timeouts
-    assert await store.wire.execute("CLIENT", "ID") == link_id
+    assert await store.backend.wire.execute("CLIENT", "ID") == link_id
     # WAIT for a replica that does not exist blocks this connection (not the server) for
     # 0.3 s, then Redis reads the next command: replies come at about 0.3, 0.6 and 0.9 s,
     # commands wait on the link for 0.9 s, and each reply within 0.3 s of the one before
-    waits = [store.wire.execute("WAIT", 1, 300) for _ in range(3)]
+    waits = [store.backend.wire.execute("WAIT", 1, 300) for _ in range(3)]
     assert list(await asyncio.gather(*waits)) == [0, 0, 0]
-    assert await store.wire.execute("CLIENT", "ID") == link_id
+    assert await store.backend.wire.execute("CLIENT", "ID") == link_id
 
 
 async def test_a_server_demoted_to_a_replica_is_left_for_a_new_connection(
@@ -247,13 +247,13 @@ async def test_a_server_demoted_to_a_replica_is_left_for_a_new_connection(
     store, admin = make_store(own.url), make_store(own.url).client
     key = store.keyspace.object_keys("Svc", "obj").state
     try:
-        first = await store.wire.execute("CLIENT", "ID")
+        first = await store.backend.wire.execute("CLIENT", "ID")
         await admin.execute_command("REPLICAOF", "127.0.0.1", server.port)
         with pytest.raises(ReadOnlyError):
-            await store.wire.execute("HSET", key, "n", b"1")
+            await store.backend.wire.execute("HSET", key, "n", b"1")
         await admin.execute_command("REPLICAOF", "NO", "ONE")
-        assert await store.wire.execute("HSET", key, "n", b"2") == 1
-        second = await store.wire.execute("CLIENT", "ID")
+        assert await store.backend.wire.execute("HSET", key, "n", b"2") == 1
+        second = await store.backend.wire.execute("CLIENT", "ID")
         assert second != first
         assert first not in [int(c["id"]) for c in await admin.client_list()]
     finally:
@@ -285,12 +285,12 @@ async def test_the_public_path_can_be_forced_and_serves_sessions(
     client = aioredis.Redis.from_url(server.url)
     store = RedisStateStore(client)
     try:
-        assert not store.wire.direct
+        assert not store.backend.wire.direct
         async with store.object("Svc", "pub") as ctx:
             ctx.set("n", (await ctx.get("n") or 0) + 1)
         async with store.object("Svc", "pub", state_preload=False) as ctx:
             assert await ctx.get("n") == 1
-        assert store.wire._link is None  # nothing went through a link
+        assert store.backend.wire._link is None  # nothing went through a link
     finally:
         await store.aclose()
         await client.aclose()
@@ -305,12 +305,12 @@ async def test_a_connection_that_fails_the_probe_falls_back_for_good(
     client = aioredis.Redis.from_url(server.url)
     store = RedisStateStore(client)
     try:
-        assert store.wire.direct
+        assert store.backend.wire.direct
         with caplog.at_level("WARNING", logger="restate_redis"):
             for i in range(3):
                 async with store.object("Svc", "probe") as ctx:
                     ctx.set("i", i)
-        assert not store.wire.direct and store.wire._link is None
+        assert not store.backend.wire.direct and store.backend.wire._link is None
         warnings = [r for r in caplog.records if "does not offer" in r.getMessage()]
         assert len(warnings) == 1 and "transport.set_protocol" in warnings[0].getMessage()
         async with store.object("Svc", "probe", shared=True) as ctx:
@@ -334,6 +334,6 @@ async def test_a_real_connection_passes_the_probe(make_store: MakeStore) -> None
     from restate_redis.backend.wire import _probe
 
     store = make_store()
-    await store.wire.execute("PING")
-    assert store.wire._link is not None
-    assert _probe(store.wire._link.conn) is None
+    await store.backend.wire.execute("PING")
+    assert store.backend.wire._link is not None
+    assert _probe(store.backend.wire._link.conn) is None

@@ -39,7 +39,7 @@ async def test_lease_key_holds_the_token_only_during_the_session(
 ) -> None:
     lease = store.keyspace.object_keys("Counter", "a").lease
     async with store.object("Counter", "a") as ctx:
-        assert await client.get(lease) == ctx._token.encode()
+        assert await client.get(lease) == ctx._target.token.encode()
         assert 0 < await client.pttl(lease) <= 5000
     assert await client.exists(lease) == 0
     async with store.object("Counter", "a"):
@@ -126,7 +126,7 @@ async def test_lease_of_a_crashed_holder_expires(
     lease = store.keyspace.object_keys("Counter", "a").lease
     await client.set(lease, "a-worker-that-died", px=400)
     async with store.object("Counter", "a") as ctx:
-        assert await client.get(lease) == ctx._token.encode()
+        assert await client.get(lease) == ctx._target.token.encode()
         ctx.set("n", 1)
     assert ctx.lease_wait > 0
     async with store.object("Counter", "a", shared=True) as ctx:
