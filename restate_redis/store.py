@@ -15,6 +15,7 @@ from .errors import InvalidOptionError
 from .keyspace import DEFAULT_NAMESPACE, Keyspace, check_key, check_service
 from .serde import MsgPackSerde, Serde
 from .session import Session, StatePreload
+from .session.cache import SnapshotCache
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -27,6 +28,7 @@ Duration = float | int | timedelta
 
 MiB = 1024 * 1024
 DEFAULT_FIELD_LIMIT = 20_000
+DEFAULT_SNAPSHOT_CACHE = 64 * MiB
 DEFAULT_RETENTION = timedelta(days=1)
 
 
@@ -81,6 +83,10 @@ class RedisStateStore:
       lazy reads (default 32 MiB, like Restate).
     - ``eager_state_field_limit``: so does one on an object with more state keys than this
       (default 20,000), so that no open turns a huge hash into one reply.
+    - ``snapshot_cache_bytes``: the store keeps the state its sessions read or committed, up to
+      this many bytes (least recently used out; default 64 MiB; 0 turns it off). An open names
+      the snapshot it holds, and the script sends no state while the object's version and last
+      commit id still match it.
     - ``max_value_bytes``: the largest encoded value ``set()`` accepts (default 32 MiB).
     - ``serde``: the default serde (msgpack).
     - ``workflow_retention``: how long a completed workflow's state is kept (default 1 day).
@@ -106,6 +112,7 @@ class RedisStateStore:
         acquire_timeout: Duration = 30.0,
         eager_state_size_limit: int = 32 * MiB,
         eager_state_field_limit: int = DEFAULT_FIELD_LIMIT,
+        snapshot_cache_bytes: int = DEFAULT_SNAPSHOT_CACHE,
         max_value_bytes: int = 32 * MiB,
         serde: Serde[Any] | None = None,
         workflow_retention: Duration = DEFAULT_RETENTION,
@@ -134,6 +141,17 @@ class RedisStateStore:
             eager_state_field_limit, "eager_state_field_limit"
         )
         self.max_value_bytes = _positive_int(max_value_bytes, "max_value_bytes")
+        if (
+            not isinstance(snapshot_cache_bytes, int)
+            or isinstance(snapshot_cache_bytes, bool)
+            or snapshot_cache_bytes < 0
+        ):
+            raise InvalidOptionError(
+                f"snapshot_cache_bytes must be an int >= 0 (0 turns the cache off), got "
+                f"{snapshot_cache_bytes!r}"
+            )
+        self.snapshots = SnapshotCache(snapshot_cache_bytes) if snapshot_cache_bytes else None
+        """The snapshots this store's sessions read or committed (None: turned off)."""
         self.serde: Serde[Any] = serde if serde is not None else MsgPackSerde()
         self.workflow_retention = seconds(workflow_retention, "workflow_retention")
         self.retry = RetryPolicy(
@@ -184,6 +202,7 @@ class RedisStateStore:
         acquire_timeout: Duration = 30.0,
         eager_state_size_limit: int = 32 * MiB,
         eager_state_field_limit: int = DEFAULT_FIELD_LIMIT,
+        snapshot_cache_bytes: int = DEFAULT_SNAPSHOT_CACHE,
         max_value_bytes: int = 32 * MiB,
         serde: Serde[Any] | None = None,
         workflow_retention: Duration = DEFAULT_RETENTION,
@@ -211,6 +230,7 @@ class RedisStateStore:
             acquire_timeout=acquire_timeout,
             eager_state_size_limit=eager_state_size_limit,
             eager_state_field_limit=eager_state_field_limit,
+            snapshot_cache_bytes=snapshot_cache_bytes,
             max_value_bytes=max_value_bytes,
             serde=serde,
             workflow_retention=workflow_retention,
@@ -235,6 +255,7 @@ class RedisStateStore:
         ttl: Duration | None = None,
         commit_id: str | None = None,
         lease_token: str | None = None,
+        lease_on_enter: bool = False,
     ) -> Session:
         """A session on Virtual Object ``service``/``key``, used as ``async with``.
 
@@ -248,6 +269,11 @@ class RedisStateStore:
         ``lease_token``: the lease holder's token (random by default); a session with the
         same token as a holder that died mid-session re-enters its lease at once instead of
         waiting out ``lease_ttl``. Give it only to a retry of the same work.
+
+        A lazy session (``state_preload=False``) opens on its first read, which rides on the
+        open: it holds the object from its first access, not from entering the block, and a
+        session that only writes never opens (its commit takes the lease, in one round trip).
+        ``lease_on_enter=True`` takes the lease on entering the block instead.
         """
         return Session(
             self,
@@ -260,6 +286,7 @@ class RedisStateStore:
             commit_id=commit_id,
             record_prior=commit_id is not None,
             lease_token=lease_token,
+            lease_on_enter=lease_on_enter,
         )
 
     def workflow(

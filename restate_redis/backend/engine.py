@@ -10,6 +10,7 @@ scripts, WAIT for replicas) stays on this side of it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from .scripts import Scripts
 from .wire import Wire
 
 T = TypeVar("T")
+log = logging.getLogger("restate_redis")
 Cursor = bytes | str | int
 
 
@@ -114,9 +116,15 @@ class RedisBackend:
 
     # -- the session's round trips -------------------------------------------------------------
 
-    async def open(self, ref: SessionRef) -> Opened | Refusal:
+    async def open(
+        self, ref: SessionRef, cached: tuple[int, str, int] | None = None, names: Sequence[str] = ()
+    ) -> Opened | Refusal:
         """open.lua: take the lease (unless the token is "", a shared session) and read what
-        the mode needs; a refusal when the lease is busy or the object cannot be opened."""
+        the mode needs; a refusal when the lease is busy or the object cannot be opened.
+
+        ``cached``: the (version, last commit id, key count) of a snapshot the caller holds:
+        while it is still the state, the reply is mode "cached" and carries no state. ``names``: the
+        state keys a lazy session reads with its open (a preload session's are its own)."""
         keys = ref.keys
         args: list[Any] = [
             ref.token,
@@ -126,7 +134,10 @@ class RedisBackend:
             "1" if ref.run else "0",
             ref.commit_id or "",
             self.eager_state_field_limit,
-            *ref.preload,
+            cached[0] if cached else "",
+            cached[1] if cached else "",
+            cached[2] if cached else "",
+            *(ref.preload or names),
         ]
         redis_keys = [keys.state, keys.meta, keys.lease, keys.prev, keys.old]
         script, wire = self.scripts.open, self.wire
@@ -136,14 +147,17 @@ class RedisBackend:
         return replies.refusal(reply) or Opened.parse(reply)
 
     async def commit(
-        self, ref: SessionRef, writes: Sequence[Any], *, cleared_all: bool
+        self, ref: SessionRef, writes: Sequence[Any], *, cleared_all: bool, blind: bool = False
     ) -> Committed | Refusal:
         """commit.lua: ``writes`` (its tail: the deletes counted, then name, value pairs)
-        applied atomically and the lease released. A retry after a lost reply is flagged, so
+        applied atomically and the lease released. ``blind``: the session never opened; the
+        script takes the lease for itself when it is free, and is refused BUSY when another
+        session holds it. A retry after a lost reply is flagged, so
         the script recognises a first attempt that applied; a retry that finds the lease gone
         and the commit not applied is a refusal with ``after_retry`` set."""
         flags = (
-            ("c" if cleared_all else "")
+            ("t" if blind else "")
+            + ("c" if cleared_all else "")
             + ("r" if ref.record_prior else "")
             + ("w" if ref.run else "")
         )
@@ -197,6 +211,34 @@ class RedisBackend:
             "release", ref.record, lambda: wire.script(script, redis_keys, args)
         )
         return replies.refusal(reply) if isinstance(reply, list) else None
+
+    def release_soon(self, ref: SessionRef) -> None:
+        """release.lua, sent now but not waited for: a session that wrote nothing gives its
+        lease back without its caller waiting a round trip (a lost release only keeps the next
+        holder waiting until the lease expires; it never loses data)."""
+        task = asyncio.get_running_loop().create_task(self._release_quietly(ref))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release_quietly(self, ref: SessionRef) -> None:
+        try:
+            refused = await self.release(ref)
+        except Exception as exc:  # the lease then expires after lease_ttl
+            log.warning(
+                "releasing the lease of %s failed: %s",
+                where(ref.record.service, ref.record.key),
+                exc,
+            )
+            return
+        if refused is not None:
+            log.warning(
+                "releasing the lease of %s: %s", where(ref.record.service, ref.record.key), refused
+            )
+
+    async def settle(self) -> None:
+        """Wait until the releases sent without waiting have their replies."""
+        while self._releases:
+            await asyncio.wait(set(self._releases), timeout=self.retry.timeout)
 
     def release_later(self, ref: SessionRef) -> None:
         """Release the lease the session may hold, in a task that outlives it (for a session

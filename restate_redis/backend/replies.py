@@ -70,7 +70,7 @@ class Refusal:
 # Status by code, and Replay by code: a lookup, not an Enum call, on the hot path.
 _STATUS = {int(s): s for s in Status}
 _REPLAY = tuple(Replay)
-_MODES = {b"eager": "eager", b"lazy": "lazy", b"preload": "preload"}
+_MODES = {b"eager": "eager", b"lazy": "lazy", b"preload": "preload", b"cached": "cached"}
 
 
 def refusal(reply: Any) -> Refusal | None:
@@ -93,21 +93,25 @@ class Opened:
     version: int
     workflow_status: str | None
     mode: str
-    """What was loaded: "eager", "preload" or "lazy" (also when eager fell back)."""
+    """What was loaded: "eager", "preload" or "lazy" (also when eager fell back), or
+    "cached": nothing, the snapshot the open named is still the state."""
     replay: Replay
+    commit_id: str
+    """The id of the object's last commit ("" when none is recorded)."""
     data: list[Any]
-    """eager / WHOLE: field, value pairs; preload: one value or None per name; OVERLAY:
-    field, "+" value or "-" pairs; otherwise empty."""
+    """eager / WHOLE: field, value pairs; preload, lazy: one value or None per name read;
+    OVERLAY: field, "+" value or "-" pairs; otherwise empty."""
 
     @classmethod
     def parse(cls, reply: Any) -> Opened:
-        status, mode = reply[2], reply[3]
+        status, mode, commit_id = reply[2], reply[3], reply[5]
         return cls(
             int(reply[1]),
             text(status) if status else None,
             _MODES.get(mode) or text(mode),
             _REPLAY[int(reply[4])],
-            reply[5:],
+            text(commit_id),
+            reply[6:],
         )
 
 

@@ -442,7 +442,9 @@ class Telemetry:
             found[MODE] = opened.mode
             if opened.mode == "eager":
                 return "ok", len(opened.data) // 2, sum(len(v) for v in opened.data[1::2])
-            if opened.mode == "preload":
+            if opened.mode == "preload" or (
+                opened.mode == "lazy" and opened.replay is replies.Replay.NONE
+            ):
                 return "ok", *_sizes(opened.data)
             return "ok", 0, 0
         if op == "get":

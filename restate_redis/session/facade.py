@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from ..backend.engine import Mode
-from ..backend.replies import Replay
+from ..backend.replies import Committed, Opened, Replay, Status
 from ..errors import (
     InvalidNameError,
     InvalidOptionError,
@@ -30,6 +30,7 @@ from ..errors import (
 from ..observe import SessionRecord
 from ..serde import Serde, convert
 from . import protocol
+from .cache import Snapshot
 from .lease import Lease
 from .target import MISSING, Kind, SessionHost, StatePreload, Target
 from .view import ReadView
@@ -60,6 +61,7 @@ class Session:
         commit_id: str | None,
         record_prior: bool = False,
         lease_token: str | None = None,
+        lease_on_enter: bool = False,
     ) -> None:
         self.store = store
         self.kind: Kind = kind
@@ -117,7 +119,16 @@ class Session:
         self._writes = WriteBuffer()
         self._version = 0
         self._workflow_status: str | None = None
-        self._meta_read = True  # False: a shared lazy session, which reads nothing at open
+        # An exclusive lazy session on an object opens on its first access, and its first
+        # read rides on the open; a session that only writes never opens (its commit takes
+        # the lease). Workflows, and lease_on_enter=True, open on entering the block.
+        self._deferred = (
+            self.mode == "lazy" and not self.shared and kind == "object" and not lease_on_enter
+        )
+        self._opened = False
+        # False: a shared lazy session, which reads nothing at open, or a session that has
+        # not opened yet
+        self._meta_read = not self._deferred
         self._purge = False
         self._open = False
         self._closed = False
@@ -126,6 +137,9 @@ class Session:
         before that commit, and its own commit is recognised and not applied again."""
         self.purged = False
         """After :meth:`purge`: True when the object had anything stored."""
+        self.cached = False
+        """True when the open found the store's snapshot of the state still current, and read
+        no state from Redis (see the store's ``snapshot_cache_bytes``)."""
 
     # -- what the session found when it opened ---------------------------------------------------
 
@@ -152,12 +166,19 @@ class Session:
         return self._target.where
 
     def _check_meta_read(self, what: str) -> None:
-        if not self._meta_read:
+        if self._meta_read:
+            return
+        if self._deferred:
             raise StateError(
-                f"the {what} of {self.where} was not read: a shared lazy session on an object "
-                f"makes no round trip when it opens (each get is one HGET); open it with "
-                f"state_preload=True or a preload list to read it"
+                f"the {what} of {self.where} is not known yet: a lazy session opens on its "
+                f"first read (a get, state_keys or get_all); read first, or open it with "
+                f"lease_on_enter=True to take the lease and read the bookkeeping on entry"
             )
+        raise StateError(
+            f"the {what} of {self.where} was not read: a shared lazy session on an object "
+            f"makes no round trip when it opens (each get is one HGET); open it with "
+            f"state_preload=True or a preload list to read it"
+        )
 
     # -- the Restate API ---------------------------------------------------------------------
 
@@ -183,6 +204,9 @@ class Session:
         written, raw = self._writes.known(name)
         if not written:
             raw = self._view.known(name)
+            if raw is MISSING and not self._opened and self._deferred:
+                await self._open_session((name,))  # the read rides on the open
+                raw = self._view.known(name)
             if raw is MISSING:
                 raw = await self._view.fetch(name)
         if raw is None:
@@ -239,8 +263,11 @@ class Session:
     async def state_keys(self) -> list[str]:
         """The sorted names of the state keys, this session's own writes included."""
         self._check_usable()
-        stored = set() if self._writes.cleared_all else await self._view.names()
-        return sorted(self._writes.applied_to(stored))
+        if self._writes.cleared_all:
+            return sorted(self._writes.applied_to(set()))
+        if not self._opened and self._deferred:
+            await self._open_session()
+        return sorted(self._writes.applied_to(await self._view.names()))
 
     # -- extras --------------------------------------------------------------------------------
 
@@ -251,6 +278,8 @@ class Session:
         to 10,000 keys, then pages)."""
         self._check_usable()
         if not self._writes.cleared_all:
+            if not self._opened and self._deferred:
+                await self._open_session()
             await self._view.load_all()
         return {name: await self.get(name, serde, type_hint) for name in await self.state_keys()}
 
@@ -270,41 +299,54 @@ class Session:
     async def __aenter__(self) -> Session:
         if self._open or self._closed:
             raise SessionClosedError(f"a session on {self.where} can be entered only once")
-        if self.shared:
+        if not self._deferred:
             await self._open_session()
-        else:
-            try:
-                await self._open_session()
-            except BaseException:
-                # Cancelled while the open was in flight (its reply is dropped, but the script
-                # may run and take the lease), or failed after it took the lease: release with
-                # this session's token, in a task of the store's that outlives this one, so the
-                # next session does not wait out lease_ttl. An open the script refused took
-                # nothing: no round trip then.
-                if self._lease.maybe_taken:
-                    self._lease.release_later()
-                raise
         self._open = True
         return self
 
-    async def _open_session(self) -> None:
+    async def _open_session(self, names: tuple[str, ...] = ()) -> None:
+        """Open (``names``: the state keys a lazy session reads with its open)."""
         if self.shared and self.mode == "lazy" and self.kind == "object":
             # Nothing to lock and nothing to load: each read is one HGET, with no open before
             # it. (A workflow's shared session still opens, for its workflow_status.)
             self._meta_read = False
             return
-        opened = await protocol.open_state(self._target, self._lease, self.store)
+        target, lease = self._target, self._lease
+        try:
+            opened, snapshot = await protocol.open_state(target, lease, self.store, names)
+            self._take(opened, snapshot, names)
+        except BaseException:
+            # Cancelled while the open was in flight (its reply is dropped, but the script
+            # may run and take the lease), or failed after it took the lease: release with
+            # this session's token, in a task of the backend's that outlives this one, so the
+            # next session does not wait out lease_ttl. An open the script refused took
+            # nothing: no round trip then.
+            if not self.shared and lease.maybe_taken:
+                lease.release_later()
+            raise
+        if not self.shared:
+            lease.start_renewal()
+
+    def _take(self, opened: Opened, snapshot: Snapshot | None, names: tuple[str, ...]) -> None:
+        """Take what the open found."""
+        target = self._target
+        self._opened = self._meta_read = True
         self._version = opened.version
         self._workflow_status = opened.workflow_status
         self.replayed = opened.replay is not Replay.NONE
-        self._view.load(opened, self._target.preload)
-        if opened.mode == "eager":
+        if snapshot is not None:  # the cached snapshot is still the state
+            self._view.load_snapshot(snapshot.data)
+            self.cached = True
+        else:
+            self._view.load(opened, names or target.preload)
+            snapshots = self.store.snapshots
+            if opened.mode == "eager" and not self.replayed and snapshots is not None:
+                snapshots.put(target.keys.state, opened.version, opened.commit_id, self._view.cache)
+        if snapshot is not None or opened.mode == "eager":
             self.mode = "eager" if self.mode == "eager" or self.replayed else self.mode
         elif opened.mode != "preload":
             self.mode = "lazy"
         self.record.mode = self.mode
-        if not self.shared:
-            self._lease.start_renewal()
 
     async def __aexit__(
         self,
@@ -314,22 +356,65 @@ class Session:
     ) -> None:
         self._open = False
         self._closed = True
-        renewer = self._lease.stop_renewal()
+        lease = self._lease
+        renewer = lease.stop_renewal()
         if renewer is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
         if self.shared:
             return
-        if exc_type is not None:
-            with contextlib.suppress(Exception):
-                await self._lease.release()
+        if exc_type is not None:  # nothing is written; the lease is given back before the error
+            if self._opened:  # goes on, so a retry of the work finds the object free
+                with contextlib.suppress(Exception):
+                    await lease.release()
             return
+        if not self._opened:
+            if not self.dirty and not self._purge:
+                return  # never opened, nothing written: no round trip at all
+            if self._purge:
+                await self._open_session()  # a purge runs under the lease
         if self._purge:
-            self.purged = await protocol.purge(self._target, self._lease)
+            self.purged = await protocol.purge(self._target, lease)
+            self._forget_snapshot()
         elif self.dirty or (self.kind == "workflow" and not self.replayed):
-            self._version = await protocol.commit(self._target, self._lease, self._writes)
+            committed = await protocol.commit(
+                self._target, lease, self._writes, self.store, blind=not self._opened
+            )
+            self._version = committed.version
+            self._meta_read = True
+            if committed.status is Status.ALREADY_APPLIED:
+                self.replayed = True
+            self._keep_snapshot(committed)
         else:
-            await self._lease.release()
+            lease.release_soon()  # wrote nothing: the caller does not wait for the reply
+
+    def _keep_snapshot(self, committed: Committed) -> None:
+        """After a commit: the state it left, for the next session's open to name."""
+        snapshots, view, writes = self.store.snapshots, self._view, self._writes
+        if snapshots is None:
+            return
+        key = self._target.keys.state
+        if (
+            committed.status is not Status.OK
+            or not view.complete
+            or view.source != key
+            or self.replayed
+        ):
+            snapshots.drop(key)
+            return
+        data = (
+            {} if writes.cleared_all else {n: v for n, v in view.cache.items() if v is not MISSING}
+        )
+        for name, buf in writes.writes.items():
+            if buf is None:
+                data.pop(name, None)
+            else:
+                data[name] = buf
+        snapshots.put(key, committed.version, self._target.commit_tag, data)
+
+    def _forget_snapshot(self) -> None:
+        if self.store.snapshots is not None:
+            self.store.snapshots.drop(self._target.keys.state)
 
     # -- checks ---------------------------------------------------------------------------------
 

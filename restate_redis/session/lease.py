@@ -83,6 +83,11 @@ class Lease:
         if refused is not None:  # a key of the wrong type
             raise target.wrong_type(refused.found, refused.where)
 
+    def release_soon(self) -> None:
+        """Give the lease back without waiting for the reply (a session that wrote nothing)."""
+        if not self.lost:
+            self.target.backend.release_soon(self.target)
+
     def release_later(self) -> None:
         """Release in a task of the backend's that outlives the session (see the open)."""
         self.target.backend.release_later(self.target)

@@ -5,9 +5,11 @@ and the purge, each one round trip, their results acted on here."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Sequence
 
 from ..backend.replies import Committed, Opened, Refusal, Status
 from ..errors import CommitError, LeaseTimeoutError, StateError, WorkflowCompletedError
+from .cache import Snapshot
 from .lease import Lease
 from .target import SessionHost, Target
 from .writes import WriteBuffer
@@ -15,6 +17,12 @@ from .writes import WriteBuffer
 
 def refused_error(target: Target, lease: Lease, refused: Refusal) -> StateError:
     """The error for a script's refusal (anything but BUSY)."""
+    if refused.after_retry:
+        lease.lost = True
+        return CommitError(
+            f"the commit of {target.where} lost its reply and its retry found the lease gone "
+            f"and the commit id not among the recent ones: it may or may not have been applied"
+        )
     if refused.status is Status.WRONG_TYPE:
         return target.wrong_type(refused.found, refused.where)
     if refused.status is Status.CORRUPT:
@@ -31,20 +39,67 @@ def refused_error(target: Target, lease: Lease, refused: Refusal) -> StateError:
     return StateError(f"unexpected reply {refused} for {target.where}")
 
 
-async def open_state(target: Target, lease: Lease, host: SessionHost) -> Opened:
-    """Open, waiting for the lease (one wait per busy reply) up to acquire_timeout."""
+async def open_state(
+    target: Target, lease: Lease, host: SessionHost, names: Sequence[str] = ()
+) -> tuple[Opened, Snapshot | None]:
+    """Open, waiting for the lease up to acquire_timeout; ``names``: the state keys a lazy
+    session reads with its open. The snapshot cache's copy of the state is named, so an
+    unchanged state does not cross the network again: it is returned when the open found it
+    still the state."""
+    snapshot = host.snapshots.get(target.keys.state) if host.snapshots is not None else None
+    cached = (
+        (snapshot.version, snapshot.commit_id, len(snapshot.data)) if snapshot is not None else None
+    )
+
+    def attempt() -> Awaitable[Opened | Refusal]:
+        lease.maybe_taken = True  # until the reply says otherwise (it may never arrive)
+        return target.backend.open(target, cached, names)
+
+    opened = await _acquiring(target, lease, host, attempt)
+    assert isinstance(opened, Opened)
+    return opened, snapshot if opened.mode == "cached" else None
+
+
+async def commit(
+    target: Target, lease: Lease, writes: WriteBuffer, host: SessionHost, *, blind: bool = False
+) -> Committed:
+    """Every buffered write, atomically, and the lease released. ``blind``: the session
+    never opened (it only wrote): the commit takes the lease itself, waiting for it up to
+    acquire_timeout like an open.
+
+    A retry after a lost reply is recognised by the commit id: never applied twice."""
+    if lease.lost:
+        raise lease.lost_error()
+    target.record.writes = writes.changes()
+    args = writes.script_args()
+
+    def attempt() -> Awaitable[Committed | Refusal]:
+        return target.backend.commit(target, args, cleared_all=writes.cleared_all, blind=blind)
+
+    committed = await _acquiring(target, lease, host, attempt)
+    assert isinstance(committed, Committed)
+    return committed
+
+
+async def _acquiring(
+    target: Target,
+    lease: Lease,
+    host: SessionHost,
+    attempt: Callable[[], Awaitable[Opened | Committed | Refusal]],
+) -> Opened | Committed:
+    """``attempt()`` until it is not refused BUSY, waiting for the lease's release between
+    attempts (one wait per busy reply), up to acquire_timeout; other refusals raise."""
     backend, record = target.backend, target.record
     started = time.monotonic()
     deadline = started + host.acquire_timeout
     while True:
-        lease.maybe_taken = True  # until the reply says otherwise (it may never arrive)
-        opened = await backend.open(target)
-        if type(opened) is Opened:
-            break
-        assert isinstance(opened, Refusal)
+        result = await attempt()
+        if type(result) is not Refusal:
+            record.lease_wait = time.monotonic() - started
+            return result  # type: ignore[return-value]
         lease.maybe_taken = False
-        if opened.status is not Status.BUSY:
-            raise refused_error(target, lease, opened)
+        if result.status is not Status.BUSY:
+            raise refused_error(target, lease, result)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             host.telemetry.record_lease_timeout(record)
@@ -53,33 +108,9 @@ async def open_state(target: Target, lease: Lease, host: SessionHost) -> Opened:
                 f"acquire_timeout={host.acquire_timeout:g}s: another session holds it"
             )
         await backend.wait(
-            target, max(0.001, min(remaining, backend.wait_slice, opened.pttl / 1000 + 0.001))
+            target, max(0.001, min(remaining, backend.wait_slice, result.pttl / 1000 + 0.001))
         )
-        record.lease_wait = time.monotonic() - started  # so far, for the next open's span
-    record.lease_wait = time.monotonic() - started
-    return opened
-
-
-async def commit(target: Target, lease: Lease, writes: WriteBuffer) -> int:
-    """Every buffered write, atomically, and the lease released; the new version.
-
-    A retry after a lost reply is recognised by the commit id: never applied twice."""
-    if lease.lost:
-        raise lease.lost_error()
-    target.record.writes = writes.changes()
-    committed = await target.backend.commit(
-        target, writes.script_args(), cleared_all=writes.cleared_all
-    )
-    if type(committed) is Committed:
-        return committed.version
-    assert isinstance(committed, Refusal)
-    if committed.after_retry:
-        lease.lost = True
-        raise CommitError(
-            f"the commit of {target.where} lost its reply and its retry found the lease gone "
-            f"and the commit id not among the recent ones: it may or may not have been applied"
-        )
-    raise refused_error(target, lease, committed)
+        record.lease_wait = time.monotonic() - started  # so far, for the next span
 
 
 async def purge(target: Target, lease: Lease) -> bool:

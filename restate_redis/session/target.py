@@ -14,6 +14,7 @@ from ..errors import CorruptStateError, InvalidNameError, StateDecodeError, Wron
 from ..keyspace import Keyspace
 from ..observe import Observer
 from ..serde import Serde
+from .cache import SnapshotCache
 
 T = TypeVar("T")
 StatePreload = bool | list[str] | tuple[str, ...]
@@ -36,15 +37,20 @@ class Backend(Protocol):
         """Commits wait for replicas."""
         ...
 
-    def open(self, ref: SessionRef) -> Awaitable[Opened | Refusal]:
-        """Take the lease (none for a shared session) and read what the mode needs."""
+    def open(
+        self, ref: SessionRef, cached: tuple[int, str, int] | None = None, names: Sequence[str] = ()
+    ) -> Awaitable[Opened | Refusal]:
+        """Take the lease (none for a shared session) and read what the mode needs, or
+        nothing when the snapshot ``cached`` names is still the state; ``names``: the state
+        keys a lazy session reads with its open."""
         ...
 
     def commit(
-        self, ref: SessionRef, writes: Sequence[Any], *, cleared_all: bool
+        self, ref: SessionRef, writes: Sequence[Any], *, cleared_all: bool, blind: bool = False
     ) -> Awaitable[Committed | Refusal]:
         """Apply ``writes`` (deletes counted, then name, value pairs) atomically and
-        release the lease."""
+        release the lease; ``blind``: the session never opened, and the commit takes the
+        lease for itself (refused BUSY while another session holds it)."""
         ...
 
     def purge(self, ref: SessionRef) -> Awaitable[Committed | Refusal]:
@@ -53,6 +59,10 @@ class Backend(Protocol):
 
     def release(self, ref: SessionRef) -> Awaitable[Refusal | None]:
         """Give the lease up without writing."""
+        ...
+
+    def release_soon(self, ref: SessionRef) -> None:
+        """Give the lease up without writing, without waiting for the reply."""
         ...
 
     def release_later(self, ref: SessionRef) -> None:
@@ -95,6 +105,8 @@ class SessionHost(Protocol):
     def acquire_timeout(self) -> float: ...
     @property
     def max_value_bytes(self) -> int: ...
+    @property
+    def snapshots(self) -> SnapshotCache | None: ...
 
 
 class Target(SessionRef):

@@ -33,7 +33,7 @@ class ReadView:
         self.source = target.keys.state  # the hash lazy reads go to
 
     def load(self, opened: Opened, preload: tuple[str, ...]) -> None:
-        """Take what the open read."""
+        """Take what the open read (``preload``: the names it read values of)."""
         data, field = opened.data, self.target.field
         if opened.replay is Replay.OVERLAY:  # prior values of what it changed, over the state
             for i in range(0, len(data), 2):
@@ -49,10 +49,15 @@ class ReadView:
             except (AttributeError, UnicodeDecodeError):  # str replies, or a non-UTF-8 name
                 self.cache = {field(data[i]): data[i + 1] for i in range(0, len(data), 2)}
             self.complete = True
-        elif opened.mode == "preload":
+        elif preload and opened.replay is Replay.NONE:  # preload, or a lazy session's first read
             self.cache = {
                 n: MISSING if v is None else v for n, v in zip(preload, data, strict=True)
             }
+
+    def load_snapshot(self, data: dict[str, bytes]) -> None:
+        """Take the whole state from a snapshot the open found current (read, never changed)."""
+        self.cache = data
+        self.complete = True
 
     def known(self, name: str) -> Any:
         """The stored bytes or None when known without a round trip, else MISSING."""

@@ -170,8 +170,8 @@ async def test_wrong_redis_type_at_open(
     state = store.keyspace.object_keys("Svc", "obj").state
     await client.set(state, "a string")
     with pytest.raises(WrongTypeError, match=r"holds a string, not a hash"):
-        async with store.object("Svc", "obj", state_preload=mode):
-            pass
+        async with store.object("Svc", "obj", state_preload=mode) as ctx:
+            await ctx.get("a")  # a lazy session opens on its first read
     assert await client.get(state) == b"a string"
     assert await client.exists(store.keyspace.object_keys("Svc", "obj").lease) == 0
 

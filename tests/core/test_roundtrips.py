@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from msgpack import packb
 
 from restate_redis import RedisStateStore, StateError
 from tests.support.counting import CountingConnection, open_counted_store
@@ -17,7 +19,7 @@ async def counted(server: Server) -> AsyncIterator[RedisStateStore]:
     async with open_counted_store(server.url) as store:
         async with store.object("Warm", "up") as ctx:  # load the scripts once
             ctx.set("k", 1)
-        async with store.object("Warm", "up", state_preload=False) as ctx:
+        async with store.object("Warm", "up", state_preload=False, shared=True) as ctx:
             await ctx.state_keys()
         async with store.object("Warm", "up"):
             pass
@@ -37,18 +39,97 @@ async def test_eager_exclusive_session_is_two_round_trips(counted: RedisStateSto
     assert CountingConnection.sent_log == ["EVALSHA", "EVALSHA"]
 
 
-async def test_eager_session_without_writes_is_two_round_trips(counted: RedisStateStore) -> None:
+async def test_eager_session_without_writes_waits_for_one_round_trip(
+    counted: RedisStateStore,
+) -> None:
     async with counted.object("Svc", "obj") as ctx:
         await ctx.get("k1")
+    assert CountingConnection.sent_log == ["EVALSHA"]  # the open; the release is not awaited
+    await counted.backend.settle()
     assert CountingConnection.sent_log == ["EVALSHA", "EVALSHA"]  # open, release
+    assert await counted.client.exists(counted.keyspace.object_keys("Svc", "obj").lease) == 0
 
 
-async def test_lazy_exclusive_session_reading_one_key_is_three(counted: RedisStateStore) -> None:
+async def test_lazy_exclusive_read_of_one_key_waits_for_one_round_trip(
+    counted: RedisStateStore,
+) -> None:
+    assert counted.snapshots is not None
+    counted.snapshots.clear()
     async with counted.object("Svc", "obj", state_preload=False) as ctx:
+        assert CountingConnection.sent_log == []  # a lazy session opens on its first read
         v = await ctx.get("k3")
-        assert await ctx.get("k3") == v  # cached after the first read
+        assert v == "x" * 100
+        assert CountingConnection.sent_log == ["EVALSHA"]  # the read rode on the open
+        assert await ctx.get("k3") == v  # kept after the first read
+        assert ctx.version == 10
+    assert CountingConnection.sent_log == ["EVALSHA"]  # the release is not awaited
+    await counted.backend.settle()
+    assert CountingConnection.sent_log == ["EVALSHA", "EVALSHA"]
+
+
+async def test_lazy_session_that_reads_and_writes_is_two(counted: RedisStateStore) -> None:
+    assert counted.snapshots is not None
+    counted.snapshots.clear()
+    async with counted.object("Svc", "obj", state_preload=False) as ctx:
         ctx.set("k3", "z")
-    assert CountingConnection.sent_log == ["EVALSHA", "HGET", "EVALSHA"]
+        assert await ctx.get("k3") == "z"  # its own write: nothing to read
+        assert await ctx.get("k4") == "x" * 100
+    assert CountingConnection.sent_log == ["EVALSHA", "EVALSHA"]  # open and read, commit
+
+
+async def test_a_blind_write_is_one_round_trip(counted: RedisStateStore) -> None:
+    keys = counted.keyspace.object_keys("Svc", "fresh")
+    async with counted.object("Svc", "fresh", state_preload=False) as ctx:
+        ctx.set("a", 1)
+        ctx.clear("b")
+    assert CountingConnection.sent_log == ["EVALSHA"]  # take, apply, release: one script
+    assert ctx.version == 1
+    assert await counted.client.hgetall(keys.state) == {b"a": b"\x01"}
+    assert await counted.client.exists(keys.lease, keys.wake) == 0
+    CountingConnection.sent_log.clear()
+    async with counted.object("Svc", "fresh", state_preload=False) as ctx:
+        pass
+    assert CountingConnection.sent_log == []  # nothing read, nothing written: no round trip
+
+
+async def test_a_blind_write_waits_for_the_lease_like_an_open(counted: RedisStateStore) -> None:
+    holder = counted.object("Svc", "obj")
+    await holder.__aenter__()
+    holder.set("k1", "held")
+
+    async def blind() -> int:
+        async with counted.object("Svc", "obj", state_preload=False) as ctx:
+            ctx.set("k2", "blind")
+        return ctx.version
+
+    task = asyncio.create_task(blind())
+    deadline = asyncio.get_running_loop().time() + 5
+    while "BLPOP" not in CountingConnection.sent_log:  # refused BUSY, now waiting
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    assert not task.done()
+    await holder.__aexit__(None, None, None)
+    assert await asyncio.wait_for(task, 10) == 12  # after the holder's commit (11)
+    state = counted.keyspace.object_keys("Svc", "obj").state
+    assert await counted.client.hmget(state, ["k1", "k2"]) == [packb("held"), packb("blind")]
+
+
+async def test_lease_on_enter_opens_a_lazy_session_on_entry(counted: RedisStateStore) -> None:
+    assert counted.snapshots is not None
+    counted.snapshots.clear()
+    async with counted.object("Svc", "obj", state_preload=False, lease_on_enter=True) as ctx:
+        assert CountingConnection.sent_log == ["EVALSHA"]
+        assert ctx.version == 10
+        assert await ctx.get("k3") == "x" * 100
+    assert CountingConnection.sent_log == ["EVALSHA", "HGET"]
+
+
+async def test_an_unopened_lazy_session_says_how_to_read_its_version(
+    counted: RedisStateStore,
+) -> None:
+    async with counted.object("Svc", "obj", state_preload=False) as ctx:
+        with pytest.raises(StateError, match="lease_on_enter=True"):
+            _ = ctx.version
 
 
 async def test_lazy_state_keys_is_one_round_trip(counted: RedisStateStore) -> None:
@@ -60,6 +141,8 @@ async def test_lazy_state_keys_is_one_round_trip(counted: RedisStateStore) -> No
 
 
 async def test_preload_reads_named_keys_up_front(counted: RedisStateStore) -> None:
+    assert counted.snapshots is not None
+    counted.snapshots.clear()
     async with counted.object("Svc", "obj", state_preload=["k1", "nope"]) as ctx:
         assert await ctx.get("k1") == "x" * 100
         assert await ctx.get("nope") is None
@@ -79,7 +162,7 @@ async def test_eager_state_over_the_size_limit_falls_back_to_lazy(server: Server
     pool = aioredis.ConnectionPool.from_url(server.url, connection_class=CountingConnection)
     client = aioredis.Redis(connection_pool=pool)
     await client.flushall()
-    store = RedisStateStore(client, eager_state_size_limit=2000)
+    store = RedisStateStore(client, eager_state_size_limit=2000, snapshot_cache_bytes=0)
     async with store.object("Svc", "big") as ctx:
         for i in range(30):
             ctx.set(f"k{i}", b"x" * 100)

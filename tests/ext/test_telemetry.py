@@ -134,8 +134,11 @@ async def test_eager_session_spans_nest_under_the_handler(
     assert commit.end_time is not None and open_.end_time is not None
     assert open_.end_time <= commit.start_time
 
-    # a second session reads both keys eagerly: keys and bytes read
+    # a second session (on a store without the snapshot) reads both keys eagerly: keys and
+    # bytes read
     otel.exporter.clear()
+    assert traced_store.snapshots is not None
+    traced_store.snapshots.clear()
     async with traced_store.object("Counter", "alice", shared=True) as s:
         assert await s.get("count") == 41
     (open2,) = otel.spans()
@@ -145,6 +148,14 @@ async def test_eager_session_spans_nest_under_the_handler(
     assert a[tm.SHARED] is True
     assert tm.LEASE_WAIT not in a  # shared sessions take no lease
 
+    # the next one finds that snapshot current: nothing read
+    otel.exporter.clear()
+    async with traced_store.object("Counter", "alice", shared=True) as s:
+        assert await s.get("count") == 41
+    (open3,) = otel.spans()
+    assert attrs(open3)[tm.MODE] == "cached"
+    assert (attrs(open3)[tm.KEYS], attrs(open3).get(tm.BYTES_READ, 0)) == (0, 0)
+
 
 async def test_lazy_get_keys_and_get_all_spans(
     traced_store: RedisStateStore, otel: Otel, server: Server
@@ -153,11 +164,14 @@ async def test_lazy_get_keys_and_get_all_spans(
         s.set("items", ["apple", "pear"])
         s.set("total", 12)
     otel.exporter.clear()
-    async with traced_store.object("Cart", "bob", state_preload=False) as s:
+    assert traced_store.snapshots is not None
+    traced_store.snapshots.clear()  # else the open finds the committed snapshot current
+    async with traced_store.object("Cart", "bob", state_preload=False, lease_on_enter=True) as s:
         assert await s.get("items") == ["apple", "pear"]
         assert await s.get("missing") is None
         assert await s.state_keys() == ["items", "total"]
         assert await s.get_all() == {"items": ["apple", "pear"], "total": 12}
+    await traced_store.backend.settle()  # the release is not waited for
     names = [sp.name for sp in otel.spans()]
     target = f"127.0.0.1:{server.port}"
     assert names == [
@@ -301,7 +315,9 @@ async def test_errors_set_status_and_record_the_exception(
     # a Redis error reply: its prefix is the response status code
     otel.exporter.clear()
     with pytest.raises(WrongTypeError):
-        async with store.object("Counter", "retyped", state_preload=False) as s:
+        async with store.object(
+            "Counter", "retyped", state_preload=False, lease_on_enter=True
+        ) as s:
             await client.delete(s.keys.state)
             await client.rpush(s.keys.state, "x")  # the hash became a list behind its back
             await s.get("count")
@@ -565,7 +581,8 @@ async def test_cluster_and_sentinel_clients(otel: Otel) -> None:
             group.url, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider
         )
         async with store.object("Counter", "s1", state_preload=False) as s:
-            assert await s.get("n") is None
+            assert await s.get("n") is None  # read with the open
+            assert await s.get("m") is None  # a read of its own
         await store.aclose()
     finally:
         group.stop()

@@ -17,7 +17,8 @@
 -- ARGV[3] flags        letters: c clear every stored key first, r record prior values (for
 --                      replays: in prev, or for a clear_all the whole state renamed to old),
 --                      w mark the workflow completed, a a retry of a commit whose reply was
---                      lost
+--                      lost, t a session that never opened (it only wrote): the lease is
+--                      taken and given back within this script when no one holds it
 -- ARGV[4] expire ms    > 0: every key of the object expires after this long
 -- ARGV[5] wake ttl ms  how long an unclaimed release signal is kept
 -- ARGV[6] field limit  a state of unknown size is counted only up to this many keys
@@ -29,6 +30,7 @@
 -- Reply: {1, version} applied; {2, version} this commit id was already applied (the lease
 --        is released all the same; a {2} reply always writes something, so that a WAIT sent
 --        after it on the same connection covers the earlier, applied attempt too);
+--        {0, lease pttl} (flag t) another session holds the lease;
 --        {-3} the lease is no longer held by token; {-1, type, key} a key of the wrong type;
 --        {-4, field, value} a meta field that does not parse
 
@@ -71,6 +73,9 @@ local function release()
 end
 
 local held = token == '' or holder == token
+-- A commit that never opened (flag t) on a free lease holds it for the length of this script.
+local free = not held and not holder and string.find(flags, 't', 1, true) ~= nil
+if free then held = true end
 local tag = commit_id ~= '' and string.sub(redis.sha1hex(commit_id), 1, 16)
 if commit_id ~= '' then
   local seen = m[1] == commit_id
@@ -83,7 +88,7 @@ if commit_id ~= '' then
     seen = score ~= false
   end
   if seen then
-    if token ~= '' and held then
+    if token ~= '' and held and not free then
       release()
     elseif m[2] then  -- a write, so that a WAIT after it covers the applied attempt too
       redis.call('HSET', meta, 'v', m[2])
@@ -92,6 +97,7 @@ if commit_id ~= '' then
   end
 end
 if not held then
+  if holder and string.find(flags, 't', 1, true) then return {0, redis.call('PTTL', lease)} end
   return {-3}
 end
 
@@ -193,5 +199,5 @@ elseif state_pttl > 0 then
   redis.call('PEXPIRE', state, state_pttl)  -- the expiry the renamed state had
 end
 
-if token ~= '' then release() end
+if token ~= '' and not free then release() end
 return {1, version}

@@ -12,15 +12,21 @@
 -- ARGV[5] run           "1" for a workflow run session: refuse a completed workflow
 -- ARGV[6] commit id     "" or the id of this session's commit, to recognise a replay
 -- ARGV[7] field limit   an eager session on more state keys than this falls back to lazy
--- ARGV[8..] names       state keys to preload (mode "preload")
+-- ARGV[8] cached version  the version of the snapshot the caller holds ("" for none)
+-- ARGV[9] cached commit   the last commit id of that snapshot
+-- ARGV[10] cached keys    its number of state keys
+-- ARGV[11..] names      state keys to read now (mode "preload", or "lazy": its first reads)
 --
 -- Reply: {0, lease pttl}                 the lease is held by another session
 --        {-1, type, key}                 key holds a type this library never writes there
 --        {-2}                            the workflow's run already completed
 --        {-4, field, value}              a meta field that does not parse
---        {1, version, wf, mode, replay, ...data}
---          replay 0: data: eager -> field, value, ...; preload -> one value or false per
---                    name; lazy -> nothing
+--        {1, version, wf, mode, replay, last commit id, ...data}
+--          replay 0: data: eager -> field, value, ...; preload, lazy -> one value or false
+--                    per name; mode "cached": nothing, the caller's snapshot is the state
+--                    (same version and last commit id: each commit's id is unique, so a
+--                    recreated object or a failover that lost a commit cannot match; and
+--                    the same number of keys, so keys another tool added or removed show)
 --          replay 1: a replay, data: the whole state before the replayed commit (pairs)
 --          replay 2: a replay too large to load: data: the prior values of the keys the
 --                    replayed commit changed (field, "+" .. value or "-"); the rest reads
@@ -44,6 +50,7 @@ if foreign(state, 'hash') then return wrong(state) end
 local m = redis.pcall('HMGET', meta, 'v', 'b', 'c', 'wf', 'pf')
 if m.err then return wrong(meta) end
 local version, bytes, last_commit, wf, pf = m[1] or '0', m[2], m[3], m[4] or '', m[5]
+local commit_reply = last_commit or ''
 if not string.match(version, '^%d+$') then return {-4, 'v', version} end
 if bytes and not string.match(bytes, '^%d+$') then return {-4, 'b', bytes} end
 local replay = commit_id ~= '' and last_commit == commit_id
@@ -74,15 +81,17 @@ end
 -- A replay of a commit that already applied sees the state as it was before that commit.
 if replay then
   if pf == 'r' then  -- a clear_all: the whole state before it was renamed to old
-    if redis.call('HLEN', old) > field_limit then return {1, version, wf, 'lazy', 3} end
-    local reply = {1, version, wf, 'eager', 1}
+    if redis.call('HLEN', old) > field_limit then
+      return {1, version, wf, 'lazy', 3, commit_reply}
+    end
+    local reply = {1, version, wf, 'eager', 1, commit_reply}
     local all = redis.call('HGETALL', old)
     for i = 1, #all do reply[#reply + 1] = all[i] end
     return reply
   end
   local p = redis.call('HGETALL', prev)
   if pf ~= '1' and redis.call('HLEN', state) > field_limit then
-    local reply = {1, version, wf, 'lazy', 2}
+    local reply = {1, version, wf, 'lazy', 2, commit_reply}
     for i = 1, #p do reply[#reply + 1] = p[i] end
     return reply
   end
@@ -95,7 +104,7 @@ if replay then
     local v = p[i + 1]
     if string.sub(v, 1, 1) == '+' then view[p[i]] = string.sub(v, 2) else view[p[i]] = nil end
   end
-  local reply = {1, version, wf, 'eager', 1}
+  local reply = {1, version, wf, 'eager', 1, commit_reply}
   for f, v in pairs(view) do
     reply[#reply + 1] = f
     reply[#reply + 1] = v
@@ -103,7 +112,13 @@ if replay then
   return reply
 end
 
-local reply = {1, version, wf, mode, 0}
+-- The caller's snapshot is still the state: nothing to send.
+if last_commit and ARGV[8] == version and ARGV[9] == last_commit
+    and redis.call('HLEN', state) == tonumber(ARGV[10]) then
+  return {1, version, wf, 'cached', 0, commit_reply}
+end
+
+local reply = {1, version, wf, mode, 0, commit_reply}
 if mode == 'eager' then
   -- HLEN (O(1), and right even after another tool wrote the hash) and the stored size decide
   local n = redis.call('HLEN', state)
@@ -124,8 +139,8 @@ if mode == 'eager' then
     end
   end
   for i = 1, #all do reply[#reply + 1] = all[i] end
-elseif mode == 'preload' and #ARGV > 7 then
-  local vals = redis.call('HMGET', state, unpack(ARGV, 8))
-  for i = 1, #ARGV - 7 do reply[#reply + 1] = vals[i] end
+elseif #ARGV > 10 then
+  local vals = redis.call('HMGET', state, unpack(ARGV, 11))
+  for i = 1, #ARGV - 10 do reply[#reply + 1] = vals[i] end
 end
 return reply

@@ -1,0 +1,71 @@
+"""The snapshot cache: the state of objects this store's sessions read or committed, kept so
+that the next session on the same object can open without the state crossing the network.
+
+A snapshot is only ever used after the open script has checked it: it names the object's
+version and last commit id, and the script answers "cached" (no state bytes) only while both
+are still what the object's bookkeeping holds. Each commit carries a unique id, so a snapshot
+cannot match an object that changed, was recreated after expiring or purging, or lost its
+last commit in a failover and committed again since; writes from the CLI, the UI or any other
+process go through commits and so invalidate it too. Only writes that bypass the library
+(another tool writing the hash directly) are not seen.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The whole state of one object at one commit."""
+
+    version: int
+    commit_id: str
+    data: dict[str, bytes]
+    """State key -> stored bytes; never changed once cached (sessions read it, and a commit
+    caches a new dict)."""
+    size: int
+    """What it costs the cache: names and values, in bytes."""
+
+
+class SnapshotCache:
+    """Snapshots by object (its state key), least recently used first out, bounded in bytes."""
+
+    __slots__ = ("_entries", "max_bytes", "size")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._entries: OrderedDict[str, Snapshot] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> Snapshot | None:
+        snapshot = self._entries.get(key)
+        if snapshot is not None:
+            self._entries.move_to_end(key)
+        return snapshot
+
+    def put(self, key: str, version: int, commit_id: str, data: dict[str, bytes]) -> None:
+        """Keep ``data`` (which the caller no longer changes) as the state at ``version`` /
+        ``commit_id``; a state larger than the whole cache is not kept."""
+        self.drop(key)
+        size = sum(len(name) + len(value) for name, value in data.items())
+        if not commit_id or size > self.max_bytes:
+            return
+        self._entries[key] = Snapshot(version, commit_id, data, size)
+        self.size += size
+        while self.size > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.size -= evicted.size
+
+    def drop(self, key: str) -> None:
+        snapshot = self._entries.pop(key, None)
+        if snapshot is not None:
+            self.size -= snapshot.size
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.size = 0
