@@ -258,6 +258,16 @@ class _Link:
     def _write(self, batch: list[bytes]) -> None:
         if self.error is not None:
             return
+        if self._transport.is_closing():
+            # A read or write error closed the transport earlier in this step of the loop
+            # (its connection_lost comes in the next). Never write then: on Python 3.12 and
+            # 3.13 (seen on 3.12.1 and 3.13.0; CPython gh-136234), writelines on a lost
+            # connection registers a writer for the socket about to close, and the loop
+            # keeps it after the close: the next socket given that descriptor (a connect of
+            # any client on this loop) is never reported writable and hangs until its own
+            # timeout.
+            self._fail(RedisConnectionError("Error while writing to socket: connection lost."))
+            return
         try:
             self._writer.writelines(batch)
         except Exception as exc:  # the transport is gone; its reader sees the same

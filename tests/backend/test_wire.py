@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis.asyncio as aioredis
 from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -183,6 +184,33 @@ async def test_a_link_closed_by_the_server_is_replaced_before_the_next_command(
     await store.aclose()
     ids = [int(c["id"]) for c in await admin.client_list()]
     assert second not in ids  # aclose closed the link
+
+
+async def test_commands_queued_when_the_connection_drops_fail_and_leave_no_writer_on_the_loop(
+    make_store: MakeStore,
+) -> None:
+    """The connection ends (as when the loop reads a reset from the server) in the step
+    before the commands queued behind the one in flight are written: all of them fail with a
+    connection error, the loop watches nothing for the closed socket's descriptor, and the
+    next command goes out on a new link. (On Python 3.12 and 3.13, CPython gh-136234,
+    writelines on a lost connection registers a writer for its socket, which the loop keeps
+    after the socket is closed: the next socket given that descriptor, e.g. a new connection
+    being connected, is then never reported ready and waits for its own timeout.)"""
+    store = make_store()
+    first = await store.wire.execute("CLIENT", "ID")
+    link = store.wire._link
+    assert link is not None
+    transport = link._transport
+    fd = transport.get_extra_info("socket").fileno()
+    calls = [asyncio.ensure_future(store.wire.execute("PING")) for _ in range(3)]
+    await asyncio.sleep(0)  # the first PING is written; the others wait for the next step
+    assert len(link._queued) == 2
+    transport.abort()  # what the loop does when a read fails, before they are written
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(r, RedisConnectionError) for r in results), results
+    await link._writer.wait_closed()  # the socket is closed: its descriptor is free
+    assert not asyncio.get_running_loop().remove_writer(fd)  # nothing was left registered
+    assert await store.wire.execute("CLIENT", "ID") != first
 
 
 async def test_commands_in_flight_fail_together_when_the_server_stalls_then_a_new_link_serves(
