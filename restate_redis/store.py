@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,6 +16,7 @@ from .backend.replication import commit_and_wait
 from .backend.retry import RetryPolicy, as_state_error, is_transient
 from .backend.scripts import Scripts
 from .backend.wire import Wire
+from .codecs import CodecChain, Compression, Encryption
 from .errors import InvalidOptionError, StateError
 from .keyspace import DEFAULT_NAMESPACE, Keyspace, ObjectKeys, check_key, check_service
 from .observe import Op
@@ -89,6 +90,10 @@ class RedisStateStore:
       (default 20,000), so that no open turns a huge hash into one reply.
     - ``max_value_bytes``: the largest encoded value ``set()`` accepts (default 32 MiB).
     - ``serde``: the default serde (msgpack).
+    - ``codecs``: :class:`~restate_redis.Compression` and/or
+      :class:`~restate_redis.Encryption`, applied in this order to what the serde wrote (any
+      serde, the default or one given to ``get``/``set``), and in reverse on reads; values
+      written before stay readable. See :mod:`restate_redis.codecs`.
     - ``workflow_retention``: how long a completed workflow's state is kept (default 1 day).
     - ``retry_attempts``, ``retry_timeout``: every round trip is retried after transient errors
       (connection lost, timeout, failover, cluster resharding) with exponential backoff and
@@ -114,6 +119,7 @@ class RedisStateStore:
         eager_state_field_limit: int = DEFAULT_FIELD_LIMIT,
         max_value_bytes: int = 32 * MiB,
         serde: Serde[Any] | None = None,
+        codecs: Sequence[Compression | Encryption] | None = None,
         workflow_retention: Duration = DEFAULT_RETENTION,
         retry_attempts: int = 10,
         retry_timeout: Duration = 15.0,
@@ -141,6 +147,7 @@ class RedisStateStore:
         )
         self.max_value_bytes = _positive_int(max_value_bytes, "max_value_bytes")
         self.serde: Serde[Any] = serde if serde is not None else MsgPackSerde()
+        self.codec = CodecChain(codecs)
         self.workflow_retention = seconds(workflow_retention, "workflow_retention")
         self.scripts = Scripts.register(client)
         self.wire = Wire(client)
@@ -182,6 +189,7 @@ class RedisStateStore:
         eager_state_field_limit: int = DEFAULT_FIELD_LIMIT,
         max_value_bytes: int = 32 * MiB,
         serde: Serde[Any] | None = None,
+        codecs: Sequence[Compression | Encryption] | None = None,
         workflow_retention: Duration = DEFAULT_RETENTION,
         retry_attempts: int = 10,
         retry_timeout: Duration = 15.0,
@@ -209,6 +217,7 @@ class RedisStateStore:
             eager_state_field_limit=eager_state_field_limit,
             max_value_bytes=max_value_bytes,
             serde=serde,
+            codecs=codecs,
             workflow_retention=workflow_retention,
             retry_attempts=retry_attempts,
             retry_timeout=retry_timeout,

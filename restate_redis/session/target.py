@@ -11,6 +11,7 @@ from redis.exceptions import ResponseError
 
 from ..backend.scripts import Scripts
 from ..backend.wire import Wire
+from ..codecs import CodecChain
 from ..errors import CorruptStateError, InvalidNameError, StateDecodeError, WrongTypeError, where
 from ..keyspace import Keyspace, ObjectKeys
 from ..observe import ROUNDTRIP, Observer, Op, SessionRecord
@@ -32,6 +33,7 @@ class SessionHost(Protocol):
     client: Any
     keyspace: Keyspace
     serde: Serde[Any]
+    codec: CodecChain
     scripts: Scripts
     wire: Wire
     telemetry: Observer
