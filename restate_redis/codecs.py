@@ -477,6 +477,17 @@ class CodecChain:
             ) from exc
         return out
 
+    def reseal(self, stored: bytes, service: str, key: str, name: str) -> bytes | None:
+        """``stored`` encrypted under the current key, or None when it already is. An
+        encrypted value is decrypted (its inner bytes, compressed or not, are kept); any
+        other value is encrypted as it is stored. Needs an Encryption."""
+        if self.encryption is None:
+            raise InvalidOptionError("re-encrypting needs a store with Encryption")
+        if self.is_current(stored):
+            return None
+        inner = self._decrypt(stored, service, key, name) if stored[:2] == _SEALED else stored
+        return self.encryption.encrypt(inner, _context(service, key, name))
+
     def is_current(self, stored: bytes) -> bool:
         """True when ``stored`` is encrypted under the current key (rekey leaves it)."""
         if self.encryption is None:
