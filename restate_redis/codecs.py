@@ -129,7 +129,7 @@ class Compression:
         self._zstandard = _zstd()
         self._local = threading.local()  # zstd contexts are not safe to share across threads
 
-    def compress(self, data: bytes) -> bytes:
+    def _compress(self, data: bytes) -> bytes:
         """``data`` as a compressed envelope, or unchanged when that would not be smaller."""
         if len(data) < self.min_bytes:
             return data
@@ -308,13 +308,13 @@ class Encryption:
             raise InvalidOptionError(f"cannot read the key file {str(file)!r}: {exc}") from None
         return cls.parse(text, source=f"the key file {str(file)!r}", allow_plain=allow_plain)
 
-    def encrypt(self, data: bytes, context: bytes) -> bytes:
+    def _encrypt(self, data: bytes, context: bytes) -> bytes:
         """``data`` as an envelope under the current key, bound to ``context``."""
         header = self._headers[self._current]
         nonce = os.urandom(NONCE_BYTES)
         return header + nonce + self._ciphers[self._current].encrypt(nonce, data, header + context)
 
-    def cipher(self, key_id: str) -> AESGCM | None:
+    def _cipher(self, key_id: str) -> AESGCM | None:
         return self._ciphers.get(key_id)
 
     def __repr__(self) -> str:
@@ -404,9 +404,9 @@ class CodecChain:
         if data[:1] == MAGIC:
             data = _ESCAPED + data
         if self.compression is not None:
-            data = self.compression.compress(data)
+            data = self.compression._compress(data)
         if self.encryption is not None:
-            data = self.encryption.encrypt(data, _context(service, key, name))
+            data = self.encryption._encrypt(data, _context(service, key, name))
         return data
 
     def decode(self, stored: bytes, service: str, key: str, name: str) -> bytes:
@@ -456,7 +456,7 @@ class CodecChain:
                 f"read the keys from {ENV_KEYS})",
                 key_id,
             )
-        cipher = self.encryption.cipher(key_id)
+        cipher = self.encryption._cipher(key_id)
         if cipher is None:
             raise EncryptedValueError(
                 f"{where(service, key, name)} is encrypted under key id {key_id!r}, which the "
@@ -486,7 +486,7 @@ class CodecChain:
         if self.is_current(stored):
             return None
         inner = self._decrypt(stored, service, key, name) if stored[:2] == _SEALED else stored
-        return self.encryption.encrypt(inner, _context(service, key, name))
+        return self.encryption._encrypt(inner, _context(service, key, name))
 
     def is_current(self, stored: bytes) -> bool:
         """True when ``stored`` is encrypted under the current key (rekey leaves it)."""

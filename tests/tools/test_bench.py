@@ -109,6 +109,9 @@ def test_quick_bench_reports_exact_round_trips(server: Server, tmp_path: Path) -
         assert stored["zstd+aes"] == stored["zstd"] + 2 + 1 + len("bench") + 12 + 16
         assert set(row["client_cpu_us"]) == {"plain", "zstd", "aes", "zstd+aes"}
         assert {"zstd_cpu_us", "encryption_cpu_us", "encryption_cpu_us_compressed"} <= set(row)
+        codec_cpu = row["codec_cpu_us"]
+        assert set(codec_cpu) == {"plain", "zstd", "aes", "zstd+aes"}
+        assert codec_cpu["aes"] > codec_cpu["plain"] >= 0  # encrypting costs something
     md = out_md.read_text()
     assert "| workload | system |" in md and "hiredis" in md
     assert "| 100 KiB JSON-like" in md and "zstd ratio" in md

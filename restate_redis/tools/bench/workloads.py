@@ -21,6 +21,8 @@ sizes give the compression ratio (:meth:`Workloads.codec_sizes`).
 from __future__ import annotations
 
 import random
+import statistics
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -153,6 +155,29 @@ class Workloads:
             for size_name, size in CODEC_SIZES.items():
                 async with self.codec_stores[variant].object(f"W7-{variant}", size_name) as ctx:
                     ctx.set("doc", json_like(size))
+
+    def codec_cpu(self, repetitions: int = 5) -> dict[str, dict[str, float]]:
+        """Per value size and codec variant: the CPU microseconds the codecs take for one
+        session's value, decoded once (the read) and encoded once (the write), measured on
+        its own (the median of ``repetitions`` timed loops): what the codecs add to a
+        session, without the noise of the session's other work."""
+        out: dict[str, dict[str, float]] = {}
+        for size_name, size in CODEC_SIZES.items():
+            plain = msgpack.packb(json_like(size))
+            loops = max(5, 200_000 // len(plain))
+            out[size_name] = {}
+            for variant, store in self.codec_stores.items():
+                codec = store.codec
+                stored = codec.encode(plain, "W7", size_name, "doc")
+                samples = []
+                for _ in range(repetitions):
+                    started = time.process_time()
+                    for _ in range(loops):
+                        codec.decode(stored, "W7", size_name, "doc")
+                        codec.encode(plain, "W7", size_name, "doc")
+                    samples.append((time.process_time() - started) / loops * 1e6)
+                out[size_name][variant] = round(statistics.median(samples), 1)
+        return out
 
     async def codec_sizes(self) -> dict[str, dict[str, int]]:
         """Per value size: the msgpack bytes and the bytes stored by each codec variant."""
