@@ -1,10 +1,12 @@
 """Restate-style K/V state for Virtual Objects and Workflows, kept in Redis.
 
-The public surface, by concept: the store and its sessions; how values are encoded; the
+The public surface, by concept: the store and its sessions; how values are encoded (and
+compressed or encrypted at rest); the
 errors, grouped under one root by what the caller can do (see :mod:`restate_redis.errors`).
 Everything else is internal.
 """
 
+from .codecs import Compression, Encryption
 from .errors import (
     AvailabilityError,
     CommitError,
@@ -12,6 +14,7 @@ from .errors import (
     CorruptStateError,
     DataError,
     EmbeddedServerError,
+    EncryptedValueError,
     InvalidNameError,
     InvalidOptionError,
     InvalidPatchError,
@@ -49,6 +52,9 @@ __all__ = [
     "MsgPackSerde",
     "JsonSerde",
     "BytesSerde",
+    # values at rest: compression and encryption
+    "Compression",
+    "Encryption",
     # errors: the root
     "StateError",
     # usage: fix the call
@@ -64,6 +70,7 @@ __all__ = [
     "DataError",
     "StateDecodeError",
     "StateTypeError",
+    "EncryptedValueError",
     "WrongTypeError",
     "CorruptStateError",
     "UnknownObjectError",

@@ -12,8 +12,9 @@ Messages name the service, the object key and, where one is involved, the state 
     │   ├── SessionClosedError         a session used outside its async with
     │   └── InvalidPatchError          a JSON Patch that is malformed or does not apply
     ├── DataError                      what is stored is not what was expected
-    │   ├── StateDecodeError           bytes the serde cannot decode
-    │   │   └── StateTypeError         decoded data that does not fit type_hint
+    │   ├── StateDecodeError           bytes the serde or a codec cannot decode
+    │   │   ├── StateTypeError         decoded data that does not fit type_hint
+    │   │   └── EncryptedValueError    a value encrypted under a key the store does not have
     │   ├── WrongTypeError             a Redis key of another type than this library writes
     │   ├── CorruptStateError          bookkeeping that does not parse
     │   └── UnknownObjectError         no such object or state key
@@ -97,11 +98,20 @@ class InvalidPatchError(UsageError, ValueError):
 
 
 class StateDecodeError(DataError, ValueError):
-    """Stored bytes could not be decoded by the serde."""
+    """Stored bytes could not be decoded by the serde, or by a codec (a tampered ciphertext)."""
 
 
 class StateTypeError(StateDecodeError, TypeError):
     """Decoded data does not fit the requested type_hint."""
+
+
+class EncryptedValueError(StateDecodeError):
+    """A value is encrypted under a key the store does not have: it has no Encryption, or
+    its key ring lacks the value's key id (``key_id``)."""
+
+    def __init__(self, message: str, key_id: str | None = None) -> None:
+        super().__init__(message)
+        self.key_id = key_id
 
 
 class WrongTypeError(DataError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -11,6 +11,7 @@ from . import observe
 from .backend.connection import RedisClient, connect, socket_timeout_of
 from .backend.engine import RedisBackend
 from .backend.retry import RetryPolicy
+from .codecs import CodecChain, Compression, Encryption
 from .errors import InvalidOptionError
 from .keyspace import DEFAULT_NAMESPACE, Keyspace, check_key, check_service
 from .serde import MsgPackSerde, Serde
@@ -89,6 +90,10 @@ class RedisStateStore:
       commit id still match it.
     - ``max_value_bytes``: the largest encoded value ``set()`` accepts (default 32 MiB).
     - ``serde``: the default serde (msgpack).
+    - ``codecs``: :class:`~restate_redis.Compression` and/or
+      :class:`~restate_redis.Encryption`, applied in this order to what the serde wrote (any
+      serde, the default or one given to ``get``/``set``), and in reverse on reads; values
+      written before stay readable. See :mod:`restate_redis.codecs`.
     - ``workflow_retention``: how long a completed workflow's state is kept (default 1 day).
     - ``retry_attempts``, ``retry_timeout``: every round trip is retried after transient errors
       (connection lost, timeout, failover, cluster resharding) with exponential backoff and
@@ -115,6 +120,7 @@ class RedisStateStore:
         snapshot_cache_bytes: int = DEFAULT_SNAPSHOT_CACHE,
         max_value_bytes: int = 32 * MiB,
         serde: Serde[Any] | None = None,
+        codecs: Sequence[Compression | Encryption] | None = None,
         workflow_retention: Duration = DEFAULT_RETENTION,
         retry_attempts: int = 10,
         retry_timeout: Duration = 15.0,
@@ -153,6 +159,7 @@ class RedisStateStore:
         self.snapshots = SnapshotCache(snapshot_cache_bytes) if snapshot_cache_bytes else None
         """The snapshots this store's sessions read or committed (None: turned off)."""
         self.serde: Serde[Any] = serde if serde is not None else MsgPackSerde()
+        self.codec = CodecChain(codecs)
         self.workflow_retention = seconds(workflow_retention, "workflow_retention")
         self.retry = RetryPolicy(
             attempts=_positive_int(retry_attempts, "retry_attempts"),
@@ -205,6 +212,7 @@ class RedisStateStore:
         snapshot_cache_bytes: int = DEFAULT_SNAPSHOT_CACHE,
         max_value_bytes: int = 32 * MiB,
         serde: Serde[Any] | None = None,
+        codecs: Sequence[Compression | Encryption] | None = None,
         workflow_retention: Duration = DEFAULT_RETENTION,
         retry_attempts: int = 10,
         retry_timeout: Duration = 15.0,
@@ -233,6 +241,7 @@ class RedisStateStore:
             snapshot_cache_bytes=snapshot_cache_bytes,
             max_value_bytes=max_value_bytes,
             serde=serde,
+            codecs=codecs,
             workflow_retention=workflow_retention,
             retry_attempts=retry_attempts,
             retry_timeout=retry_timeout,

@@ -16,6 +16,7 @@ from typing import Any, TypeVar, overload
 
 from ..backend.engine import Mode
 from ..backend.replies import Committed, Opened, Replay, Status
+from ..codecs import MAGIC, StoredBytes
 from ..errors import (
     InvalidNameError,
     InvalidOptionError,
@@ -196,6 +197,9 @@ class Session:
     async def get(self, name: str, serde: Serde[Any] | None = None, type_hint: Any = None) -> Any:
         """The value of state key ``name``, or None when it does not exist.
 
+        The store's codecs (compression, encryption) decode the stored bytes before ``serde``
+        (or the store's serde) reads them.
+
         ``type_hint`` turns the decoded data into that type (int, dataclass, pydantic model,
         msgspec Struct, datetime, ``list[X]``...).
         """
@@ -212,6 +216,9 @@ class Session:
         if raw is None:
             return None
         serde = serde if serde is not None else self.store.serde
+        codec = self.store.codec
+        if (raw[:1] == MAGIC or codec.strict) and not isinstance(serde, StoredBytes):
+            raw = codec.decode(raw, self.service, self.record.key, name)
         try:
             data = serde.deserialize(raw)
         except Exception as exc:
@@ -226,7 +233,9 @@ class Session:
             raise StateTypeError(f"{self._name(name)}: {exc}") from exc
 
     def set(self, name: str, value: Any, serde: Serde[Any] | None = None) -> None:
-        """Set state key ``name`` to ``value``; encoded now, so a bad value fails here."""
+        """Set state key ``name`` to ``value``; encoded now (by ``serde`` or the store's, then
+        the store's codecs), so a bad value fails here. ``max_value_bytes`` applies to the
+        bytes stored."""
         self._check_writable()
         name = self._target.check_name(name)
         serde = serde if serde is not None else self.store.serde
@@ -243,6 +252,9 @@ class Session:
             )
         if type(buf) is not bytes:
             buf = bytes(buf)
+        codec = self.store.codec
+        if (codec.encodes or buf[:1] == MAGIC) and not isinstance(serde, StoredBytes):
+            buf = codec.encode(buf, self.service, self.record.key, name)
         if len(buf) > self.store.max_value_bytes:
             raise ValueTooLargeError(
                 f"value for {self._name(name)} is {len(buf)} bytes encoded, over "

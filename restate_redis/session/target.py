@@ -10,6 +10,7 @@ from redis.exceptions import ResponseError
 
 from ..backend.engine import Cursor, SessionRef
 from ..backend.replies import Committed, Opened, Refusal
+from ..codecs import CodecChain
 from ..errors import CorruptStateError, InvalidNameError, StateDecodeError, WrongTypeError, where
 from ..keyspace import Keyspace
 from ..observe import Observer
@@ -99,6 +100,8 @@ class SessionHost(Protocol):
     def keyspace(self) -> Keyspace: ...
     @property
     def serde(self) -> Serde[Any]: ...
+    @property
+    def codec(self) -> CodecChain: ...
     @property
     def telemetry(self) -> Observer: ...
     @property

@@ -18,14 +18,22 @@ express, and are turned back into the same bytes when written:
   written back through the serde as bytes.
 - ``{"$raw": "..."}``: a whole stored value the serde cannot decode (or that holds types
   JSON has no form for); written back verbatim, bypassing the serde.
+- ``{"$encrypted": "KEY-ID"}``: a whole value encrypted under a key the store does not have
+  (no ``RESTATE_REDIS_KEYS``, or not that key id), or that does not decrypt; it is never
+  shown as its ciphertext and cannot be changed here (an edit that changes it is refused
+  with :class:`~restate_redis.errors.EncryptedValueError`; clearing it works).
+
+Values pass through the store's codecs (see :mod:`restate_redis.codecs`): they are shown
+decrypted and decompressed, and what is written is encoded like a handler's writes.
 
 A marker is always an object with that one key. So that an application's own map can never
-be mistaken for one, every map key made of one or more ``$`` followed by ``base64`` or
-``raw`` is shown with one more ``$``, at any depth: the map ``{"$base64": "aGk="}`` shows as
-``{"$$base64": "aGk="}``, ``{"$$raw": 1}`` as ``{"$$$raw": 1}``, and one ``$`` is taken off
-again when written. A ``"$base64"`` or ``"$raw"`` key anywhere else (beside other keys,
-holding a non-string, ``"$raw"`` inside a value) is refused; other ``$`` keys (``"$ref"``)
-are shown as they are.
+be mistaken for one, every map key made of one or more ``$`` followed by ``base64``,
+``raw`` or ``encrypted`` is shown with one more ``$``, at any depth: the map
+``{"$base64": "aGk="}`` shows as ``{"$$base64": "aGk="}``, ``{"$$raw": 1}`` as
+``{"$$$raw": 1}``, and one ``$`` is taken off again when written. A ``"$base64"`` or
+``"$raw"`` key anywhere else (beside other keys, holding a non-string, ``"$raw"`` inside a
+value) is refused, and so is an ``"$encrypted"`` key anywhere; other ``$`` keys
+(``"$ref"``) are shown as they are.
 
 Numbers JSON cannot carry faithfully (NaN, Infinity, or a literal too large for a float
 such as ``1e999``) are refused on the way in, by :func:`load_json` and by the writes.
@@ -49,9 +57,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backend.retry import redis_errors
+from ..codecs import StoredBytes, inspect_stored
 from ..errors import (
     CorruptStateError,
+    EncryptedValueError,
+    InvalidOptionError,
     InvalidPatchError,
+    StateDecodeError,
     StateEncodeError,
     StateError,
     UnknownObjectError,
@@ -75,8 +87,10 @@ from ..store import RedisStateStore
 
 BYTES_MARK = "$base64"
 RAW_MARK = "$raw"
+ENCRYPTED_MARK = "$encrypted"
 
-_RAW = BytesSerde()
+_RAW = BytesSerde()  # the serde's bytes: the store's codecs apply
+_STORED = StoredBytes()  # the bytes as Redis holds them
 # An edit waits for the lease; a completed workflow's expiry is re-read under it and the
 # edit retried when it moved by more than this, so an edit keeps the remaining retention.
 _EXPIRY_SLACK_MS = 1000
@@ -84,11 +98,13 @@ _EXPIRY_ATTEMPTS = 3
 
 __all__ = [
     "BYTES_MARK",
+    "ENCRYPTED_MARK",
     "RAW_MARK",
     "Admin",
     "ObjectInfo",
     "ObjectPage",
     "ObjectState",
+    "Rekeyed",
     "ServiceInfo",
     "ServiceList",
     "SkippedKeys",
@@ -106,7 +122,7 @@ class _NotJson(Exception):
     """A decoded value holds something JSON has no form for."""
 
 
-_MARKS = frozenset({BYTES_MARK, RAW_MARK})
+_MARKS = frozenset({BYTES_MARK, RAW_MARK, ENCRYPTED_MARK})
 _MARKER_NAMES = frozenset(mark.lstrip("$") for mark in _MARKS)
 
 
@@ -154,10 +170,25 @@ def _from_json(value: Any) -> Any:
             return _b64(value[BYTES_MARK], BYTES_MARK)
         if RAW_MARK in value:
             raise _misused(RAW_MARK)
+        if ENCRYPTED_MARK in value:
+            raise _sealed_marker()
         return {k[1:] if _marker_shaped(k) else k: _from_json(v) for k, v in value.items()}
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{value!r} is not a finite number; JSON has no form for it")
     return value
+
+
+def _sealed_marker() -> ValueError:
+    return ValueError(
+        f'a {{"{ENCRYPTED_MARK}": ...}} marker stands for a value this tool cannot decrypt: '
+        f"it cannot be written (set RESTATE_REDIS_KEYS to read and change encrypted values); "
+        f'a map key named "{ENCRYPTED_MARK}" is written "${ENCRYPTED_MARK}"'
+    )
+
+
+def sealed_view(stored: bytes) -> dict[str, str]:
+    """The view of an encrypted value that cannot be decrypted here: its key id only."""
+    return {ENCRYPTED_MARK: inspect_stored(stored).key_id or "?"}
 
 
 def _b64(text: str, mark: str) -> bytes:
@@ -180,6 +211,8 @@ def encode_value(serde: Serde[Any], value: Any) -> bytes:
 
     Raises ValueError or TypeError when the value cannot be encoded.
     """
+    if isinstance(value, dict) and ENCRYPTED_MARK in value:
+        raise _sealed_marker()
     if isinstance(value, dict) and RAW_MARK in value:
         if len(value) != 1 or not isinstance(value[RAW_MARK], str):
             raise _misused(RAW_MARK)
@@ -350,8 +383,12 @@ class ObjectState:
     workflow_status: str | None
     retention_ms: int | None
     raw: dict[str, bytes] = field(repr=False)
+    """State key -> the bytes Redis holds (encrypted ones as ciphertext)."""
     values: dict[str, Any]
     """State key -> value as JSON data (sorted by state key)."""
+    sealed: dict[str, str] = field(default_factory=dict)
+    """State key -> why its value is shown as ``{"$encrypted": ...}``: it is encrypted under
+    a key the store does not have, or does not decrypt."""
 
     @property
     def kind(self) -> str:
@@ -361,6 +398,25 @@ class ObjectState:
     def sizes(self) -> dict[str, int]:
         """State key -> stored bytes."""
         return {name: len(buf) for name, buf in self.raw.items()}
+
+    @property
+    def key_ids(self) -> dict[str, str]:
+        """State key -> the id of the key its value is encrypted under (encrypted ones only)."""
+        found = {name: inspect_stored(buf) for name, buf in self.raw.items()}
+        return {name: info.key_id or "?" for name, info in found.items() if info.encrypted}
+
+
+@dataclass(frozen=True, slots=True)
+class Rekeyed:
+    """What :meth:`Admin.rekey` did to one object (or would do, in a dry run)."""
+
+    rewritten: int
+    """Values (re-)encrypted under the current key."""
+    current: int
+    """Values already under the current key, left as they were."""
+    found: dict[str, int] = field(default_factory=dict)
+    """Values not under the current key, by the key id they were under ("plain" when not
+    encrypted)."""
 
 
 def _text(raw: bytes | str | None) -> str | None:
@@ -554,7 +610,7 @@ class Admin:
         """
         try:
             async with self.store.object(service, key, shared=True) as session:
-                raw: dict[str, bytes] = await session.get_all(serde=_RAW)
+                raw: dict[str, bytes] = await session.get_all(serde=_STORED)
                 version, status = session.version, session.workflow_status
         except (ValueError, UnicodeError) as exc:
             if isinstance(exc, StateError):
@@ -570,7 +626,15 @@ class Admin:
             pipe.pttl(meta)
             exists, pttl = await pipe.execute()
         raw = dict(sorted(raw.items()))
-        values = {name: decode_value(self.store.serde, buf) for name, buf in raw.items()}
+        values: dict[str, Any] = {}
+        sealed: dict[str, str] = {}
+        for name, buf in raw.items():
+            plain, why = self._open(service, key, name, buf)
+            if plain is None:
+                sealed[name] = why
+                values[name] = sealed_view(buf)
+            else:
+                values[name] = decode_value(self.store.serde, plain)
         return ObjectState(
             service,
             key,
@@ -580,15 +644,16 @@ class Admin:
             _remaining(pttl),
             raw,
             values,
+            sealed,
         )
 
     async def read_value(self, service: str, key: str, name: str) -> Any:
         """One state key's value as JSON data; UnknownObjectError when it is not stored."""
         async with self.store.object(service, key, shared=True, state_preload=[name]) as session:
-            raw = await session.get(name, serde=_RAW)
-        if raw is None:
+            stored = await session.get(name, serde=_STORED)
+        if stored is None:
             raise UnknownObjectError(f"{where(service, key, name)} does not exist")
-        return decode_value(self.store.serde, raw)
+        return self._view(service, key, name, stored)
 
     # changes
 
@@ -611,7 +676,7 @@ class Admin:
             raise TypeError(f"the state must be a JSON object, got {type(state).__name__}")
 
         async def change(session: Session) -> None:
-            self._write(session, await session.get_all(serde=_RAW), state)
+            self._write(session, await session.get_all(serde=_STORED), state)
 
         return await self._edit(service, key, expected_version, must_exist, change)
 
@@ -664,8 +729,8 @@ class Admin:
             raise InvalidPatchError("invalid JSON Patch: it must be a JSON array of operations")
 
         async def change(session: Session) -> None:
-            current: dict[str, bytes] = await session.get_all(serde=_RAW)
-            doc = {n: decode_value(self.store.serde, buf) for n, buf in current.items()}
+            current: dict[str, bytes] = await session.get_all(serde=_STORED)
+            doc = {n: self._view(service, key, n, buf) for n, buf in current.items()}
             try:
                 result = compiled.apply(doc)
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
@@ -710,6 +775,49 @@ class Admin:
         """Remove one object or workflow entirely, bookkeeping included (see
         :meth:`RedisStateStore.purge`); True when anything was stored."""
         return await self.store.purge(service, key)
+
+    async def rekey(self, service: str, key: str, *, dry_run: bool = False) -> Rekeyed:
+        """Encrypt every value of one object that is not under the current key with it (plain
+        and compressed values included; compression is kept), in one exclusive session under
+        the object's lease, so that no handler's write is lost. Values already under the
+        current key are left without a write, so running it again does nothing: an
+        interrupted run is resumed by running it again. ``dry_run``: read only (a shared
+        session) and count. Needs a store with :class:`~restate_redis.Encryption`.
+        """
+        codec = self.store.codec
+        encryption = codec.encryption
+        if encryption is None:
+            raise InvalidOptionError(
+                "rekey needs the encryption keys: the store has no Encryption (the CLI reads "
+                "them from RESTATE_REDIS_KEYS or RESTATE_REDIS_KEYS_FILE)"
+            )
+
+        def tally(stored: Mapping[str, bytes], rewritten: int) -> Rekeyed:
+            found: Counter[str] = Counter()
+            for buf in stored.values():
+                info = inspect_stored(buf)
+                if not codec.is_current(buf):
+                    found[(info.key_id or "?") if info.encrypted else "plain"] += 1
+            current = len(stored) - sum(found.values())
+            return Rekeyed(rewritten, current, dict(sorted(found.items())))
+
+        if dry_run:
+            async with self.store.object(service, key, shared=True) as session:
+                return tally(await session.get_all(serde=_STORED), 0)
+        done: list[Rekeyed] = []
+
+        async def change(session: Session) -> None:
+            stored: dict[str, bytes] = await session.get_all(serde=_STORED)
+            rewritten = 0
+            for name, buf in stored.items():
+                new = codec.reseal(buf, service, key, name)
+                if new is not None:
+                    session.set(name, new, serde=_STORED)
+                    rewritten += 1
+            done.append(tally(stored, rewritten))
+
+        await self._edit(service, key, None, False, change)
+        return done[-1] if done else Rekeyed(0, 0)
 
     async def clear_service(self, service: str, *, concurrency: int = 16) -> int:
         """Clear the state of every object of ``service``; returns how many held state.
@@ -798,6 +906,21 @@ class Admin:
             exists, pttl, grace = await pipe.execute()
         return bool(exists), -1 if grace else int(pttl)
 
+    def _open(self, service: str, key: str, name: str, stored: bytes) -> tuple[bytes | None, str]:
+        """(the serde's bytes, "") of a stored value, or (None, why) for an encrypted value
+        that cannot be decrypted here. A value no codec can read otherwise comes back as it
+        is stored (then shown as ``$raw`` when the serde cannot read it either)."""
+        try:
+            return self.store.codec.decode(stored, service, key, name), ""
+        except StateDecodeError as exc:
+            if isinstance(exc, EncryptedValueError) or inspect_stored(stored).encrypted:
+                return None, str(exc)
+            return stored, ""
+
+    def _view(self, service: str, key: str, name: str, stored: bytes) -> Any:
+        plain, _ = self._open(service, key, name, stored)
+        return sealed_view(stored) if plain is None else decode_value(self.store.serde, plain)
+
     def _write(
         self, session: Session, current: Mapping[str, bytes], state: Mapping[str, Any]
     ) -> None:
@@ -805,18 +928,39 @@ class Admin:
             if name not in state:
                 session.clear(name)
         for name, value in state.items():
-            if not self._unchanged(current.get(name), value):
+            if not self._unchanged(session, name, current.get(name), value):
                 session.set(name, self._encode(session, name, value), serde=_RAW)
 
     async def _put(self, session: Session, name: str, value: Any) -> None:
-        buf = self._encode(session, name, value)
-        if not self._unchanged(await session.get(name, serde=_RAW), value):
-            session.set(name, buf, serde=_RAW)
+        stored = await session.get(self._name(session, name), serde=_STORED)
+        if not self._unchanged(session, name, stored, value):
+            session.set(name, self._encode(session, name, value), serde=_RAW)
 
-    def _unchanged(self, stored: bytes | None, value: Any) -> bool:
+    def _name(self, session: Session, name: Any) -> str:
+        if not isinstance(name, str):
+            raise StateEncodeError(
+                f"state key of {where(session.service, session.key())} must be a str"
+            )
+        return name
+
+    def _unchanged(self, session: Session, name: str, stored: bytes | None, value: Any) -> bool:
+        """Whether ``value`` is the value as shown; an encrypted value this tool cannot
+        decrypt may only be left as it is (its marker) or cleared."""
+        if stored is None:
+            return False
+        service, key = session.service, session.key()
+        plain, why = self._open(service, key, name, stored)
+        if plain is None:
+            if same_value(sealed_view(stored), value):
+                return True
+            raise EncryptedValueError(
+                f"{where(service, key, name)} is encrypted and cannot be changed here: {why}; "
+                f"nothing was written",
+                inspect_stored(stored).key_id,
+            )
         # Decoded, not re-encoded: other encoders (float32, wide ints, another map order,
         # JSON with other spacing) write other bytes for the same value.
-        return stored is not None and same_value(decode_value(self.store.serde, stored), value)
+        return same_value(decode_value(self.store.serde, plain), value)
 
     def _encode(self, session: Session, name: str, value: Any) -> bytes:
         if not isinstance(name, str):

@@ -3,7 +3,9 @@
 Every command takes ``--url`` (env ``RESTATE_REDIS_URL``), ``--namespace`` (env
 ``RESTATE_REDIS_NAMESPACE``) and ``--serde`` (env ``RESTATE_REDIS_SERDE``), and goes through
 :mod:`restate_redis.tools.admin`: changes take the object's lease like a handler and land in one
-atomic commit.
+atomic commit. With ``RESTATE_REDIS_KEYS`` (or ``RESTATE_REDIS_KEYS_FILE``) set, encrypted
+values are read and written with those keys (:mod:`restate_redis.codecs`); without them they
+show as ``{"$encrypted": "KEY-ID"}`` and cannot be changed.
 
 Exit codes: 0 success; 1 any failure, with one line on stderr; 2 a usage error; 3 a version
 conflict (the object changed since it was read; nothing was written); 4 the UI could not
@@ -33,6 +35,7 @@ import click
 
 from ..backend.connection import redact, scrub
 from ..backend.retry import as_state_error
+from ..codecs import ENV_KEYS, ENV_KEYS_FILE, encryption_from_env
 from ..errors import StateError, StoreUnavailableError, VersionConflictError
 from ..serde import BytesSerde, JsonSerde, MsgPackSerde, Serde
 from ..store import RedisStateStore
@@ -116,10 +119,14 @@ class Connection:
     acquire_timeout: float
 
     def open_store(self) -> RedisStateStore:
+        # The keys come from the environment (or the file it names), never from the URL;
+        # values are read whatever their codec, and written encrypted when keys are given.
+        encryption = encryption_from_env()
         return RedisStateStore.from_url(
             self.url,
             namespace=self.namespace,
             serde=SERDES[self.serde](),
+            codecs=None if encryption is None else [encryption],
             acquire_timeout=self.acquire_timeout,
             # a person is waiting: report an unreachable Redis after seconds, not the
             # long retry budget that rides out a failover in a worker
@@ -208,6 +215,8 @@ def run(conn: Connection, action: Callable[[Admin], Awaitable[T]]) -> T:
     except StateError as exc:
         fail(str(exc), conn)
     except ValueError as exc:  # a bad URL, a bad option value
+        fail(str(exc), conn)
+    except ImportError as exc:  # a codec's package (pip install 'restate-redis[codecs]')
         fail(str(exc), conn)
     except Exception as exc:  # redis-py's own errors (a cluster's included), sockets, ...
         translated = as_state_error(exc, where)
@@ -353,6 +362,22 @@ def report_skipped(skipped: SkippedKeys, conn: Connection) -> None:
         )
 
 
+def report_sealed(state: ObjectState, conn: Connection) -> None:
+    """One line on stderr when some values are encrypted under keys this command lacks."""
+    if not state.sealed:
+        return
+    ids = sorted({state.key_ids.get(name, "?") for name in state.sealed})
+    have = "" if os.environ.get(ENV_KEYS) or os.environ.get(ENV_KEYS_FILE) else "out"
+    note(
+        f"{plural(len(state.sealed), 'value')} of {state.service}/{state.key} "
+        f"{'is' if len(state.sealed) == 1 else 'are'} encrypted under key id "
+        f'{", ".join(ids)}, shown as {{"$encrypted": ...}}: this command runs with{have} '
+        f"keys ({ENV_KEYS}) and cannot read {'it' if len(state.sealed) == 1 else 'them'}"
+        + ("" if have else f"; {next(iter(state.sealed.values()))}"),
+        conn,
+    )
+
+
 def done(message: str) -> None:
     click.echo(printable(message))
 
@@ -392,6 +417,7 @@ def kv_get(service: str, key: str, plain: bool, conn: Connection) -> None:
         return state
 
     state = run(conn, read)
+    report_sealed(state, conn)
     if plain:
         click.echo(dumps(state.values))
         return
@@ -406,8 +432,15 @@ def kv_get(service: str, key: str, plain: bool, conn: Connection) -> None:
     table.add_column("key", overflow="fold")
     table.add_column("value", overflow="fold")
     table.add_column("bytes", justify="right")
+    key_ids = state.key_ids
     for name, value in state.values.items():
-        table.add_row(Text(printable(name)), Text(dumps(value, indent=2)), str(state.sizes[name]))
+        size = str(state.sizes[name])
+        if name in key_ids:
+            size += f"\nencrypted, key {key_ids[name]}"
+        shown = dumps(value, indent=2)  # JSON text, already safe for a terminal
+        if name in state.sealed:
+            shown = printable(f"(encrypted under key {key_ids[name]}: not readable here)")
+        table.add_row(Text(printable(name)), Text(shown), Text(printable(size)))
     if state.values:
         console.print(table)
 

@@ -33,6 +33,8 @@ CASES = {
     "w4.adapter.shared-eager": 1,
     "w6.adapter.c1": 1,  # a shared eager session: open only
     "w6.raw.c1": 1,
+    "w7.plain.1k": 2,  # workload 7: an eager session reading and rewriting one value
+    "w7.zstd+aes.100k": 2,
 }
 
 
@@ -88,8 +90,31 @@ def test_quick_bench_reports_exact_round_trips(server: Server, tmp_path: Path) -
         "lazy/eager 1 of 1,000 x 1 KiB",
         "shared lazy/eager 1 of 1,000 x 1 KiB",
     } <= set(report["ratios"])
+    # Workload 7, the codecs: one eager session each, counted; compression shrinks what a
+    # session moves, and the ratio and CPU rows are there.
+    for size in ("1k", "100k"):
+        for variant in ("plain", "zstd", "aes", "zstd+aes"):
+            case = cases[f"w7.{variant}.{size}"]
+            assert case["round_trips"] == 2 and case["problems"] == [], case
+    plain, zipped = cases["w7.plain.100k"], cases["w7.zstd.100k"]
+    assert zipped["bytes_out"] * 2 < plain["bytes_out"]
+    assert zipped["bytes_in"] * 2 < plain["bytes_in"]
+    codecs = report["codecs"]
+    for size, msgpack_bytes in (("1k", 1024), ("100k", 100 * 1024)):
+        row = codecs[size]
+        assert msgpack_bytes <= row["msgpack_bytes"] < 1.1 * msgpack_bytes
+        assert row["compression_ratio"] > 1.5, row
+        stored = row["stored_bytes"]
+        assert stored["aes"] == row["msgpack_bytes"] + 2 + 1 + len("bench") + 12 + 16
+        assert stored["zstd+aes"] == stored["zstd"] + 2 + 1 + len("bench") + 12 + 16
+        assert set(row["client_cpu_us"]) == {"plain", "zstd", "aes", "zstd+aes"}
+        assert {"zstd_cpu_us", "encryption_cpu_us", "encryption_cpu_us_compressed"} <= set(row)
+        codec_cpu = row["codec_cpu_us"]
+        assert set(codec_cpu) == {"plain", "zstd", "aes", "zstd+aes"}
+        assert codec_cpu["aes"] > codec_cpu["plain"] >= 0  # encrypting costs something
     md = out_md.read_text()
     assert "| workload | system |" in md and "hiredis" in md
+    assert "| 100 KiB JSON-like" in md and "zstd ratio" in md
 
     # It cleaned up after itself: the server may be the user's.
     with redis.Redis.from_url(server.url) as r:

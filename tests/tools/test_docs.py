@@ -30,6 +30,7 @@ REQUIRED = [
     "docs/guide/api.md",
     "docs/guide/values.md",
     "docs/guide/errors.md",
+    "docs/guide/codecs.md",
     "docs/restate.md",
 ]
 MAX_NOT_RUN = 3

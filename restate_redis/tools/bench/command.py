@@ -27,7 +27,7 @@ from ...backend.connection import redact
 from ...errors import StateError
 from ...store import RedisStateStore
 from .meter import METER, CountingConnection
-from .workloads import NAMESPACE, Case, Workloads
+from .workloads import CODEC_SIZES, NAMESPACE, Case, Workloads
 
 SCHEMA = 1
 
@@ -219,6 +219,44 @@ def targets(results: dict[str, Result], rat: dict[str, float]) -> list[dict[str,
     return [{"target": t, "measured": round(v, 3), "want": w, "met": ok} for t, v, w, ok in rows]
 
 
+def codec_rows(
+    results: dict[str, Result],
+    sizes: dict[str, dict[str, int]],
+    codec_cpu: dict[str, dict[str, float]],
+    unavailable: str | None,
+) -> dict[str, Any]:
+    """Workload 7 summed up per value size: the bytes stored by each variant and the
+    compression ratio (msgpack bytes over stored bytes); the client CPU per whole session of
+    each variant (medians of the same run); and the CPU the codecs themselves take per
+    session (one decode and one encode of the value, timed on their own: steadier than the
+    difference of two session medians)."""
+    if unavailable is not None:
+        return {"unavailable": unavailable}
+    rows: dict[str, Any] = {}
+    for size_name in CODEC_SIZES:
+        cpu = {
+            case_id.split(".")[1]: round(r.median("client_cpu_us"), 1)
+            for case_id, r in results.items()
+            if case_id.startswith("w7.") and case_id.endswith(f".{size_name}")
+        }
+        stored = sizes[size_name]
+        rows[size_name] = {
+            "msgpack_bytes": stored["msgpack"],
+            "stored_bytes": {v: n for v, n in stored.items() if v != "msgpack"},
+            "compression_ratio": round(stored["msgpack"] / stored["zstd"], 2),
+            "client_cpu_us": cpu,
+            "codec_cpu_us": codec_cpu[size_name],
+            "zstd_cpu_us": round(codec_cpu[size_name]["zstd"] - codec_cpu[size_name]["plain"], 1),
+            "encryption_cpu_us": round(
+                codec_cpu[size_name]["aes"] - codec_cpu[size_name]["plain"], 1
+            ),
+            "encryption_cpu_us_compressed": round(
+                codec_cpu[size_name]["zstd+aes"] - codec_cpu[size_name]["zstd"], 1
+            ),
+        }
+    return rows
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown tables (for the README)."""
     m = report["machine"]
@@ -242,6 +280,25 @@ def markdown(report: dict[str, Any]) -> str:
         )
     lines += ["", "| ratio (throughput) | value |", "| --- | ---: |"]
     lines += [f"| {k} | {v:.2f} |" for k, v in report["ratios"].items()]
+    codecs = report.get("codecs", {})
+    if "unavailable" in codecs:
+        lines += ["", f"Workload 7 (codecs) left out: {codecs['unavailable']}"]
+    elif codecs:
+        lines += [
+            "",
+            "| value (msgpack) | zstd ratio | stored: zstd / aes / both | client CPU µs/session: "
+            "plain / zstd / aes / both | codecs' CPU µs/session: zstd / aes / both |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for name, row in codecs.items():
+            b, c, k = row["stored_bytes"], row["client_cpu_us"], row["codec_cpu_us"]
+            lines.append(
+                f"| {name[:-1]} KiB JSON-like ({row['msgpack_bytes']:,} B) "
+                f"| {row['compression_ratio']:.2f} "
+                f"| {b['zstd']:,} / {b['aes']:,} / {b['zstd+aes']:,} "
+                f"| {c['plain']:,.0f} / {c['zstd']:,.0f} / {c['aes']:,.0f} / {c['zstd+aes']:,.0f} "
+                f"| {k['zstd']:,.1f} / {k['aes']:,.1f} / {k['zstd+aes']:,.1f} |"
+            )
     lines += ["", "| target | measured | want | met |", "| --- | ---: | --- | --- |"]
     lines += [
         f"| {t['target']} | {t['measured']:g} | {t['want']} | {'yes' if t['met'] else 'NO'} |"
@@ -283,6 +340,8 @@ async def run_bench(
                 results[case.id].samples.append(sample)
                 if case.check is not None and (problem := await case.check(case.sessions)):
                     results[case.id].problems.append(problem)
+        sizes = await work.codec_sizes()
+        codec_cpu = work.codec_cpu()
         await work.cleanup()
     finally:
         await client.aclose()
@@ -299,6 +358,7 @@ async def run_bench(
         },
         "cases": [r.to_json() for r in results.values()],
         "ratios": {k: round(v, 4) for k, v in rat.items()},
+        "codecs": codec_rows(results, sizes, codec_cpu, work.codecs_unavailable),
         "targets": targets(results, rat),
     }
 
@@ -431,6 +491,30 @@ def _print(console: Any, report: dict[str, Any]) -> None:
     for k, v in report["ratios"].items():
         ratio.add_row(k, f"{v:.2f}")
     console.print(ratio)
+    codecs = report.get("codecs", {})
+    if "unavailable" in codecs:
+        console.print(f"workload 7 (codecs) left out: {codecs['unavailable']}", highlight=False)
+    elif codecs:
+        table = Table(title="codecs: one eager session reading and rewriting one value")
+        codec_cols = (
+            "value",
+            "msgpack B",
+            "zstd ratio",
+            "stored zstd/aes/both",
+            "session CPU us plain/zstd/aes/both",
+            "codecs' CPU us zstd/aes/both",
+        )
+        for col in codec_cols:
+            table.add_column(col, justify="left" if col == "value" else "right")
+        for name, row in codecs.items():
+            b, c, k = row["stored_bytes"], row["client_cpu_us"], row["codec_cpu_us"]
+            table.add_row(
+                f"{name[:-1]} KiB JSON-like", f"{row['msgpack_bytes']:,}",
+                f"{row['compression_ratio']:.2f}", f"{b['zstd']:,}/{b['aes']:,}/{b['zstd+aes']:,}",
+                f"{c['plain']:,.0f}/{c['zstd']:,.0f}/{c['aes']:,.0f}/{c['zstd+aes']:,.0f}",
+                f"{k['zstd']:,.1f}/{k['aes']:,.1f}/{k['zstd+aes']:,.1f}",
+            )  # fmt: skip
+        console.print(table)
     tgt = Table(title="targets")
     for col in ("target", "measured", "want", "met"):
         tgt.add_column(col, justify="right" if col == "measured" else "left")

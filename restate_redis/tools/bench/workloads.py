@@ -10,16 +10,26 @@ exclusion), no atomic multi-key commit, no version, no commit id. For an eager r
 read ``HGET`` then ``HSET`` (2 round trips); for a shared read ``HGETALL`` (1). It is the floor
 the adapter pays on top of, not a correct alternative. Both sides decode the value read and
 encode the value written with msgpack, so the ratio measures the state protocol, not the serde.
+
+Workload 7 measures the value codecs: one eager session reading and rewriting one JSON-like
+value (order records: ids, names, prices, dates, tags) of 1 KiB and of 100 KiB as msgpack,
+through no codec, zstd compression, AES-256-GCM encryption, and both. Its numbers are the
+client CPU per session (what the codecs cost) and the bytes each session moves; the stored
+sizes give the compression ratio (:meth:`Workloads.codec_sizes`).
 """
 
 from __future__ import annotations
 
+import random
+import statistics
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
+from ...codecs import Compression, Encryption
 from ...store import RedisStateStore
 from .dapr import DaprStyleState
 
@@ -31,6 +41,41 @@ SMALL_VALUE = msgpack.packb(b"v" * 98)  # 100 bytes encoded
 BIG_KEYS = 1000  # workload 4: 1,000 state keys of 1 KiB
 BIG_VALUE = msgpack.packb(b"b" * 1021)  # 1,024 bytes encoded
 DAPR_KEYS = (1, 5, 10)
+CODEC_SIZES = {"1k": 1024, "100k": 100 * 1024}  # workload 7: the JSON-like value, as msgpack
+CODEC_VARIANTS = ("plain", "zstd", "aes", "zstd+aes")
+_WORDS = (
+    "tea", "green", "black", "oolong", "mug", "cup", "pot", "kettle", "filter", "bag", "loose",
+    "leaf", "jasmine", "mint", "lemon", "ginger", "honey", "gift", "box", "sample", "large",
+    "small", "red", "blue", "white", "stone", "glass", "steel",
+)  # fmt: skip
+
+
+def json_like(size: int) -> dict[str, Any]:
+    """A JSON-like document of ``size`` bytes or a little more as msgpack (so that
+    ``Compression()``'s 1 KiB threshold takes the 1 KiB one): an order with its customer and
+    items, deterministic (a seeded generator) so that every run compresses alike."""
+    rnd = random.Random(size)
+    items: list[dict[str, Any]] = []
+    doc: dict[str, Any] = {
+        "id": f"order-{rnd.randrange(10**8):08d}",
+        "customer": {"id": rnd.randrange(10**6), "name": "Alice Example", "tier": "gold"},
+        "status": "open",
+        "items": items,
+    }
+    while True:
+        item = {
+            "sku": f"SKU-{rnd.randrange(10**6):06d}",
+            "name": f"{rnd.choice(_WORDS)} {rnd.choice(_WORDS)}",
+            "qty": rnd.randrange(1, 10),
+            "price": round(rnd.uniform(1, 200), 2),
+            "added": f"2026-11-{rnd.randrange(1, 29):02d}T{rnd.randrange(24):02d}:"
+            f"{rnd.randrange(60):02d}:00Z",
+            "tags": rnd.sample(_WORDS, 2),
+        }
+        items.append(item)
+        if len(msgpack.packb(doc)) >= size:
+            return doc
+
 
 Op = Callable[[int], Awaitable[None]]
 
@@ -62,6 +107,8 @@ class Workloads:
         self.concurrency = concurrency
         self.scale = scale
         self.objects = [f"obj-{j}" for j in range(concurrency)]
+        self.codec_stores: dict[str, RedisStateStore] = {}
+        self.codecs_unavailable: str | None = None
 
     def n(self, sessions: int) -> int:
         """A session count scaled for --quick, at least one per lane."""
@@ -85,6 +132,63 @@ class Workloads:
         self.dapr = DaprStyleState(self.client, DAPR_APP, "W3", "obj-0")
         for name in small_names():
             await self.dapr.set(name, SMALL_VALUE, "")
+        await self.setup_codecs()
+
+    async def setup_codecs(self) -> None:
+        """Workload 7's stores (one per codec variant, on the same client) and values; left
+        out, with the reason, when the codecs' packages are not installed."""
+        try:
+            key = Encryption.generate_key()
+            codecs: dict[str, list[Compression | Encryption]] = {
+                "plain": [],
+                "zstd": [Compression()],
+                "aes": [Encryption({"bench": key}, "bench")],
+                "zstd+aes": [Compression(), Encryption({"bench": key}, "bench")],
+            }
+        except ImportError as exc:
+            self.codecs_unavailable = str(exc)
+            return
+        for variant in CODEC_VARIANTS:
+            self.codec_stores[variant] = RedisStateStore(
+                self.client, namespace=NAMESPACE, acquire_timeout=60, codecs=codecs[variant]
+            )
+            for size_name, size in CODEC_SIZES.items():
+                async with self.codec_stores[variant].object(f"W7-{variant}", size_name) as ctx:
+                    ctx.set("doc", json_like(size))
+
+    def codec_cpu(self, repetitions: int = 5) -> dict[str, dict[str, float]]:
+        """Per value size and codec variant: the CPU microseconds the codecs take for one
+        session's value, decoded once (the read) and encoded once (the write), measured on
+        its own (the median of ``repetitions`` timed loops): what the codecs add to a
+        session, without the noise of the session's other work."""
+        out: dict[str, dict[str, float]] = {}
+        for size_name, size in CODEC_SIZES.items():
+            plain = msgpack.packb(json_like(size))
+            loops = max(5, 200_000 // len(plain))
+            out[size_name] = {}
+            for variant, store in self.codec_stores.items():
+                codec = store.codec
+                stored = codec.encode(plain, "W7", size_name, "doc")
+                samples = []
+                for _ in range(repetitions):
+                    started = time.process_time()
+                    for _ in range(loops):
+                        codec.decode(stored, "W7", size_name, "doc")
+                        codec.encode(plain, "W7", size_name, "doc")
+                    samples.append((time.process_time() - started) / loops * 1e6)
+                out[size_name][variant] = round(statistics.median(samples), 1)
+        return out
+
+    async def codec_sizes(self) -> dict[str, dict[str, int]]:
+        """Per value size: the msgpack bytes and the bytes stored by each codec variant."""
+        out: dict[str, dict[str, int]] = {}
+        for size_name, size in CODEC_SIZES.items():
+            sizes = {"msgpack": len(msgpack.packb(json_like(size)))}
+            for variant in self.codec_stores:
+                state = self.state_key(f"W7-{variant}", size_name)
+                sizes[variant] = int(await self.client.hstrlen(state, "doc"))
+            out[size_name] = sizes
+        return out
 
     async def cleanup(self) -> None:
         """Delete every key the bench wrote (only those: the server may be the user's)."""
@@ -199,6 +303,20 @@ class Workloads:
 
         return op
 
+    # -- workload 7: the value codecs -----------------------------------------------------------
+
+    def codec_rw(self, variant: str, size_name: str) -> Op:
+        """One eager session: read the document, change one field, write it back."""
+        store, service = self.codec_stores[variant], f"W7-{variant}"
+
+        async def op(j: int) -> None:
+            async with store.object(service, size_name) as ctx:
+                doc = await ctx.get("doc")
+                doc["status"] = "open" if doc["status"] != "open" else "paid"
+                ctx.set("doc", doc)
+
+        return op
+
     # -- the list ------------------------------------------------------------------------------
 
     def cases(self, hot_concurrency: int) -> list[Case]:
@@ -238,4 +356,9 @@ class Workloads:
             out.append(Case(f"w6.adapter.c{conc}", w6, "adapter", "shared", conc, n,
                             self.adapter_shared()))  # fmt: skip
             out.append(Case(f"w6.raw.c{conc}", w6, "raw", "shared", conc, n, self.raw_shared()))
+        for size_name, n in (("1k", 600), ("100k", 120)):
+            w7 = f"7 codecs, {size_name[:-1]} KiB JSON-like"
+            for variant in self.codec_stores:
+                out.append(Case(f"w7.{variant}.{size_name}", w7, "adapter", variant, 1, self.n(n),
+                                self.codec_rw(variant, size_name)))  # fmt: skip
         return out

@@ -13,7 +13,8 @@ The API (every answer is JSON; errors are ``{"error": message, "code": code}``):
                                                      "version",
                                                      "kind", "workflow_status", "retention_ms",
                                                      "keys": [{"name", "size", "value" |
-                                                       "preview" + "truncated": true}],
+                                                       "preview" + "truncated": true,
+                                                       "encrypted": key id, "sealed": why}],
                                                      "total_keys", "offset", "next_offset"}
     GET    /api/value?service=S&key=K&name=N        one value as a JSON file (attachment)
     PUT    /api/value   {"service", "key", "name", "value", "version"}   set one state key
@@ -26,7 +27,11 @@ version the caller read, or ``null`` to skip the check; a mismatch answers 409 w
 ``version_conflict`` and writes nothing. Values are JSON as in :mod:`restate_redis.tools.admin`
 (``{"$base64": ...}`` bytes, ``{"$raw": ...}`` undecodable); a body holding NaN, Infinity or
 a number too large for a float (``1e999``) is refused. A value whose JSON text is over
-64 KiB comes as a 2 000-character ``preview``; ``/api/value`` downloads all of it. One
+64 KiB comes as a 2 000-character ``preview``; ``/api/value`` downloads all of it. An
+encrypted value's entry names its key id (``"encrypted"``); one the UI cannot decrypt
+(started without ``RESTATE_REDIS_KEYS``, or without that key) also says why (``"sealed"``),
+its value is ``{"$encrypted": key id}``, and a change to it answers 403 with code
+``encrypted``. One
 ``/api/state`` answer stays under ``max_response_bytes`` (default 4 MiB): when the keys do
 not all fit, it holds the first ones from ``offset`` and ``next_offset`` continues (null on
 the last page). Listings leave out keys restate-redis did not write: ``"skipped"`` counts
@@ -53,6 +58,7 @@ from starlette.staticfiles import StaticFiles
 from ...backend.connection import scrub
 from ...backend.retry import as_state_error
 from ...errors import (
+    EncryptedValueError,
     InvalidNameError,
     InvalidPatchError,
     LeaseTimeoutError,
@@ -111,6 +117,8 @@ def _failure(exc: Exception) -> tuple[int, str, str]:
         return 409, "version_conflict", str(translated)
     if isinstance(translated, UnknownObjectError):
         return 404, "not_found", str(translated)
+    if isinstance(translated, EncryptedValueError):
+        return 403, "encrypted", str(translated)
     if isinstance(translated, LeaseTimeoutError):
         return 503, "busy", str(translated)
     if isinstance(
@@ -244,9 +252,18 @@ async def state(request: Request) -> Response:
     next_offset: int | None = None
     # Values up to PREVIEW_LIMIT go whole, larger ones as previews; the page ends before the
     # entry that would take the answer over the budget (but holds at least one entry).
+    key_ids = found.key_ids
+
+    def codec_fields(name: str) -> dict[str, Any]:
+        if name not in key_ids:
+            return {}
+        sealed = {"sealed": found.sealed[name]} if name in found.sealed else {}
+        return {"encrypted": key_ids[name], **sealed}
+
     for index in range(offset, len(names)):
         name = names[index]
         entry = _entry(name, sizes[name], found.values[name], min(PREVIEW_LIMIT, budget))
+        entry.update(codec_fields(name))
         cost = _cost(entry)
         if used + cost > budget:
             if entries:
@@ -254,6 +271,7 @@ async def state(request: Request) -> Response:
                 break
             if "value" in entry:  # alone over the budget: its preview, then
                 entry = _entry(name, sizes[name], found.values[name], 0)
+                entry.update(codec_fields(name))
                 cost = _cost(entry)
         entries.append(entry)
         used += cost

@@ -225,6 +225,12 @@ async function objectsView(service) {
 }
 
 function valueCell(service, key, entry) {
+  if (entry.sealed) {
+    // Encrypted under a key this UI was not given: never its ciphertext, and not editable.
+    return el("td", { className: "value sealed", title: entry.sealed },
+      el("span", { className: "badge encrypted" }, "encrypted"),
+      ` under key ${entry.encrypted}: start the UI with RESTATE_REDIS_KEYS holding that key to read or change it.`);
+  }
   if (!entry.truncated) return el("td", { className: "value" }, el("pre", { className: "value" }, pretty(entry.value)));
   const href = `/api/value?${q({ service, key, name: entry.name })}`;
   const link = el("a", { href, download: `${entry.name}.json`, className: "download" }, "download the whole value");
@@ -263,7 +269,8 @@ async function stateView(service, key) {
   function rowFor(entry) {
     const row = el("tr", { "data-key": entry.name });
     const cell = valueCell(service, key, entry);
-    const edit = el("button", { className: "edit", disabled: entry.truncated, title: entry.truncated ? "too large to edit here: use restate-redis kv edit" : null }, "Edit");
+    const sealedTitle = entry.sealed ? "encrypted under a key this UI does not have" : null;
+    const edit = el("button", { className: "edit", disabled: entry.truncated || Boolean(entry.sealed), title: entry.truncated ? "too large to edit here: use restate-redis kv edit" : sealedTitle }, "Edit");
     const del = el("button", { className: "danger delete" }, "Delete");
     edit.addEventListener("click", () => {
       const area = el("textarea", { className: "editor", "aria-label": `value of ${entry.name}` });
@@ -294,7 +301,9 @@ async function stateView(service, key) {
       api("DELETE", "/api/value", { service, key, name: entry.name, version })
         .then(done(`Deleted ${entry.name}`)).catch(failed);
     });
-    row.append(el("td", { className: "name" }, entry.name), el("td", { className: "size" }, bytes(entry.size)), cell, el("td", { className: "actions" }, edit, del));
+    const size = el("td", { className: "size" }, bytes(entry.size),
+      entry.encrypted && !entry.sealed ? el("div", { className: "muted key-id" }, `encrypted, key ${entry.encrypted}`) : null);
+    row.append(el("td", { className: "name" }, entry.name), size, cell, el("td", { className: "actions" }, edit, del));
     return row;
   }
   const rows = data.keys.map(rowFor);
