@@ -874,7 +874,10 @@ class Admin:
             # A completed workflow's keys expire: pass the remaining time on, so the
             # commit keeps it (and a recreated state hash gets it too).
             ttl = ttl_ms / 1000 if ttl_ms > 0 else None
-            async with self.store.object(service, key, ttl=ttl, state_preload=eager) as session:
+            # lease_on_enter: the checks below read the bookkeeping under the lease
+            async with self.store.object(
+                service, key, ttl=ttl, state_preload=eager, lease_on_enter=True
+            ) as session:
                 exists, now_ms = await self._meta(keys)
                 if not exists and must_exist:
                     raise UnknownObjectError(

@@ -197,12 +197,12 @@ async def test_commands_queued_when_the_connection_drops_fail_and_leave_no_write
     after the socket is closed: the next socket given that descriptor, e.g. a new connection
     being connected, is then never reported ready and waits for its own timeout.)"""
     store = make_store()
-    first = await store.wire.execute("CLIENT", "ID")
-    link = store.wire._link
+    first = await store.backend.wire.execute("CLIENT", "ID")
+    link = store.backend.wire._link
     assert link is not None
     transport = link._transport
     fd = transport.get_extra_info("socket").fileno()
-    calls = [asyncio.ensure_future(store.wire.execute("PING")) for _ in range(3)]
+    calls = [asyncio.ensure_future(store.backend.wire.execute("PING")) for _ in range(3)]
     await asyncio.sleep(0)  # the first PING is written; the others wait for the next step
     assert len(link._queued) == 2
     transport.abort()  # what the loop does when a read fails, before they are written
@@ -210,7 +210,7 @@ async def test_commands_queued_when_the_connection_drops_fail_and_leave_no_write
     assert all(isinstance(r, RedisConnectionError) for r in results), results
     await link._writer.wait_closed()  # the socket is closed: its descriptor is free
     assert not asyncio.get_running_loop().remove_writer(fd)  # nothing was left registered
-    assert await store.wire.execute("CLIENT", "ID") != first
+    assert await store.backend.wire.execute("CLIENT", "ID") != first
 
 
 async def test_commands_in_flight_fail_together_when_the_server_stalls_then_a_new_link_serves(
