@@ -17,6 +17,7 @@ from .keyspace import DEFAULT_NAMESPACE, Keyspace, check_key, check_service
 from .serde import MsgPackSerde, Serde
 from .session import Session, StatePreload
 from .session.cache import SnapshotCache
+from .session.handoff import LocalLeases
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -158,6 +159,8 @@ class RedisStateStore:
             )
         self.snapshots = SnapshotCache(snapshot_cache_bytes) if snapshot_cache_bytes else None
         """The snapshots this store's sessions read or committed (None: turned off)."""
+        self.local_leases = LocalLeases()
+        """The objects this store's sessions hold, and the sessions waiting for them."""
         self.serde: Serde[Any] = serde if serde is not None else MsgPackSerde()
         self.codec = CodecChain(codecs)
         self.workflow_retention = seconds(workflow_retention, "workflow_retention")

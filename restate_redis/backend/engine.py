@@ -147,12 +147,20 @@ class RedisBackend:
         return replies.refusal(reply) or Opened.parse(reply)
 
     async def commit(
-        self, ref: SessionRef, writes: Sequence[Any], *, cleared_all: bool, blind: bool = False
+        self,
+        ref: SessionRef,
+        writes: Sequence[Any],
+        *,
+        cleared_all: bool,
+        blind: bool = False,
+        handoff: str = "",
     ) -> Committed | Refusal:
         """commit.lua: ``writes`` (its tail: the deletes counted, then name, value pairs)
         applied atomically and the lease released. ``blind``: the session never opened; the
         script takes the lease for itself when it is free, and is refused BUSY when another
-        session holds it. A retry after a lost reply is flagged, so
+        session holds it. ``handoff``: the token of a session of this store waiting for the
+        object, which the lease is handed to instead of released. A retry after a lost reply
+        is flagged, so
         the script recognises a first attempt that applied; a retry that finds the lease gone
         and the commit not applied is a refusal with ``after_retry`` set."""
         flags = (
@@ -170,6 +178,7 @@ class RedisBackend:
             self.lease_ttl_ms,
             self.eager_state_field_limit,
             EMPTY_GRACE_SECONDS * 1000,
+            handoff,
             *writes,
         ]
         redis_keys = _every_key(ref.keys)
@@ -202,15 +211,19 @@ class RedisBackend:
         )
         return replies.refusal(reply) or Committed.parse(reply)
 
-    async def release(self, ref: SessionRef) -> Refusal | None:
-        """release.lua: give the lease up without writing, waking one waiter; a refusal only
-        for a key of the wrong type (a lease no longer held is nothing to release)."""
-        redis_keys, args = [ref.keys.lease, ref.keys.wake], [ref.token, self.lease_ttl_ms]
+    async def release(self, ref: SessionRef, handoff: str = "") -> bool | Refusal:
+        """release.lua: give the lease up without writing, waking one waiter (``handoff``: or
+        hand it to that token); a refusal only for a key of the wrong type (a lease no longer
+        held is nothing to release: False)."""
+        redis_keys = [ref.keys.lease, ref.keys.wake]
+        args: list[Any] = [ref.token, self.lease_ttl_ms, handoff]
         script, wire = self.scripts.release, self.wire
         reply = await self._roundtrip(
             "release", ref.record, lambda: wire.script(script, redis_keys, args)
         )
-        return replies.refusal(reply) if isinstance(reply, list) else None
+        if isinstance(reply, list):
+            return replies.refusal(reply) or Refusal(Status.WRONG_TYPE)
+        return bool(reply)
 
     def release_soon(self, ref: SessionRef) -> None:
         """release.lua, sent now but not waited for: a session that wrote nothing gives its
@@ -221,19 +234,14 @@ class RedisBackend:
         task.add_done_callback(self._releases.discard)
 
     async def _release_quietly(self, ref: SessionRef) -> None:
+        what = where(ref.record.service, ref.record.key)
         try:
-            refused = await self.release(ref)
+            released = await self.release(ref)
         except Exception as exc:  # the lease then expires after lease_ttl
-            log.warning(
-                "releasing the lease of %s failed: %s",
-                where(ref.record.service, ref.record.key),
-                exc,
-            )
+            log.warning("releasing the lease of %s failed: %s", what, exc)
             return
-        if refused is not None:
-            log.warning(
-                "releasing the lease of %s: %s", where(ref.record.service, ref.record.key), refused
-            )
+        if isinstance(released, Refusal):
+            log.warning("releasing the lease of %s: %s", what, released)
 
     async def settle(self) -> None:
         """Wait until the releases sent without waiting have their replies."""

@@ -48,18 +48,21 @@ class SnapshotCache:
             self._entries.move_to_end(key)
         return snapshot
 
-    def put(self, key: str, version: int, commit_id: str, data: dict[str, bytes]) -> None:
+    def put(self, key: str, version: int, commit_id: str, data: dict[str, bytes]) -> Snapshot:
         """Keep ``data`` (which the caller no longer changes) as the state at ``version`` /
-        ``commit_id``; a state larger than the whole cache is not kept."""
+        ``commit_id``; a state larger than the whole cache is not kept. The snapshot, kept
+        or not."""
         self.drop(key)
         size = sum(len(name) + len(value) for name, value in data.items())
+        snapshot = Snapshot(version, commit_id, data, size)
         if not commit_id or size > self.max_bytes:
-            return
-        self._entries[key] = Snapshot(version, commit_id, data, size)
+            return snapshot
+        self._entries[key] = snapshot
         self.size += size
         while self.size > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
             self.size -= evicted.size
+        return snapshot
 
     def drop(self, key: str) -> None:
         snapshot = self._entries.pop(key, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -20,6 +21,7 @@ from ..codecs import MAGIC, StoredBytes
 from ..errors import (
     InvalidNameError,
     InvalidOptionError,
+    LeaseTimeoutError,
     ReadOnlySessionError,
     SessionClosedError,
     StateDecodeError,
@@ -32,6 +34,7 @@ from ..observe import SessionRecord
 from ..serde import Serde, convert
 from . import protocol
 from .cache import Snapshot
+from .handoff import Grant, LocalLeases, Turn, Waiter
 from .lease import Lease
 from .target import MISSING, Kind, SessionHost, StatePreload, Target
 from .view import ReadView
@@ -127,6 +130,7 @@ class Session:
             self.mode == "lazy" and not self.shared and kind == "object" and not lease_on_enter
         )
         self._opened = False
+        self._local: LocalLeases | None = None  # this store's line for the object, once in it
         # False: a shared lazy session, which reads nothing at open, or a session that has
         # not opened yet
         self._meta_read = not self._deferred
@@ -325,9 +329,12 @@ class Session:
             return
         target, lease = self._target, self._lease
         try:
+            if await self._local_turn():
+                return  # the lease and the state were handed over by this store's last holder
             opened, snapshot = await protocol.open_state(target, lease, self.store, names)
             self._take(opened, snapshot, names)
         except BaseException:
+            self._leave_local()
             # Cancelled while the open was in flight (its reply is dropped, but the script
             # may run and take the lease), or failed after it took the lease: release with
             # this session's token, in a task of the backend's that outlives this one, so the
@@ -338,6 +345,63 @@ class Session:
             raise
         if not self.shared:
             lease.start_renewal()
+
+    async def _local_turn(self) -> bool:
+        """Wait for this object's turn among this store's sessions (see :mod:`.handoff`);
+        True when the lease came handed over with the state, so nothing is left to open."""
+        if self.shared or self.kind != "object" or self._local is not None:
+            return False
+        local, target = self.store.local_leases, self._target
+        took = local.take(target.keys.state, target.token)
+        if took is None:
+            return False  # a retry of the holder's work: it re-enters the lease in Redis
+        self._local = local
+        if took:
+            return False  # no other session of this store holds the object
+        # Wait in line, but not past the lease's lifetime: a holder that stopped renewing
+        # (its lease expired) must not keep this session waiting; it then asks Redis.
+        started = time.monotonic()
+        timeout = self.store.acquire_timeout
+        bound = min(timeout, target.backend.lease_ttl)
+        try:
+            turn = await asyncio.wait_for(
+                local.enter(target.keys.state, target.token, self._lease.release_later), bound
+            )
+        except TimeoutError:
+            self._local = None
+            if bound < timeout:
+                return False
+            self.store.telemetry.record_lease_timeout(self.record)
+            raise LeaseTimeoutError(
+                f"could not acquire the lease of {self.where} within "
+                f"acquire_timeout={timeout:g}s: another session of this store holds it"
+            ) from None
+        except BaseException:
+            self._local = None
+            raise
+        self.record.lease_wait = time.monotonic() - started
+        if isinstance(turn, Grant):
+            self._lease.maybe_taken = True  # the lease is this session's token's now
+            # Taken without an open, unless the open could find this session a replay (its
+            # commit id the last commit's): then it opens, and the lease is its already.
+            if turn.snapshot is not None and target.commit_id != turn.snapshot.commit_id:
+                self._version, self._workflow_status = turn.version, None
+                self._opened = self._meta_read = self.cached = True
+                self._view.load_snapshot(turn.snapshot.data)
+                if self.mode != "eager":
+                    self.record.mode = self.mode
+                self._lease.start_renewal()
+                return True
+        elif turn == Turn.YIELD:  # other processes waited: their turn first
+            backend = self._target.backend
+            await backend.wait(self._target, min(backend.wait_slice, self.store.acquire_timeout))
+        return False
+
+    def _leave_local(self, waiter: Waiter | None = None) -> None:
+        """Give this object's local turn to the next session of this store (it opens)."""
+        if self._local is not None:
+            self._local.leave(self._target.keys.state, waiter)
+            self._local = None
 
     def _take(self, opened: Opened, snapshot: Snapshot | None, names: tuple[str, ...]) -> None:
         """Take what the open found."""
@@ -376,35 +440,69 @@ class Session:
         if self.shared:
             return
         if exc_type is not None:  # nothing is written; the lease is given back before the error
-            if self._opened:  # goes on, so a retry of the work finds the object free
-                with contextlib.suppress(Exception):
-                    await lease.release()
+            try:
+                if self._opened:  # goes on, so a retry of the work finds the object free
+                    with contextlib.suppress(Exception):
+                        await lease.release()
+            finally:
+                self._leave_local()
             return
         if not self._opened:
             if not self.dirty and not self._purge:
                 return  # never opened, nothing written: no round trip at all
             if self._purge:
                 await self._open_session()  # a purge runs under the lease
+            else:  # a session that only wrote: its commit takes the lease itself
+                await self._local_turn()
+        try:
+            await self._finish()
+        except BaseException:
+            self._leave_local()
+            raise
+
+    async def _finish(self) -> None:
+        """Commit, purge or release; hand the lease to the next session of this store that
+        waits for the object, when there is one (see :mod:`.handoff`)."""
+        lease, target = self._lease, self._target
+        key = target.keys.state
+        waiter = self._local.next_waiter(key) if self._local is not None else None
+        handoff = waiter.token if waiter is not None else ""
         if self._purge:
-            self.purged = await protocol.purge(self._target, lease)
+            self.purged = await protocol.purge(target, lease)
             self._forget_snapshot()
+            handed: Grant | None = None
         elif self.dirty or (self.kind == "workflow" and not self.replayed):
+            blind = not self._opened
             committed = await protocol.commit(
-                self._target, lease, self._writes, self.store, blind=not self._opened
+                target, lease, self._writes, self.store, blind=blind, handoff=handoff
             )
             self._version = committed.version
             self._meta_read = True
             if committed.status is Status.ALREADY_APPLIED:
                 self.replayed = True
-            self._keep_snapshot(committed)
+            snapshot = self._keep_snapshot(committed)
+            ok = committed.status is Status.OK
+            handed = Grant(committed.version, snapshot) if ok and waiter is not None else None
+        elif waiter is not None:  # wrote nothing: the lease goes to the next session here
+            snapshots = self.store.snapshots
+            current = snapshots.get(key) if snapshots is not None else None
+            if current is not None and current.version != self._version:
+                current = None
+            handed = Grant(self._version, current) if await lease.release(handoff) else None
         else:
             lease.release_soon()  # wrote nothing: the caller does not wait for the reply
+            handed = None
+        if handed is not None and waiter is not None and self._local is not None:
+            self._local.handed(key, waiter, handed)
+            self._local = None
+        else:
+            self._leave_local(waiter)
 
-    def _keep_snapshot(self, committed: Committed) -> None:
+    def _keep_snapshot(self, committed: Committed) -> Snapshot | None:
         """After a commit: the state it left, for the next session's open to name."""
         snapshots, view, writes = self.store.snapshots, self._view, self._writes
         if snapshots is None:
-            return
+            return None
         key = self._target.keys.state
         if (
             committed.status is not Status.OK
@@ -413,7 +511,7 @@ class Session:
             or self.replayed
         ):
             snapshots.drop(key)
-            return
+            return None
         data = (
             {} if writes.cleared_all else {n: v for n, v in view.cache.items() if v is not MISSING}
         )
@@ -422,7 +520,7 @@ class Session:
                 data.pop(name, None)
             else:
                 data[name] = buf
-        snapshots.put(key, committed.version, self._target.commit_tag, data)
+        return snapshots.put(key, committed.version, self._target.commit_tag, data)
 
     def _forget_snapshot(self) -> None:
         if self.store.snapshots is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ..backend.replies import Refusal
 from ..errors import LeaseLostError
 from .target import Target
 
@@ -74,14 +75,16 @@ class Lease:
                     return
             await asyncio.sleep(interval)
 
-    async def release(self) -> None:
-        """Give the lease up without writing, waking one waiter."""
+    async def release(self, handoff: str = "") -> bool:
+        """Give the lease up without writing, waking one waiter (``handoff``: or hand it to
+        that token); False when it was no longer held."""
         if self.lost:
-            return
+            return False
         target = self.target
-        refused = await target.backend.release(target)
-        if refused is not None:  # a key of the wrong type
-            raise target.wrong_type(refused.found, refused.where)
+        released = await target.backend.release(target, handoff)
+        if isinstance(released, Refusal):  # a key of the wrong type
+            raise target.wrong_type(released.found, released.where)
+        return released
 
     def release_soon(self) -> None:
         """Give the lease back without waiting for the reply (a session that wrote nothing)."""

@@ -61,11 +61,18 @@ async def open_state(
 
 
 async def commit(
-    target: Target, lease: Lease, writes: WriteBuffer, host: SessionHost, *, blind: bool = False
+    target: Target,
+    lease: Lease,
+    writes: WriteBuffer,
+    host: SessionHost,
+    *,
+    blind: bool = False,
+    handoff: str = "",
 ) -> Committed:
     """Every buffered write, atomically, and the lease released. ``blind``: the session
     never opened (it only wrote): the commit takes the lease itself, waiting for it up to
-    acquire_timeout like an open.
+    acquire_timeout like an open. ``handoff``: the token the lease is handed to, instead of
+    released.
 
     A retry after a lost reply is recognised by the commit id: never applied twice."""
     if lease.lost:
@@ -74,7 +81,9 @@ async def commit(
     args = writes.script_args()
 
     def attempt() -> Awaitable[Committed | Refusal]:
-        return target.backend.commit(target, args, cleared_all=writes.cleared_all, blind=blind)
+        return target.backend.commit(
+            target, args, cleared_all=writes.cleared_all, blind=blind, handoff=handoff
+        )
 
     committed = await _acquiring(target, lease, host, attempt)
     assert isinstance(committed, Committed)

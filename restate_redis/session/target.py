@@ -16,6 +16,7 @@ from ..keyspace import Keyspace
 from ..observe import Observer
 from ..serde import Serde
 from .cache import SnapshotCache
+from .handoff import LocalLeases
 
 T = TypeVar("T")
 StatePreload = bool | list[str] | tuple[str, ...]
@@ -47,19 +48,27 @@ class Backend(Protocol):
         ...
 
     def commit(
-        self, ref: SessionRef, writes: Sequence[Any], *, cleared_all: bool, blind: bool = False
+        self,
+        ref: SessionRef,
+        writes: Sequence[Any],
+        *,
+        cleared_all: bool,
+        blind: bool = False,
+        handoff: str = "",
     ) -> Awaitable[Committed | Refusal]:
         """Apply ``writes`` (deletes counted, then name, value pairs) atomically and
         release the lease; ``blind``: the session never opened, and the commit takes the
-        lease for itself (refused BUSY while another session holds it)."""
+        lease for itself (refused BUSY while another session holds it); ``handoff``: hand
+        the lease to that token instead of releasing it."""
         ...
 
     def purge(self, ref: SessionRef) -> Awaitable[Committed | Refusal]:
         """Remove every key of the object, under the lease."""
         ...
 
-    def release(self, ref: SessionRef) -> Awaitable[Refusal | None]:
-        """Give the lease up without writing."""
+    def release(self, ref: SessionRef, handoff: str = "") -> Awaitable[bool | Refusal]:
+        """Give the lease up without writing (``handoff``: to that token); False when it
+        was no longer held."""
         ...
 
     def release_soon(self, ref: SessionRef) -> None:
@@ -110,6 +119,8 @@ class SessionHost(Protocol):
     def max_value_bytes(self) -> int: ...
     @property
     def snapshots(self) -> SnapshotCache | None: ...
+    @property
+    def local_leases(self) -> LocalLeases: ...
 
 
 class Target(SessionRef):

@@ -74,8 +74,9 @@ def test_commit_cut_off_mid_send_applies_nothing(server: Server) -> None:
         r.flushall()
         r.hset(keys.state, mapping={"a": b"old", "b": b"old"})
         sha = r.script_load(source("commit"))
-        # token, commit id, flags, expire ms, wake ttl ms, field limit, grace ms, deletes, sets
-        args = ["", "", "c", 0, 1000, 20_000, 60_000, 0, "a", b"new" * 10_000, "b", b"new"]
+        # token, commit id, flags, expire ms, lease ttl ms, field limit, grace ms, next token,
+        # deletes, sets
+        args = ["", "", "c", 0, 1000, 20_000, 60_000, "", 0, "a", b"new" * 10_000, "b", b"new"]
         redis_keys = [
             keys.state,
             keys.meta,

@@ -259,7 +259,8 @@ async def test_an_open_the_script_refused_sends_no_release(server: Server) -> No
         await asyncio.sleep(0.1)  # what a release task of the store's would have sent
         assert CountingConnection.sent_log == ["EVALSHA"]
 
-        async with store.object("Svc", "busy"):
+        # held by another worker's store (a session of the same store would wait in line)
+        async with RedisStateStore.from_url(server.url) as other, other.object("Svc", "busy"):
             CountingConnection.sent_log.clear()
             with pytest.raises(LeaseTimeoutError):
                 async with store.object("Svc", "busy"):

@@ -41,9 +41,11 @@ async def test_lease_key_holds_the_token_only_during_the_session(
     async with store.object("Counter", "a") as ctx:
         assert await client.get(lease) == ctx._target.token.encode()
         assert 0 < await client.pttl(lease) <= 5000
+    await store.backend.settle()  # a session that wrote nothing does not wait for its release
     assert await client.exists(lease) == 0
     async with store.object("Counter", "a"):
         pass
+    await store.backend.settle()  # a session that wrote nothing does not wait for its release
     assert await client.exists(lease) == 0
 
 
@@ -64,10 +66,13 @@ async def test_waiter_wakes_on_release_without_polling(counted_store: RedisState
             await release.wait()
             ctx.set("n", 1)
 
+    # a waiter of another store (another worker): one of the same store waits in its line
+    other = RedisStateStore(store.client, lease_ttl=store.lease_ttl, acquire_timeout=10)
+    await other.backend.wire.execute("PING")  # its link connected
     task = asyncio.create_task(holder())
     await holder_in.wait()
     CountingConnection.sent_log.clear()
-    waiter = asyncio.create_task(store.object("Counter", "a").__aenter__())
+    waiter = asyncio.create_task(other.object("Counter", "a").__aenter__())
     await asyncio.sleep(0.5)  # the waiter is blocked: it must not be sending anything
     sent_while_blocked = list(CountingConnection.sent_log)
     release.set()
@@ -75,6 +80,7 @@ async def test_waiter_wakes_on_release_without_polling(counted_store: RedisState
     session = await asyncio.wait_for(waiter, 5)
     assert await session.get("n") == 1
     await session.__aexit__(None, None, None)
+    await other.aclose()
     # one open attempt, one BLPOP; no sleep-poll loop
     assert sent_while_blocked == ["EVALSHA", "BLPOP"]
 

@@ -93,7 +93,8 @@ async def test_a_blind_write_is_one_round_trip(counted: RedisStateStore) -> None
 
 
 async def test_a_blind_write_waits_for_the_lease_like_an_open(counted: RedisStateStore) -> None:
-    holder = counted.object("Svc", "obj")
+    other = RedisStateStore(counted.client)  # another worker holds the object
+    holder = other.object("Svc", "obj")
     await holder.__aenter__()
     holder.set("k1", "held")
 
@@ -109,6 +110,7 @@ async def test_a_blind_write_waits_for_the_lease_like_an_open(counted: RedisStat
         await asyncio.sleep(0.01)
     assert not task.done()
     await holder.__aexit__(None, None, None)
+    await other.aclose()
     assert await asyncio.wait_for(task, 10) == 12  # after the holder's commit (11)
     state = counted.keyspace.object_keys("Svc", "obj").state
     assert await counted.client.hmget(state, ["k1", "k2"]) == [packb("held"), packb("blind")]

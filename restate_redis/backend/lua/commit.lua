@@ -20,12 +20,15 @@
 --                      lost, t a session that never opened (it only wrote): the lease is
 --                      taken and given back within this script when no one holds it
 -- ARGV[4] expire ms    > 0: every key of the object expires after this long
--- ARGV[5] wake ttl ms  how long an unclaimed release signal is kept
+-- ARGV[5] lease ttl ms  how long an unclaimed release signal, or a handed-over lease, is kept
 -- ARGV[6] field limit  a state of unknown size is counted only up to this many keys
 -- ARGV[7] grace ms     an object left with no state keeps its bookkeeping this long
--- ARGV[8] n            number of state keys to delete, which follow
--- ARGV[9 .. 8+n]       state keys to delete
--- ARGV[9+n ..]         state key, value pairs to set
+-- ARGV[8] next token   "" or the token of a session of the same store waiting for this
+--                      object: the lease is handed to it (its token written into the lease,
+--                      no release signal) instead of released
+-- ARGV[9] n            number of state keys to delete, which follow
+-- ARGV[10 .. 9+n]      state keys to delete
+-- ARGV[10+n ..]        state key, value pairs to set
 --
 -- Reply: {1, version} applied; {2, version} this commit id was already applied (the lease
 --        is released all the same; a {2} reply always writes something, so that a WAIT sent
@@ -40,7 +43,8 @@ local token, commit_id, flags = ARGV[1], ARGV[2], ARGV[3]
 local clear_all, record = string.find(flags, 'c', 1, true), string.find(flags, 'r', 1, true)
 local expire_ms, wake_ttl = tonumber(ARGV[4]), ARGV[5]
 local field_limit, grace_ms = tonumber(ARGV[6]), tonumber(ARGV[7])
-local first_set = 9 + tonumber(ARGV[8])
+local next_token = ARGV[8]
+local first_set = 10 + tonumber(ARGV[9])
 local RECENT = 1000
 
 local function wrong(key)
@@ -128,7 +132,7 @@ if record then
       redis.call('RENAME', state, old)
     end
   else
-    for i = 9, #ARGV do
+    for i = 10, #ARGV do
       if i < first_set or (i - first_set) % 2 == 0 then
         local f = ARGV[i]
         local prior = redis.call('HGET', state, f)
@@ -145,7 +149,7 @@ if clear_all then
   if not record then redis.call('UNLINK', state) end
   size = 0
 end
-for i = 9, first_set - 1 do
+for i = 10, first_set - 1 do
   local f = ARGV[i]
   local len = redis.call('HSTRLEN', state, f)
   if redis.call('HDEL', state, f) == 1 and size then size = size - #f - len end
@@ -199,5 +203,9 @@ elseif state_pttl > 0 then
   redis.call('PEXPIRE', state, state_pttl)  -- the expiry the renamed state had
 end
 
-if token ~= '' and not free then release() end
+if next_token ~= '' and token ~= '' then
+  redis.call('SET', lease, next_token, 'PX', wake_ttl)  -- handed over: never free in between
+elseif token ~= '' and not free then
+  release()
+end
 return {1, version}

@@ -3,7 +3,9 @@
 -- KEYS[1] lease   string: the holder's token
 -- KEYS[2] wake    list: one element per release, popped by a waiter's BLPOP
 -- ARGV[1] token   the releasing session's token
--- ARGV[2] wake ttl ms  how long an unclaimed release signal is kept
+-- ARGV[2] ttl ms  how long an unclaimed release signal, or a handed-over lease, is kept
+-- ARGV[3] next token  (optional) a session of the same store waiting for the object: the
+--                 lease is handed to it (its token written into the lease) instead of released
 --
 -- Reply: 1 released; 0 the lease was not held by token (expired or taken over);
 --        {-1, type, key} a key of the wrong type (nothing written)
@@ -14,6 +16,10 @@ for i, want in ipairs({'string', 'list'}) do
 end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
+end
+if ARGV[3] and ARGV[3] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
+  return 1
 end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('RPUSH', KEYS[2], '1')
