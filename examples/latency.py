@@ -5,7 +5,7 @@
 
 Without ``--ingress`` it runs from a checkout with the dev extra installed: a Redis server on
 a free port, restate-server from npm with its data on tmpfs where there is one (both started
-by ``restate_redis.tools.bench.stack``, as in the test suite), and
+by ``restate_redis.tools.stack``, as in the test suite), and
 ``hypercorn examples.service:app`` with ``examples/hypercorn.toml``; everything stops at the
 end.
 
@@ -52,7 +52,7 @@ def local_stack(hypercorn_args: tuple[str, ...] = ()) -> Iterator[tuple[str, Pro
     """Redis + restate-server + the example deployment (``hypercorn_args``: more options for
     hypercorn); yields the ingress URL and the process ids of the worker (hypercorn and its
     worker processes), Restate and Redis."""
-    from restate_redis.tools.bench.stack import children, start_server, start_stack
+    from restate_redis.tools.stack import children, start_server, start_stack
 
     redis_server = start_server("redis")
     try:

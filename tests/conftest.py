@@ -1,17 +1,28 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from restate_redis import RedisStateStore
+from restate_redis.tools.bench.meter import CountingLoop
 from tests.support import leftovers
 from tests.support.servers import Server, running_server
 from tests.support.workers import Workers
 
 FLAVOURS = ["valkey", "redis"]
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs on the bench meter's loop: asyncio's selector loop, which opens
+    the socket of a counting connection (tests/support/counting.py) as one that counts, and
+    every other connection as usual."""
+    return {"selector": CountingLoop}
 
 
 @pytest.fixture(scope="session", params=FLAVOURS)

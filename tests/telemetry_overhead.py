@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from restate_redis import RedisStateStore
-from restate_redis.tools.bench.stack import start_server
+from restate_redis.tools.stack import start_server
 
 
 class Drop(SpanExporter):

@@ -1,4 +1,7 @@
-"""Counts client round trips by command name: each command or pipeline written is one."""
+"""Counts client round trips by command name: each command or pipeline written is one.
+
+The bench's meter counts a connection only on its event loop, ``CountingLoop``, which
+``tests/conftest.py`` makes the loop of every async test."""
 
 from __future__ import annotations
 
@@ -17,9 +20,9 @@ class CountingConnection(MeteredConnection):
 
     sent_log: list[str] = []  # noqa: RUF012 - one shared log, reset by the tests
 
-    def sent(self, names: list[str], size: int) -> None:
+    def sent(self, names: list[str]) -> None:
         CountingConnection.sent_log.extend(names)
-        super().sent(names, size)
+        super().sent(names)
 
 
 @contextlib.asynccontextmanager

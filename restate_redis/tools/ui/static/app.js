@@ -88,6 +88,17 @@ function parseJson(text) {
   });
 }
 
+// What the user typed into a text area, as { value }; null, with the error shown, when it is
+// not valid JSON (a wrapper, since null is a value one may type).
+function typedJson(area) {
+  try {
+    return { value: parseJson(area.value) };
+  } catch (e) {
+    message(`Not valid JSON: ${e.message}`, "error");
+    return null;
+  }
+}
+
 const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
 // Keys restate-redis did not write are left out of listings; say so, naming a few.
@@ -277,15 +288,11 @@ async function stateView(service, key) {
       area.value = pretty(entry.value);
       const save = el("button", { className: "primary save" }, "Save");
       save.addEventListener("click", () => {
-        let value;
-        try {
-          value = parseJson(area.value);
-        } catch (e) {
-          message(`Not valid JSON: ${e.message}`, "error");
-          return;
+        const typed = typedJson(area);
+        if (typed) {
+          api("PUT", "/api/value", { service, key, name: entry.name, value: typed.value, version })
+            .then(done(`Saved ${entry.name}`)).catch(failed);
         }
-        api("PUT", "/api/value", { service, key, name: entry.name, value, version })
-          .then(done(`Saved ${entry.name}`)).catch(failed);
       });
       const cancel = el("button", { onclick: () => row.replaceChild(valueCell(service, key, entry), editorCell) }, "Cancel");
       const editorCell = el("td", { className: "value" }, area, save, cancel);
@@ -315,15 +322,11 @@ async function stateView(service, key) {
     const area = el("textarea", { id: "new-value", "aria-label": "new value (JSON)" });
     area.value = "null";
     const save = el("button", { className: "primary", id: "add-save", onclick: () => {
-      let value;
-      try {
-        value = parseJson(area.value);
-      } catch (e) {
-        message(`Not valid JSON: ${e.message}`, "error");
-        return;
+      const typed = typedJson(area);
+      if (typed) {
+        api("PUT", "/api/value", { service, key, name: name.value, value: typed.value, version })
+          .then(done(`Set ${name.value}`)).catch(failed);
       }
-      api("PUT", "/api/value", { service, key, name: name.value, value, version })
-        .then(done(`Set ${name.value}`)).catch(failed);
     } }, "Set");
     panel.replaceChildren(el("div", { className: "panel" }, el("h3", {}, "Add or set a key"), name, area, save));
   }
@@ -335,15 +338,11 @@ async function stateView(service, key) {
     const area = el("textarea", { id: "state-editor", "aria-label": "the whole state (JSON)", rows: 16 });
     area.value = pretty(doc);
     const save = el("button", { className: "primary", id: "replace-save", onclick: () => {
-      let state;
-      try {
-        state = parseJson(area.value);
-      } catch (e) {
-        message(`Not valid JSON: ${e.message}`, "error");
-        return;
+      const typed = typedJson(area);
+      if (typed) {
+        api("PUT", "/api/state", { service, key, state: typed.value, version })
+          .then(done("Replaced the state")).catch(failed);
       }
-      api("PUT", "/api/state", { service, key, state, version })
-        .then(done("Replaced the state")).catch(failed);
     } }, "Replace the whole state");
     panel.replaceChildren(el("div", { className: "panel" },
       el("h3", {}, "Replace the whole state"),
