@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from redis.exceptions import NoScriptError
+
 from ..errors import StateError, where
 from ..keyspace import EMPTY_GRACE_SECONDS, ObjectKeys
 from ..observe import ROUNDTRIP, Observer, Op, SessionRecord
@@ -225,23 +227,52 @@ class RedisBackend:
             return replies.refusal(reply) or Refusal(Status.WRONG_TYPE)
         return bool(reply)
 
-    def release_soon(self, ref: SessionRef) -> None:
+    def release_soon(self, ref: SessionRef) -> asyncio.Task[None] | None:
         """release.lua, sent now but not waited for: a session that wrote nothing gives its
         lease back without its caller waiting a round trip (a lost release only keeps the next
-        holder waiting until the lease expires; it never loses data)."""
-        task = asyncio.get_running_loop().create_task(self._release_quietly(ref))
+        holder waiting until the lease expires; it never loses data). On the store's link the
+        command is queued at once, ahead of anything sent after it: None then; else (pooled
+        connections, which do not keep that order) the task that ends with its reply."""
+        keys, args = [ref.keys.lease, ref.keys.wake], [ref.token, self.lease_ttl_ms, ""]
+        sent = self.wire.send_now(self.scripts.release, keys, args)
+        task = asyncio.get_running_loop().create_task(self._release_quietly(ref, sent))
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
+        return None if sent is not None else task
 
-    async def _release_quietly(self, ref: SessionRef) -> None:
+    async def _release_quietly(self, ref: SessionRef, sent: asyncio.Future[Any] | None) -> None:
         what = where(ref.record.service, ref.record.key)
         try:
-            released = await self.release(ref)
+            if sent is None:
+                released = await self.release(ref)
+            else:
+                released = await self._sent_release(ref, sent)
         except Exception as exc:  # the lease then expires after lease_ttl
             log.warning("releasing the lease of %s failed: %s", what, exc)
             return
         if isinstance(released, Refusal):
             log.warning("releasing the lease of %s: %s", what, released)
+
+    async def _sent_release(self, ref: SessionRef, sent: asyncio.Future[Any]) -> bool | Refusal:
+        """The reply of a release already queued on the link (a retry sends it again)."""
+        keys, args = [ref.keys.lease, ref.keys.wake], [ref.token, self.lease_ttl_ms, ""]
+        first: list[asyncio.Future[Any]] = [sent]
+
+        async def reply_of_sent() -> Any:
+            try:
+                return await first.pop()
+            except NoScriptError:  # not loaded yet (or the server restarted): load, send again
+                return await self.wire.script(self.scripts.release, keys, args)
+
+        def call() -> Awaitable[Any]:
+            if first:
+                return reply_of_sent()
+            return self.wire.script(self.scripts.release, keys, args)
+
+        reply = await self._roundtrip("release", ref.record, call)
+        if isinstance(reply, list):
+            return replies.refusal(reply) or Refusal(Status.WRONG_TYPE)
+        return bool(reply)
 
     async def settle(self) -> None:
         """Wait until the releases sent without waiting have their replies."""

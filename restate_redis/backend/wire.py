@@ -125,6 +125,17 @@ class Wire:
             return script(keys, args)
         return self.execute("EVALSHA", script.sha, len(keys), *keys, *args, script=script)
 
+    def send_now(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]
+    ) -> asyncio.Future[Any] | None:
+        """EVALSHA ``script`` queued on the link in this very step, ahead of any command
+        issued after it; the future of its reply. None when there is no usable link (then
+        send it with :meth:`script`, which may connect)."""
+        link = self._link
+        if self._pool is None or link is None or not link.usable():
+            return None
+        return link.submit(self._pack(link.conn, ("EVALSHA", script.sha, len(keys), *keys, *args)))
+
     async def _connect(self) -> _Link | None:
         """The link, connected now if it is missing or broken (once for concurrent callers);
         None when the connection does not pass the probe (see the module docstring)."""

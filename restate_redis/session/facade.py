@@ -489,8 +489,13 @@ class Session:
             if current is not None and current.version != self._version:
                 current = None
             handed = Grant(self._version, current) if await lease.release(handoff) else None
-        else:
-            lease.release_soon()  # wrote nothing: the caller does not wait for the reply
+        else:  # wrote nothing: the caller does not wait for the reply
+            pending = lease.release_soon()
+            if pending is not None and self._local is not None:
+                # The next session of this store on the object opens once the release
+                # landed (pooled connections could send its open first).
+                local, self._local = self._local, None
+                pending.add_done_callback(lambda _: local.leave(key))
             handed = None
         if handed is not None and waiter is not None and self._local is not None:
             self._local.handed(key, waiter, handed)

@@ -86,10 +86,12 @@ class Lease:
             raise target.wrong_type(released.found, released.where)
         return released
 
-    def release_soon(self) -> None:
-        """Give the lease back without waiting for the reply (a session that wrote nothing)."""
-        if not self.lost:
-            self.target.backend.release_soon(self.target)
+    def release_soon(self) -> asyncio.Future[None] | None:
+        """Give the lease back without waiting for the reply (a session that wrote nothing);
+        what ends with the release when later commands could overtake it, else None."""
+        if self.lost:
+            return None
+        return self.target.backend.release_soon(self.target)
 
     def release_later(self) -> None:
         """Release in a task of the backend's that outlives the session (see the open)."""

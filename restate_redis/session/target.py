@@ -3,6 +3,7 @@ seen through a Protocol), the object it is about, and the errors that name it.""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Sequence
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -71,8 +72,9 @@ class Backend(Protocol):
         was no longer held."""
         ...
 
-    def release_soon(self, ref: SessionRef) -> None:
-        """Give the lease up without writing, without waiting for the reply."""
+    def release_soon(self, ref: SessionRef) -> asyncio.Future[None] | None:
+        """Give the lease up without writing, without waiting for the reply: None when the
+        release goes out ahead of any command sent after it, else what ends with it."""
         ...
 
     def release_later(self, ref: SessionRef) -> None:

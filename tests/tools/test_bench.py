@@ -21,8 +21,10 @@ from tests.support.servers import Server, running_server
 
 CASES = {
     # case id -> round trips per session, counted
-    "w1.adapter.eager.c1": 2,  # open (lease + HGETALL) and commit
-    "w1.adapter.lazy.c1": 3,  # open, HGET, commit
+    "w1.adapter.eager.c1": 2,  # open (lease + HGETALL, or the snapshot confirmed) and commit
+    "w1.adapter.lazy.c1": 2,  # open carrying the first read, commit
+    "w1.adapter.blind.c1": 1,  # a session that only writes: its commit takes the lease
+    "w2.raw.blind.c1": 1,  # HSET
     "w2.raw.eager.c1": 2,  # HGETALL, HSET
     "w2.raw.lazy.c1": 2,  # HGET, HSET
     "w3.adapter.k1": 2,
@@ -31,9 +33,10 @@ CASES = {
     "w3.dapr.k1": 2,  # one HGETALL and one compare-and-set per key
     "w3.dapr.k5": 10,
     "w3.dapr.k10": 20,
-    "w4.adapter.lazy": 3,  # open, HGET, release
+    "w4.adapter.lazy": 2,  # open carrying the read, release (not awaited)
     "w4.adapter.preload": 2,
     "w4.adapter.eager": 2,
+    "w4.adapter.eager-cached": 2,  # open (the snapshot confirmed: no state), release
     "w4.adapter.shared-lazy": 1,  # HGET: a shared lazy session opens without a round trip
     "w4.adapter.shared-eager": 1,
     "w6.adapter.c1": 1,  # a shared eager session: open only
@@ -73,6 +76,7 @@ def test_quick_bench_reports_exact_round_trips(server: Server, tmp_path: Path) -
     assert cases["w6.adapter.c8"]["round_trips"] == 1
     # The eager read of one key moves the whole 1,000 x 1 KiB state; lazy and preload do not.
     assert cases["w4.adapter.eager"]["bytes_in"] > 1000 * 1024
+    assert cases["w4.adapter.eager-cached"]["bytes_in"] < 1024  # the snapshot was current
     assert cases["w4.adapter.lazy"]["bytes_in"] < 4096
     assert cases["w4.adapter.preload"]["bytes_in"] < 4096
     assert cases["w4.adapter.shared-eager"]["bytes_in"] > 1000 * 1024
@@ -84,7 +88,9 @@ def test_quick_bench_reports_exact_round_trips(server: Server, tmp_path: Path) -
     for name in (
         "round trips, eager exclusive session",
         "round trips, shared eager session",
-        "round trips, lazy read of one key",
+        "round trips, lazy read of one key (1 awaited)",
+        "round trips, a session that only writes",
+        "bytes in per cached eager session, 1,000 x 1 KiB",
     ):
         assert targets[name]["met"] is True, targets[name]
     assert {
@@ -93,6 +99,8 @@ def test_quick_bench_reports_exact_round_trips(server: Server, tmp_path: Path) -
         "adapter/dapr k5",
         "adapter/dapr k10",
         "lazy/eager 1 of 1,000 x 1 KiB",
+        "eager cached/uncached 1 of 1,000 x 1 KiB",
+        "hot object, one process / sequential",
         "shared lazy/eager 1 of 1,000 x 1 KiB",
     } <= set(report["ratios"])
     # Workload 7, the codecs: one eager session each, counted; compression shrinks what a
@@ -178,8 +186,8 @@ def test_meter_off_its_event_loop_reports_the_columns_as_not_counted(server: Ser
         assert [case[name] for name in COUNTED] == [None] * len(COUNTED), case
         assert case["ops_per_s"] > 0
     targets = {t["target"]: t for t in report["targets"]}
-    lazy = targets["round trips, lazy read of one key"]
+    lazy = targets["round trips, lazy read of one key (1 awaited)"]
     assert lazy["measured"] is None and lazy["met"] is False
     md = markdown(report)
     assert f"RT/session, bytes out, bytes in: not counted (n/a): {why}" in md
-    assert "| round trips, lazy read of one key | n/a | = 3 | NO |" in md
+    assert "| round trips, lazy read of one key (1 awaited) | n/a | = 2 | NO |" in md

@@ -15,6 +15,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -96,7 +97,9 @@ async def server_cpu(client: Any) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-async def measure(case: Case, client: Any) -> Sample:
+async def measure(
+    case: Case, client: Any, settle: Callable[[], Awaitable[None]] | None = None
+) -> Sample:
     """Run ``case.sessions`` sessions over ``case.concurrency`` lanes.
 
     Besides wall-clock numbers it records CPU time per session, client and server: on a
@@ -118,6 +121,8 @@ async def measure(case: Case, client: Any) -> Sample:
     started = time.perf_counter()
     await asyncio.gather(*(lane(j) for j in range(case.concurrency)))
     elapsed = time.perf_counter() - started
+    if settle is not None:  # releases sent without waiting: counted with their sessions
+        await settle()
     cpu = time.process_time() - cpu_before
     counted = (METER.round_trips, METER.replies, METER.bytes_out, METER.bytes_in)
     server = await server_cpu(client) - server_before
@@ -196,6 +201,10 @@ def ratios(results: dict[str, Result]) -> dict[str, float]:
         elif case_id.startswith("w6.adapter."):
             out[f"adapter/raw shared {case_id[11:]}"] = r(case_id, "w6.raw." + case_id[11:])
     out["lazy/eager 1 of 1,000 x 1 KiB"] = r("w4.adapter.lazy", "w4.adapter.eager")
+    out["eager cached/uncached 1 of 1,000 x 1 KiB"] = r(
+        "w4.adapter.eager-cached", "w4.adapter.eager"
+    )
+    out["hot object, one process / sequential"] = r("w5.adapter.hot", "w5.adapter.sequential")
     out["preload/eager 1 of 1,000 x 1 KiB"] = r("w4.adapter.preload", "w4.adapter.eager")
     out["shared lazy/eager 1 of 1,000 x 1 KiB"] = r(
         "w4.adapter.shared-lazy", "w4.adapter.shared-eager"
@@ -207,18 +216,29 @@ def targets(results: dict[str, Result], rat: dict[str, float]) -> list[dict[str,
     """The issue's targets, each with the measured value and whether it is met."""
     c = max(r.case.concurrency for r in results.values())
     rows: list[tuple[str, float | None, str, bool]] = []
-    for key in ("eager.c1", f"eager.c{c}"):
+    for key, want in (("eager.c1", 1.0), (f"eager.c{c}", 2.0)):
         v = rat[f"adapter/raw {key}"]
-        rows.append((f"workload 1 adapter/raw throughput, {key}", v, ">= 0.85", v >= 0.85))
+        rows.append((f"workload 1 adapter/raw throughput, {key}", v, f">= {want:g}", v >= want))
     for name, case_id, want in (
         ("round trips, eager exclusive session", "w1.adapter.eager.c1", 2),
         ("round trips, shared eager session", "w6.adapter.c1", 1),
-        ("round trips, lazy read of one key", "w4.adapter.lazy", 3),
+        # sent: the open that carries the read, and the release, which is not awaited
+        ("round trips, lazy read of one key (1 awaited)", "w4.adapter.lazy", 2),
+        ("round trips, a session that only writes", "w1.adapter.blind.c1", 1),
     ):
         counted = results[case_id].counted("round_trips")
         rows.append((name, counted, f"= {want}", counted == want))
+    v = rat["eager cached/uncached 1 of 1,000 x 1 KiB"]
+    rows.append(("eager session on an unchanged 1,000 x 1 KiB, cached/uncached", v, ">= 10",
+                 v >= 10))  # fmt: skip
+    counted = results["w4.adapter.eager-cached"].counted("bytes_in")
+    met = counted is not None and counted < 1024
+    rows.append(("bytes in per cached eager session, 1,000 x 1 KiB", counted, "< 1024", met))
     v = rat["lazy/eager 1 of 1,000 x 1 KiB"]
-    rows.append(("lazy/eager one-key read, 1,000 x 1 KiB", v, ">= 20", v >= 20))
+    rows.append(("lazy/eager (uncached) one-key read, 1,000 x 1 KiB", v, ">= 20", v >= 20))
+    v = rat["hot object, one process / sequential"]
+    rows.append(("hot object, sessions of one process / uncontended sequential", v, ">= 0.8",
+                 v >= 0.8))  # fmt: skip
     v = rat["shared lazy/eager 1 of 1,000 x 1 KiB"]
     rows.append(("the same, shared (read-only) sessions", v, ">= 20", v >= 20))
     for k in (5, 10):
@@ -344,20 +364,23 @@ async def run_bench(
         cases = work.cases(hot_concurrency)
         results = {c.id: Result(c) for c in cases}
         for case in cases:  # warm: scripts loaded, one connection per lane in the pool
-            await measure(Case(**{**case.__dict__, "sessions": case.concurrency}), client)
+            await measure(
+                Case(**{**case.__dict__, "sessions": case.concurrency}), client, work.settle
+            )
             if case.check is not None:
                 await case.check(case.concurrency)
         for rep in range(repetitions):
             for case in cases:
                 if progress is not None:
                     progress(rep, case)
-                sample = await measure(case, client)
+                sample = await measure(case, client, work.settle)
                 results[case.id].samples.append(sample)
                 if case.check is not None and (problem := await case.check(case.sessions)):
                     results[case.id].problems.append(problem)
         sizes = await work.codec_sizes()
         codec_cpu = work.codec_cpu()
         await work.cleanup()
+        await work.aclose()
     finally:
         await client.aclose()
     rat = ratios(results)

@@ -104,6 +104,10 @@ class Workloads:
     def __init__(self, store: RedisStateStore, concurrency: int, scale: float) -> None:
         self.store = store
         self.client = store.client
+        # The same store without its snapshot cache: every eager open reads the state.
+        self.uncached = RedisStateStore(
+            store.client, namespace=NAMESPACE, acquire_timeout=60, snapshot_cache_bytes=0
+        )
         self.concurrency = concurrency
         self.scale = scale
         self.objects = [f"obj-{j}" for j in range(concurrency)]
@@ -127,8 +131,9 @@ class Workloads:
         async with self.store.object("W4", "big") as ctx:
             for i in range(BIG_KEYS):
                 ctx.set(f"k{i:04d}", b"b" * 1021)
-        async with self.store.object("W5", "hot") as ctx:
-            ctx.set("n", 0)
+        for key in ("hot", "calm"):
+            async with self.store.object("W5", key) as ctx:
+                ctx.set("n", 0)
         self.dapr = DaprStyleState(self.client, DAPR_APP, "W3", "obj-0")
         for name in small_names():
             await self.dapr.set(name, SMALL_VALUE, "")
@@ -149,8 +154,14 @@ class Workloads:
             self.codecs_unavailable = str(exc)
             return
         for variant in CODEC_VARIANTS:
+            # without the snapshot cache: each session reads the value, as a worker does when
+            # another one changed it
             self.codec_stores[variant] = RedisStateStore(
-                self.client, namespace=NAMESPACE, acquire_timeout=60, codecs=codecs[variant]
+                self.client,
+                namespace=NAMESPACE,
+                acquire_timeout=60,
+                codecs=codecs[variant],
+                snapshot_cache_bytes=0,
             )
             for size_name, size in CODEC_SIZES.items():
                 async with self.codec_stores[variant].object(f"W7-{variant}", size_name) as ctx:
@@ -190,6 +201,15 @@ class Workloads:
             out[size_name] = sizes
         return out
 
+    async def settle(self) -> None:
+        """Wait for the releases the sessions sent without waiting (counted with them)."""
+        for store in (self.store, self.uncached, *self.codec_stores.values()):
+            await store.backend.settle()
+
+    async def aclose(self) -> None:
+        for store in (self.store, self.uncached, *self.codec_stores.values()):
+            await store.aclose()
+
     async def cleanup(self) -> None:
         """Delete every key the bench wrote (only those: the server may be the user's)."""
         for prefix in (NAMESPACE, DAPR_APP):
@@ -210,6 +230,25 @@ class Workloads:
         async def op(j: int) -> None:
             async with store.object("W1", objects[j], state_preload=not lazy) as ctx:
                 ctx.set("k7", await ctx.get("k3"))
+
+        return op
+
+    def adapter_blind(self) -> Op:
+        """A session that only writes: it never opens, its commit takes the lease."""
+        store, objects = self.store, self.objects
+
+        async def op(j: int) -> None:
+            async with store.object("W1", objects[j], state_preload=False) as ctx:
+                ctx.set("k7", b"v" * 98)
+
+        return op
+
+    def raw_blind(self) -> Op:
+        client = self.client
+        keys = [self.state_key("W1", obj) for obj in self.objects]
+
+        async def op(j: int) -> None:
+            await client.hset(keys[j], "k7", SMALL_VALUE)
 
         return op
 
@@ -250,9 +289,10 @@ class Workloads:
 
     # -- workload 4: large state, a handler that reads one key -------------------------------
 
-    def big_read(self, mode: str, shared: bool = False) -> Op:
-        """An exclusive session, or a shared one (a read-only handler), reading one key."""
-        store = self.store
+    def big_read(self, mode: str, shared: bool = False, cached: bool = False) -> Op:
+        """An exclusive session, or a shared one (a read-only handler), reading one key;
+        ``cached``: on the store whose snapshot cache holds the state."""
+        store = self.store if cached else self.uncached
         preload: Any = {"lazy": False, "eager": True, "preload": ["k0500"]}[mode]
 
         async def op(j: int) -> None:
@@ -263,16 +303,16 @@ class Workloads:
 
     # -- workload 5: hot key, every lane on one object ---------------------------------------
 
-    def hot(self) -> tuple[Op, Callable[[int], Awaitable[str | None]]]:
+    def hot(self, key: str = "hot") -> tuple[Op, Callable[[int], Awaitable[str | None]]]:
         store = self.store
         before = [0]
 
         async def op(j: int) -> None:
-            async with store.object("W5", "hot") as ctx:
+            async with store.object("W5", key) as ctx:
                 ctx.set("n", (await ctx.get("n")) + 1)
 
         async def check(n: int) -> str | None:
-            async with store.object("W5", "hot", shared=True) as ctx:
+            async with store.object("W5", key, shared=True) as ctx:
                 now = int(await ctx.get("n"))
             lost = before[0] + n - now
             before[0] = now
@@ -334,6 +374,11 @@ class Workloads:
                 out.append(
                     Case(f"w2.raw.{mode}.c{conc}", w1, "raw", mode, conc, n, self.raw_rw(lazy))
                 )
+        for conc, n in ((1, n_seq), (c, n_conc)):
+            out.append(Case(f"w1.adapter.blind.c{conc}", "1/2 write only", "adapter", "blind",
+                            conc, n, self.adapter_blind()))  # fmt: skip
+            out.append(Case(f"w2.raw.blind.c{conc}", "1/2 write only", "raw", "blind", conc, n,
+                            self.raw_blind()))  # fmt: skip
         w3 = "3 read+write k keys"
         for k in DAPR_KEYS:
             n = self.n(600 // k + 100)
@@ -343,6 +388,8 @@ class Workloads:
         for mode, n in (("lazy", 500), ("preload", 500), ("eager", 60)):
             out.append(Case(f"w4.adapter.{mode}", w4, "adapter", mode, 1, self.n(n),
                             self.big_read(mode)))  # fmt: skip
+        out.append(Case("w4.adapter.eager-cached", w4, "adapter", "eager, cached", 1, self.n(500),
+                        self.big_read("eager", cached=True)))  # fmt: skip
         for mode, n in (("lazy", 1000), ("eager", 60)):
             out.append(Case(f"w4.adapter.shared-{mode}", w4, "adapter", f"shared {mode}", 1,
                             self.n(n), self.big_read(mode, shared=True)))  # fmt: skip
@@ -351,6 +398,9 @@ class Workloads:
         out.append(
             Case("w5.adapter.hot", "5 hot key", "adapter", "eager", hc, self.n(800), op, check)
         )
+        op, check = self.hot("calm")  # the same sessions one at a time: uncontended
+        out.append(Case("w5.adapter.sequential", "5 hot key", "adapter", "eager", 1,
+                        self.n(800), op, check))  # fmt: skip
         w6 = "6 shared read"
         for conc, n in ((1, n_seq), (c, n_conc)):
             out.append(Case(f"w6.adapter.c{conc}", w6, "adapter", "shared", conc, n,
