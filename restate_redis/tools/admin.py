@@ -43,11 +43,21 @@ import binascii
 import json
 import math
 import re
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..backend.inventory import (
+    SKIPPED_EXAMPLES,
+    ObjectInfo,
+    ServiceInfo,
+    SkippedKeys,
+    Usage,
+    classify,
+    measure,
+    parse,
+    scan_page,
+)
 from ..backend.retry import redis_errors
 from ..errors import (
     CorruptStateError,
@@ -59,12 +69,7 @@ from ..errors import (
     where,
 )
 from ..keyspace import (
-    META,
     META_GRACE,
-    META_VERSION,
-    META_WORKFLOW,
-    SEPARATOR,
-    STATE,
     ObjectKeys,
     check_key,
     check_service,
@@ -85,6 +90,7 @@ _EXPIRY_ATTEMPTS = 3
 __all__ = [
     "BYTES_MARK",
     "RAW_MARK",
+    "SKIPPED_EXAMPLES",
     "Admin",
     "ObjectInfo",
     "ObjectPage",
@@ -92,6 +98,7 @@ __all__ = [
     "ServiceInfo",
     "ServiceList",
     "SkippedKeys",
+    "Usage",
     "decode_value",
     "encode_value",
     "load_json",
@@ -262,70 +269,12 @@ def load_json(text: str) -> Any:
 # -- what reads return ------------------------------------------------------------------------
 
 
-# How many skipped keys a listing names; the rest are only counted.
-SKIPPED_EXAMPLES = 5
-# Objects classified per pipeline while listing.
-_CLASSIFY_BATCH = 500
-
-
-@dataclass(slots=True)
-class SkippedKeys:
-    """Keys of the namespace a listing skipped: restate-redis did not write them (a name
-    that does not decode, a ``meta`` that is not a hash or whose version is not a number, a
-    state hash without ``meta``). Counted, and a few of them named, so that one stray key
-    cannot break a listing for everyone."""
-
-    count: int = 0
-    examples: list[str] = field(default_factory=list)
-    """Up to :data:`SKIPPED_EXAMPLES` of them, each as ``key (why)``."""
-
-    def add(self, redis_key: bytes | str, why: str) -> None:
-        self.count += 1
-        if len(self.examples) < SKIPPED_EXAMPLES:
-            self.examples.append(f"{_key_text(redis_key)} ({why})")
-
-    def merge(self, other: SkippedKeys) -> None:
-        self.count += other.count
-        room = SKIPPED_EXAMPLES - len(self.examples)
-        self.examples.extend(other.examples[: max(0, room)])
-
-
-def _key_text(redis_key: bytes | str) -> str:
-    if isinstance(redis_key, str):
-        return redis_key
-    return redis_key.decode("utf-8", "backslashreplace")
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceInfo:
-    """A service that has stored objects, and how many."""
-
-    name: str
-    objects: int
-
-
 class ServiceList(list[ServiceInfo]):
     """What :meth:`Admin.services` returns: the services, and the keys it skipped."""
 
     def __init__(self, services: list[ServiceInfo], skipped: SkippedKeys) -> None:
         super().__init__(services)
         self.skipped = skipped
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    """One object or workflow in a listing."""
-
-    service: str
-    key: str
-    workflow_status: str | None = None
-    """None for a Virtual Object; "running" or "completed" for a workflow."""
-    retention_ms: int | None = None
-    """Milliseconds until the object's keys expire; None when they are kept indefinitely."""
-
-    @property
-    def kind(self) -> str:
-        return "object" if self.workflow_status is None else "workflow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,17 +312,6 @@ class ObjectState:
         return {name: len(buf) for name, buf in self.raw.items()}
 
 
-def _text(raw: bytes | str | None) -> str | None:
-    if raw is None:
-        return None
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-
-
-def _is_int(raw: bytes | str) -> bool:
-    text = _text(raw) or ""
-    return text.lstrip("-").isdigit() and text.isascii()
-
-
 def _remaining(pttl: int) -> int | None:
     return int(pttl) if int(pttl) >= 0 else None
 
@@ -392,35 +330,48 @@ class Admin:
     # reads
 
     async def services(self) -> ServiceList:
-        """Every service with stored objects, sorted by name (one SCAN of the namespace).
+        """Every service with stored objects, sorted by name, with their totals (one sweep
+        of the namespace's bookkeeping; see :meth:`usage`).
 
         An object counts when its state hash exists or it is a workflow (see
         :meth:`list_objects`); keys restate-redis did not write are skipped and reported in
         the result's ``skipped``.
         """
-        counts: Counter[str] = Counter()
-        skipped = SkippedKeys()
-        seen: set[tuple[str, str]] = set()
-        batch: list[tuple[str, str]] = []
+        found = await self.usage()
+        return ServiceList(found.services, found.skipped)
 
-        async def flush() -> None:
-            for info in await self._classify(batch, skipped):
-                counts[info.service] += 1
-            batch.clear()
+    async def usage(
+        self, services: Sequence[str] | None = None, *, top: int = 0, max_objects: int | None = None
+    ) -> Usage:
+        """Objects, state keys and stored bytes per service, and the ``top`` largest objects,
+        from the bookkeeping the commits keep (meta ``b``, ``HLEN``): no value is read.
 
-        async with redis_errors("listing the services"):
-            async for redis_key in self.client.scan_iter(
-                match=self.keyspace.all_pattern("*"), count=1000
-            ):
-                parsed = self._parse(redis_key, skipped)
-                if parsed is None or parsed in seen:
-                    continue  # SCAN may return a key twice; an object has several keys
-                seen.add(parsed)
-                batch.append(parsed)
-                if len(batch) >= _CLASSIFY_BATCH:
-                    await flush()
-            await flush()
-        return ServiceList([ServiceInfo(name, counts[name]) for name in sorted(counts)], skipped)
+        ``services``: only these (default: every service). Objects are flagged against the
+        store's ``eager_state_size_limit`` and ``eager_state_field_limit``; an object whose
+        stored size is unknown (state written by another tool) is counted apart, never as 0.
+        ``max_objects`` stops the sweep after that many objects (``complete`` is then False).
+        """
+        if services is not None:
+            for name in services:
+                check_service(name)
+        if top < 0:
+            raise ValueError(f"top must be >= 0, got {top!r}")
+        what = "measuring " + (
+            "the namespace"
+            if services is None
+            else f"service{'s' * (len(services) != 1)} "
+            + ", ".join(repr(name) for name in services)
+        )
+        async with redis_errors(what):
+            return await measure(
+                self.client,
+                self.keyspace,
+                services=services,
+                byte_limit=self.store.eager_state_size_limit,
+                field_limit=self.store.eager_state_field_limit,
+                top=top,
+                max_objects=max_objects,
+            )
 
     async def iter_objects(
         self, service: str, prefix: str = "", skipped: SkippedKeys | None = None
@@ -446,14 +397,17 @@ class Admin:
     async def list_objects(
         self, service: str, prefix: str = "", cursor: int = 0, limit: int = 50
     ) -> ObjectPage:
-        """One page of ``service``'s objects whose key starts with ``prefix``.
+        """One page of ``service``'s objects whose key starts with ``prefix``, with their
+        bookkeeping (version, size, key count, time of the last change).
 
         An object is listed when its state hash exists, or when it is a workflow (its meta
         has a status): a cleared object is not. Keys restate-redis did not write are left
         out and counted in the page's ``skipped``.
 
-        SCAN underneath: a page holds at least ``limit`` objects unless the listing ends
-        (it may hold a few more), and an object may show up on two pages.
+        SCAN underneath, on every master of a cluster in turn (the cursor says which; see
+        :func:`restate_redis.backend.inventory.scan_page`): a page holds at least ``limit``
+        objects unless the listing ends (it may hold a few more), and an object may show up
+        on two pages.
         """
         check_service(service)
         if not isinstance(prefix, str):
@@ -466,86 +420,18 @@ class Admin:
         objects: list[ObjectInfo] = []
         async with redis_errors(f"listing the objects of service {service!r}"):
             for _ in range(100):  # bounded: a sparse keyspace returns empty batches
-                cursor, batch = await self.client.scan(cursor, match=pattern, count=max(limit, 100))
+                cursor, batch = await scan_page(self.client, cursor, pattern, max(limit, 100))
                 found: list[tuple[str, str]] = []
                 for redis_key in batch:
-                    parsed = self._parse(redis_key, skipped)
+                    parsed = parse(self.keyspace, redis_key, skipped)
                     if parsed is not None and parsed[0] == service and parsed[1] not in seen:
                         seen.add(parsed[1])
                         found.append(parsed)
-                objects += await self._classify(found, skipped)
+                objects += await classify(self.client, self.keyspace, found, skipped)
                 if cursor == 0 or len(objects) >= limit:
                     break
         objects.sort(key=lambda o: o.key)
         return ObjectPage(objects, int(cursor), skipped)
-
-    def _parse(self, redis_key: bytes | str, skipped: SkippedKeys) -> tuple[str, str] | None:
-        """(service, object key) of a ``state`` or ``meta`` key; None for other keys of an
-        object. A key whose name restate-redis could not have written is added to
-        ``skipped``: it does not decode, or decodes to a name that encodes differently."""
-        try:
-            text = redis_key.decode("utf-8") if isinstance(redis_key, bytes) else redis_key
-            parsed = self.keyspace.parse(text)
-        except (UnicodeError, ValueError):
-            parsed = None
-        if parsed is not None:
-            service, key, kind = parsed
-            prefix = f"{self.keyspace.namespace}{SEPARATOR}"
-            try:
-                canonical = prefix + self.keyspace.tag(service, key) + SEPARATOR + kind
-            except (UnicodeError, ValueError):
-                canonical = None
-            if canonical == text and service:
-                return (service, key) if kind in (STATE, META) else None
-        skipped.add(redis_key, "its name does not decode")
-        return None
-
-    async def _classify(
-        self, objects: list[tuple[str, str]], skipped: SkippedKeys
-    ) -> list[ObjectInfo]:
-        """The listed ones of ``objects``: their state hash exists or they are workflows.
-
-        One pipeline: the type of both keys, the meta's version and status, its expiry.
-        Objects whose bookkeeping restate-redis did not write go to ``skipped``.
-        """
-        if not objects:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for service, key in objects:
-            keys = self.keyspace.object_keys(service, key)
-            pipe.type(keys.state)
-            pipe.type(keys.meta)
-            pipe.hmget(keys.meta, [META_VERSION, META_WORKFLOW])
-            pipe.pttl(keys.meta)
-        replies = await pipe.execute(raise_on_error=False)
-        listed: list[ObjectInfo] = []
-        for i, (service, key) in enumerate(objects):
-            state_type, meta_type, fields, pttl = replies[4 * i : 4 * i + 4]
-            for reply in (state_type, meta_type, pttl):
-                if isinstance(reply, Exception):
-                    raise reply
-            keys = self.keyspace.object_keys(service, key)
-            state_type, meta_type = _text(state_type), _text(meta_type)
-            if state_type not in ("hash", "none"):
-                skipped.add(keys.state, f"a {state_type}, not a hash")
-                continue
-            if meta_type not in ("hash", "none"):
-                skipped.add(keys.meta, f"a {meta_type}, not a hash")
-                continue
-            if meta_type == "none":
-                if state_type == "hash":
-                    skipped.add(keys.state, "state without meta")
-                continue  # expired, or deleted since SCAN saw it
-            if isinstance(fields, Exception):
-                raise fields
-            version, status = fields
-            if version is not None and not _is_int(version):
-                skipped.add(keys.meta, "its version is not a number")
-                continue
-            status_text = _text(status) or None
-            if state_type == "hash" or status_text is not None:
-                listed.append(ObjectInfo(service, key, status_text, _remaining(pttl)))
-        return listed
 
     async def read(self, service: str, key: str) -> ObjectState:
         """The whole state of ``service``/``key`` with its version, status and expiry.

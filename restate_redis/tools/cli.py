@@ -15,6 +15,7 @@ except ImportError:  # pragma: no cover - depends on the installed extras
 COMMANDS: dict[str, str] = {
     "kv": "restate_redis.tools.kv:kv",
     "services": "restate_redis.tools.kv:services",
+    "du": "restate_redis.tools.du:du_command",
     "ui": "restate_redis.tools.ui:ui_command",
     "demo": "restate_redis.tools.demo.command:demo_command",
     "bench": "restate_redis.tools.bench.command:bench_command",

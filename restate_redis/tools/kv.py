@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import difflib
 import functools
 import json
@@ -35,7 +36,7 @@ from ..backend.connection import redact, scrub
 from ..backend.retry import as_state_error
 from ..errors import StateError, StoreUnavailableError, VersionConflictError
 from ..serde import BytesSerde, JsonSerde, MsgPackSerde, Serde
-from ..store import RedisStateStore
+from ..store import DEFAULT_FIELD_LIMIT, MiB, RedisStateStore
 from .admin import Admin, ObjectState, SkippedKeys, load_json, same_value
 
 T = TypeVar("T")
@@ -44,6 +45,7 @@ ENV_URL = "RESTATE_REDIS_URL"
 ENV_NAMESPACE = "RESTATE_REDIS_NAMESPACE"
 ENV_SERDE = "RESTATE_REDIS_SERDE"
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_SIZE_LIMIT = 32 * MiB  # the store's default eager_state_size_limit
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -114,6 +116,8 @@ class Connection:
     namespace: str
     serde: str
     acquire_timeout: float
+    eager_state_size_limit: int = DEFAULT_SIZE_LIMIT
+    eager_state_field_limit: int = DEFAULT_FIELD_LIMIT
 
     def open_store(self) -> RedisStateStore:
         return RedisStateStore.from_url(
@@ -121,6 +125,8 @@ class Connection:
             namespace=self.namespace,
             serde=SERDES[self.serde](),
             acquire_timeout=self.acquire_timeout,
+            eager_state_size_limit=self.eager_state_size_limit,
+            eager_state_field_limit=self.eager_state_field_limit,
             # a person is waiting: report an unreachable Redis after seconds, not the
             # long retry budget that rides out a failover in a worker
             retry_attempts=3,
@@ -167,6 +173,40 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
     ) -> Any:
         conn = Connection(url, namespace, serde, acquire_timeout)
         return command(*args, conn=conn, **kwargs)
+
+    return wrapper
+
+
+def eager_limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--eager-size-limit`` and ``--eager-field-limit``: the limits the workers' stores use,
+    against which objects are flagged (they replace ``conn`` with one that has them)."""
+
+    @click.option(
+        "--eager-size-limit",
+        type=click.IntRange(min=1),
+        default=DEFAULT_SIZE_LIMIT,
+        show_default=True,
+        metavar="BYTES",
+        help="The workers' eager_state_size_limit: a larger state loads lazily.",
+    )
+    @click.option(
+        "--eager-field-limit",
+        type=click.IntRange(min=1),
+        default=DEFAULT_FIELD_LIMIT,
+        show_default=True,
+        metavar="N",
+        help="The workers' eager_state_field_limit: a state with more keys loads lazily.",
+    )
+    @functools.wraps(command)
+    def wrapper(
+        *args: Any, conn: Connection, eager_size_limit: int, eager_field_limit: int, **kwargs: Any
+    ) -> Any:
+        limited = dataclasses.replace(
+            conn,
+            eager_state_size_limit=eager_size_limit,
+            eager_state_field_limit=eager_field_limit,
+        )
+        return command(*args, conn=limited, **kwargs)
 
     return wrapper
 

@@ -509,17 +509,22 @@ async def test_stray_keys_are_skipped_and_counted(
     await client.hset("restate:{Cart:nometa}:state", "a", b"\x01")
     await client.hset("restate:{Cart:v}:meta", mapping={"v": "x1"})
     await client.hset("restate:{Cart:v}:state", "a", b"\x01")
+    await client.hset("restate:{Cart:b}:meta", mapping={"v": "1", "b": "-3"})
+    await client.hset("restate:{Cart:b}:state", "a", b"\x01")
     found = await admin.services()
-    assert found == [ServiceInfo("Cart", 2)]
-    assert found.skipped.count == 8 and len(found.skipped.examples) == 5
+    assert found == [ServiceInfo("Cart", 2, keys=2, bytes=4)]  # "n" and msgpack 1, twice
+    assert found.skipped.count == 9 and len(found.skipped.examples) == 5
     page = await admin.list_objects("Cart")
-    assert [o.key for o in page.objects] == ["alice", "bob"] and page.skipped.count == 7
+    assert [o.key for o in page.objects] == ["alice", "bob"] and page.skipped.count == 8
+    page = await admin.list_objects("Cart", prefix="b")
+    assert [o.key for o in page.objects] == ["bob"]
+    assert page.skipped.examples == ["restate:{Cart:b}:meta (its size is not a number)"]
     skipped = SkippedKeys()
     assert sorted([k async for k in admin.iter_objects("Cart", skipped=skipped)]) == [
         "alice",
         "bob",
     ]
-    assert skipped.count == 7
+    assert skipped.count == 8
     assert (await admin.read("Cart", "alice")).values == {"n": 1}
     assert await admin.clear_service("Cart") == 2
 
