@@ -155,6 +155,9 @@ class ServiceInfo:
     """Objects over an eager limit: an eager session loads them lazily."""
     near: int = 0
     """Objects near an eager limit (:data:`NEAR_LIMIT` of it or more), still loaded eagerly."""
+    eager: int = 0
+    """Objects of known size well within both eager limits. The rest of ``objects`` (not
+    ``eager``, ``near`` or ``lazy``) are of unknown size and within the field limit."""
 
     def add(self, obj: ObjectInfo, fit: EagerFit) -> None:
         self.objects += 1
@@ -167,6 +170,8 @@ class ServiceInfo:
             self.lazy += 1
         elif fit == "near":
             self.near += 1
+        elif fit == "eager":
+            self.eager += 1
 
 
 @dataclass(slots=True)
