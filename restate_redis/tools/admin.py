@@ -43,6 +43,7 @@ import binascii
 import json
 import math
 import re
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,7 @@ from ..backend.inventory import (
     ObjectInfo,
     ServiceInfo,
     SkippedKeys,
+    Sweep,
     Usage,
     classify,
     measure,
@@ -95,14 +97,19 @@ __all__ = [
     "ObjectInfo",
     "ObjectPage",
     "ObjectState",
+    "Preview",
+    "SORTS",
     "ServiceInfo",
     "ServiceList",
     "SkippedKeys",
     "Usage",
+    "cut_preview",
     "decode_value",
+    "json_text",
     "encode_value",
     "load_json",
     "same_value",
+    "sort_objects",
 ]
 
 
@@ -316,6 +323,108 @@ def _remaining(pttl: int) -> int | None:
     return int(pttl) if int(pttl) >= 0 else None
 
 
+# -- tables of objects --------------------------------------------------------------------------
+
+SORTS = ("key", "version", "size", "keys", "changed")
+"""The columns a table of objects sorts by: the object key, its version, stored bytes, number
+of state keys, time of the last change."""
+
+PREVIEW_CHARS = 200
+"""Characters of a value's JSON text a table cell shows."""
+PREVIEW_READ_BYTES = 64 * 1024
+"""A stored value larger than this is not read for a preview (only its size is shown)."""
+
+UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""What JSON text keeps raw (json.dumps escapes C0 controls) but must not reach a terminal or a
+page as it is: DEL, C1 controls, the bidi marks, overrides and isolates, the line and paragraph
+separators; each is written ``\\uXXXX`` instead (still valid JSON)."""
+
+
+def json_text(value: Any) -> str:
+    """``value`` as one line of JSON text, every character in :data:`UNSAFE_IN_JSON` escaped."""
+    text = json.dumps(value, ensure_ascii=False)
+    return UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+# Characters that belong to the one before them (combining marks and enclosing marks are
+# found by category): a cut never separates them from it.
+_JOINING = frozenset({"\u200c", "\u200d"})  # ZWNJ, ZWJ
+
+
+def _extends(char: str) -> bool:
+    code = ord(char)
+    return (
+        unicodedata.category(char) in ("Mn", "Me", "Mc")
+        or char in _JOINING
+        or 0xFE00 <= code <= 0xFE0F  # variation selectors
+        or 0xE0100 <= code <= 0xE01EF
+        or 0x1F3FB <= code <= 0x1F3FF  # emoji skin tones
+        or 0xE0020 <= code <= 0xE007F  # tag characters (flag sequences)
+    )
+
+
+def _regional(char: str) -> bool:
+    return 0x1F1E6 <= ord(char) <= 0x1F1FF
+
+
+def cut_preview(text: str, limit: int = PREVIEW_CHARS) -> tuple[str, bool]:
+    """``text`` (JSON text) cut to at most ``limit`` characters: (the text, whether it was cut).
+
+    The cut never splits a JSON escape (``\\n``, ``\\u00e9``), nor a character from the marks
+    that extend it (combining accents, a zero-width joiner and what it joins, variation
+    selectors, skin tones, flag pairs), so what is shown is whole characters; strings are
+    code points here, so no UTF-8 sequence or UTF-16 surrogate pair can be split either.
+    """
+    if len(text) <= limit:
+        return text, False
+    cut = 0
+    while cut < limit:  # whole escapes only
+        step = (6 if text[cut + 1 : cut + 2] == "u" else 2) if text[cut] == "\\" else 1
+        if cut + step > limit:
+            break
+        cut += step
+    while cut > 0 and (_extends(text[cut]) or text[cut - 1] in _JOINING):
+        cut -= 1
+    if cut > 0 and _regional(text[cut]) and _regional(text[cut - 1]):
+        run = 0
+        while cut - run - 1 >= 0 and _regional(text[cut - run - 1]):
+            run += 1
+        cut -= run % 2  # an odd run before the cut: its last one pairs with text[cut]
+    return text[:cut], True
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """A state key's value as a table cell shows it."""
+
+    size: int
+    """Stored bytes of the value."""
+    text: str | None
+    """Its JSON text, cut at :data:`PREVIEW_CHARS` characters (:func:`cut_preview`); None
+    when the stored value is larger than :data:`PREVIEW_READ_BYTES` and was not read."""
+    truncated: bool
+
+
+def sort_objects(rows: Sequence[ObjectInfo], by: str, descending: bool = False) -> list[ObjectInfo]:
+    """``rows`` sorted by one of :data:`SORTS`; objects whose size or time of the last change
+    is unknown come last in either order, and ties go by object key."""
+    if by not in SORTS:
+        raise ValueError(f"cannot sort by {by!r}: expected one of {', '.join(SORTS)}")
+    by_key = sorted(rows, key=lambda o: o.key)
+    if by == "key":
+        return by_key[::-1] if descending else by_key
+    value: Callable[[ObjectInfo], int | None] = {
+        "version": lambda o: o.version,
+        "size": lambda o: o.size,
+        "keys": lambda o: o.keys,
+        "changed": lambda o: o.changed_ms,
+    }[by]
+    known = [o for o in by_key if value(o) is not None]
+    unknown = [o for o in by_key if value(o) is None]
+    known.sort(key=lambda o: value(o) or 0, reverse=descending)  # stable: ties by key
+    return known + unknown
+
+
 # -- the admin API ----------------------------------------------------------------------------
 
 
@@ -432,6 +541,76 @@ class Admin:
                     break
         objects.sort(key=lambda o: o.key)
         return ObjectPage(objects, int(cursor), skipped)
+
+    async def object_rows(
+        self, service: str, prefix: str = "", *, max_objects: int | None = None
+    ) -> tuple[list[ObjectInfo], bool, SkippedKeys]:
+        """Every object of ``service`` whose key starts with ``prefix``, with its bookkeeping
+        (one sweep; no value is read): (the objects, whether the sweep saw them all or stopped
+        at ``max_objects``, the keys it skipped)."""
+        check_service(service)
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+        sweep = Sweep(
+            self.client,
+            self.keyspace,
+            self.keyspace.object_pattern(service, prefix, suffix="*"),
+            services=[service],
+            max_objects=max_objects,
+        )
+        rows: list[ObjectInfo] = []
+        async with redis_errors(f"listing the objects of service {service!r}"):
+            async for batch in sweep:
+                rows += batch
+        return rows, sweep.complete, sweep.skipped
+
+    async def previews(
+        self,
+        service: str,
+        keys: Sequence[str],
+        names: Sequence[str],
+        *,
+        chars: int = PREVIEW_CHARS,
+        max_bytes: int = PREVIEW_READ_BYTES,
+    ) -> list[dict[str, Preview | None]]:
+        """For each object key of ``service``, the values of state keys ``names`` as previews
+        (None where the object has no such key), in two pipelined round trips: the stored
+        sizes (``HSTRLEN``), then the values not larger than ``max_bytes``."""
+        states = [self.keyspace.object_keys(service, key).state for key in keys]
+        if not states or not names:
+            return [{} for _ in states]
+        async with redis_errors(f"reading values of service {service!r}"):
+            pipe = self.client.pipeline(transaction=False)
+            for state in states:
+                for name in names:
+                    pipe.hstrlen(state, name)
+            sizes = await pipe.execute()
+            wanted = [
+                (i, j)
+                for i in range(len(states))
+                for j in range(len(names))
+                if 0 < sizes[i * len(names) + j] <= max_bytes
+            ]
+            pipe = self.client.pipeline(transaction=False)
+            for i, j in wanted:
+                pipe.hget(states[i], names[j])
+            values = dict(zip(wanted, await pipe.execute(), strict=True)) if wanted else {}
+        rows: list[dict[str, Preview | None]] = []
+        for i in range(len(states)):
+            row: dict[str, Preview | None] = {}
+            for j, name in enumerate(names):
+                size = int(sizes[i * len(names) + j])
+                raw = values.get((i, j))
+                if raw is None and size == 0:
+                    row[name] = None  # no such key (an empty stored value is not a value)
+                elif raw is None:
+                    row[name] = Preview(size, None, True)
+                else:
+                    value = decode_value(self.store.serde, raw)
+                    text, cut = cut_preview(json_text(value), chars)
+                    row[name] = Preview(size, text, cut)
+            rows.append(row)
+        return rows
 
     async def read(self, service: str, key: str) -> ObjectState:
         """The whole state of ``service``/``key`` with its version, status and expiry.

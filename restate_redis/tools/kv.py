@@ -37,7 +37,7 @@ from ..backend.retry import as_state_error
 from ..errors import StateError, StoreUnavailableError, VersionConflictError
 from ..serde import BytesSerde, JsonSerde, MsgPackSerde, Serde
 from ..store import DEFAULT_FIELD_LIMIT, MiB, RedisStateStore
-from .admin import Admin, ObjectState, SkippedKeys, load_json, same_value
+from .admin import UNSAFE_IN_JSON, Admin, ObjectState, SkippedKeys, load_json, same_value
 
 T = TypeVar("T")
 
@@ -69,8 +69,7 @@ SERDES: dict[str, Callable[[], Serde[Any]]] = {
 # C0 and C1 controls, DEL, and the invisible marks and overrides that reorder or hide text
 # (bidi embeddings, overrides and isolates, LRM/RLM/ALM, line and paragraph separators).
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-# The same, minus what json.dumps already escapes (C0): for JSON text.
-_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# The same, minus what json.dumps already escapes (C0), is admin.UNSAFE_IN_JSON: for JSON text.
 
 
 _SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
@@ -271,7 +270,7 @@ def dumps(value: Any, indent: int | None = None) -> str:
     """JSON text safe for a terminal: json.dumps escapes C0 controls, and the other
     characters :func:`printable` escapes become ``\\uXXXX`` too (still valid JSON)."""
     text = json.dumps(value, indent=indent, ensure_ascii=False, sort_keys=indent is not None)
-    return _UNSAFE_IN_JSON.sub(_json_escape, text)
+    return UNSAFE_IN_JSON.sub(_json_escape, text)
 
 
 def duration(ms: int) -> str:
