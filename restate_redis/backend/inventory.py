@@ -2,10 +2,10 @@
 
 A sweep runs SCAN with a MATCH pattern of the keyspace on the one server or on every master of
 a cluster (one after the other: a cluster's SCAN cursor belongs to one node), and reads each
-object's bookkeeping in pipelines: the type of its ``state`` and ``meta`` keys, meta's version
-(``v``), stored bytes (``b``), time of the last change (``t``) and workflow status (``wf``),
-the state's field count (``HLEN``) and the expiry (``PTTL``). Every call is bounded: a SCAN
-asks for :data:`SCAN_COUNT` keys, a pipeline for :data:`BATCH` objects.
+object's bookkeeping in pipelines: meta's version (``v``), stored bytes (``b``), time of the
+last change (``t``) and workflow status (``wf``), the state's field count (``HLEN``) and the
+expiry (``PTTL``). Every call is bounded: a SCAN asks for :data:`SCAN_COUNT` keys, a
+pipeline for :data:`BATCH` objects.
 
 Keys restate-redis could not have written (a name that does not decode, a ``meta`` that is not
 a hash or whose version or size is not a number, a state hash without ``meta``) are skipped and
@@ -21,6 +21,8 @@ import heapq
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from redis.exceptions import ResponseError
 
 from ..keyspace import (
     META,
@@ -275,43 +277,57 @@ def _raise(*replies: Any) -> None:
             raise reply
 
 
+def _wrong_type(reply: Any) -> bool:
+    return isinstance(reply, ResponseError) and str(reply).startswith("WRONGTYPE")
+
+
 async def classify(
     client: Any, keyspace: Keyspace, objects: list[tuple[str, str]], skipped: SkippedKeys
 ) -> list[ObjectInfo]:
     """The listed ones of ``objects``, with their bookkeeping: those whose state hash exists,
     and workflows (their meta has a status); a cleared object is not listed.
 
-    One pipeline (five single-key commands per object); objects whose bookkeeping
-    restate-redis did not write go to ``skipped``.
+    One pipeline of three single-key commands per object: ``HLEN`` of the state (0: none),
+    ``PTTL`` of meta (-2: none) and ``HMGET`` of its fields; a key of another type fails its
+    command with WRONGTYPE, and only such keys are asked their ``TYPE``, to name it. Objects
+    whose bookkeeping restate-redis did not write go to ``skipped``.
     """
     if not objects:
         return []
     pipe = client.pipeline(transaction=False)
     for service, key in objects:
         keys = keyspace.object_keys(service, key)
-        pipe.type(keys.state)
-        pipe.type(keys.meta)
-        pipe.hmget(keys.meta, [META_VERSION, META_WORKFLOW, META_BYTES, META_CHANGED])
-        pipe.pttl(keys.meta)
         pipe.hlen(keys.state)
+        pipe.pttl(keys.meta)
+        pipe.hmget(keys.meta, [META_VERSION, META_WORKFLOW, META_BYTES, META_CHANGED])
     replies = await pipe.execute(raise_on_error=False)
+    wrong: dict[str, str] = {}  # key -> its type, for the keys of another type
+    for i, (service, key) in enumerate(objects):
+        keys = keyspace.object_keys(service, key)
+        for redis_key, reply in ((keys.state, replies[3 * i]), (keys.meta, replies[3 * i + 2])):
+            if _wrong_type(reply):
+                wrong[redis_key] = "?"
+    if wrong:
+        pipe = client.pipeline(transaction=False)
+        for redis_key in wrong:
+            pipe.type(redis_key)
+        for redis_key, kind in zip(wrong, await pipe.execute(), strict=True):
+            wrong[redis_key] = _text(kind) or "?"
     listed: list[ObjectInfo] = []
     for i, (service, key) in enumerate(objects):
-        state_type, meta_type, fields, pttl, count = replies[5 * i : 5 * i + 5]
-        _raise(state_type, meta_type, pttl)
+        count, pttl, fields = replies[3 * i : 3 * i + 3]
         keys = keyspace.object_keys(service, key)
-        state_type, meta_type = _text(state_type), _text(meta_type)
-        if state_type not in ("hash", "none"):
-            skipped.add(keys.state, f"a {state_type}, not a hash")
+        if keys.state in wrong:
+            skipped.add(keys.state, f"a {wrong[keys.state]}, not a hash")
             continue
-        if meta_type not in ("hash", "none"):
-            skipped.add(keys.meta, f"a {meta_type}, not a hash")
+        if keys.meta in wrong:
+            skipped.add(keys.meta, f"a {wrong[keys.meta]}, not a hash")
             continue
-        if meta_type == "none":
-            if state_type == "hash":
+        _raise(count, pttl, fields)
+        if int(pttl) == -2:  # no meta
+            if int(count) > 0:
                 skipped.add(keys.state, "state without meta")
             continue  # expired, or deleted since SCAN saw it
-        _raise(fields, count)
         version, status, size, changed = fields
         if version is not None and _number(version) is None:
             skipped.add(keys.meta, "its version is not a number")
@@ -320,7 +336,7 @@ async def classify(
             skipped.add(keys.meta, "its size is not a number")
             continue
         status_text = _text(status) or None
-        if state_type == "hash" or status_text is not None:
+        if int(count) > 0 or status_text is not None:
             listed.append(
                 ObjectInfo(
                     service,

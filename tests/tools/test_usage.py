@@ -68,7 +68,7 @@ async def test_usage_counts_bytes_and_keys_without_reading_a_value(
     cart = found.services[0]
     assert (cart.objects, cart.keys) == (12, 25)
     assert cart.bytes == sum(size for size, _ in expected["Cart"])
-    assert found.services[1] == ServiceInfo("Signup", 1, 1, expected["Signup"][0][0])
+    assert found.services[1] == ServiceInfo("Signup", 1, 1, expected["Signup"][0][0], eager=1)
     assert [(o.size, o.key) for o in found.largest] == expected["Cart"][:5]
     assert [o.keys for o in found.largest] == [2, 2, 2, 2, 2]
     assert all(o.changed_ms is not None and o.version == 1 for o in found.largest)
