@@ -11,6 +11,10 @@ the one description of the keyspace, and the Lua scripts' headers point here::
                                                  something else, counted by the next eager
                                                  open within the limits)
                                              c   id of the last commit
+                                             t   time of the last applied commit (the
+                                                 version's last change): ms since the
+                                                 Unix epoch, by the server's clock (TIME);
+                                                 absent until a commit writes it
                                              pf  what the last commit recorded for a replay:
                                                  "0" prior values in prev, "r" a clear_all
                                                  whose whole prior state is in old
@@ -60,6 +64,7 @@ COMMITS = "commits"
 META_VERSION = "v"
 META_BYTES = "b"
 META_COMMIT = "c"
+META_CHANGED = "t"
 META_WORKFLOW = "wf"
 META_PRIOR = "pf"
 META_GRACE = "e"

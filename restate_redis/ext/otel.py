@@ -25,30 +25,40 @@ handler under the trace context that the Restate server sent with the invocation
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import hashlib
 import importlib
+import logging
+import threading
 import time
 import traceback
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import timedelta
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
-from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.metrics import CallbackOptions, NoOpMeterProvider, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ..backend import replies
 from ..backend.connection import RedisClient
+from ..backend.inventory import Usage, measure
 from ..errors import InvalidOptionError
 from ..observe import ROUNDTRIP, ObjectKeyMode, register
+from ..store import seconds
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import Span, TracerProvider
 
     from ..observe import SessionRecord
+    from ..store import RedisStateStore
 
 try:  # where set_meter_provider keeps the global provider (see _global_configured)
     metrics_internal: Any = importlib.import_module("opentelemetry.metrics._internal")
@@ -58,6 +68,7 @@ except ImportError:  # pragma: no cover - a future API without it: always take t
 T = TypeVar("T")
 
 SCOPE = "restate_redis"
+log = logging.getLogger("restate_redis")
 
 # Attribute names of this library (the db.* / server.* ones are the semantic conventions').
 OPERATION = "restate_redis.operation"  # open, get, keys, commit, release, renew, wait
@@ -515,3 +526,198 @@ class Telemetry:
 
 
 register(Telemetry)  # every store created from now on is observed (see observe.py)
+
+
+# -- what the state stores: gauges fed by a periodic sweep --------------------------------------
+
+NAMESPACE = "restate_redis.namespace"
+LOAD = "restate_redis.load"  # eager, near, lazy, unknown (see backend.inventory.EagerFit)
+
+DEFAULT_SIZE_INTERVAL = 300.0
+DEFAULT_SIZE_MAX_OBJECTS = 1_000_000
+
+Observations = tuple[tuple[str, tuple["Observation", ...]], ...]
+
+
+class _SizeGauges:
+    """The three observable gauges of one meter, created once; each callback reports what
+    every live :class:`SizeMetrics` of that meter found in its last complete sweep."""
+
+    def __init__(self, meter: Any) -> None:
+        self._sources: list[SizeMetrics] = []
+        self._lock = threading.Lock()  # the reader calls back on its own thread
+        for name, unit, description in (
+            ("restate_redis.state.size", "By", "Stored bytes of the state, per service"),
+            ("restate_redis.state.keys", "{key}", "State keys, per service"),
+            (
+                "restate_redis.state.objects",
+                "{object}",
+                "Objects with state, per service and by how an eager session loads them",
+            ),
+        ):
+            meter.create_observable_gauge(
+                name,
+                callbacks=[functools.partial(self._observe, name)],
+                unit=unit,
+                description=description,
+            )
+
+    def add(self, source: SizeMetrics) -> None:
+        with self._lock:
+            self._sources.append(source)
+
+    def remove(self, source: SizeMetrics) -> None:
+        with self._lock:
+            self._sources = [s for s in self._sources if s is not source]
+
+    def _observe(self, name: str, options: CallbackOptions) -> list[Observation]:
+        with self._lock:
+            sources = list(self._sources)
+        found: list[Observation] = []
+        for source in sources:
+            for gauge, observations in source.observations:
+                if gauge == name:
+                    found.extend(observations)
+        return found
+
+
+_size_gauges: weakref.WeakKeyDictionary[Any, _SizeGauges] = weakref.WeakKeyDictionary()
+_size_gauges_lock = threading.Lock()
+
+
+class SizeMetrics:
+    """OpenTelemetry gauges of what each service stores, fed by a periodic sweep of the
+    bookkeeping (the same one as ``restate-redis du``: SCAN on every master, pipelined reads of
+    ``meta`` and ``HLEN``; no value is read). Off until one is started::
+
+        async with SizeMetrics(store, interval=300):
+            ...  # the worker runs; the gauges report the last complete sweep
+
+    Gauges (meter ``restate_redis``; attributes ``restate_redis.namespace`` and
+    ``restate_redis.service``):
+
+    - ``restate_redis.state.size`` (By): stored bytes of the objects of known size;
+    - ``restate_redis.state.keys`` ({key}): state keys;
+    - ``restate_redis.state.objects`` ({object}): objects, with ``restate_redis.load``: how an
+      eager session opens them under the store's eager limits (``eager``, ``near``: at 90 % of
+      a limit or more, ``lazy``: over one, ``unknown``: size not yet counted).
+
+    ``interval``: seconds (or a timedelta) from the end of one sweep to the start of the next
+    (default 300); the first starts at once. ``max_objects``: a sweep that finds more objects
+    stops there and publishes nothing (a warning names this option), so a namespace larger
+    than expected costs one bounded sweep per interval, never wrong totals (default
+    1,000,000). ``meter_provider``: default the global one. A sweep that fails (Redis
+    unreachable) is logged; the gauges keep the last complete sweep. Run one per namespace,
+    in one process: every process that runs it sweeps the whole namespace.
+    """
+
+    def __init__(
+        self,
+        store: RedisStateStore,
+        *,
+        interval: float | timedelta = DEFAULT_SIZE_INTERVAL,
+        max_objects: int = DEFAULT_SIZE_MAX_OBJECTS,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        if not isinstance(max_objects, int) or isinstance(max_objects, bool) or max_objects < 1:
+            raise InvalidOptionError(f"max_objects must be a positive int, got {max_objects!r}")
+        self.store = store
+        self.interval = seconds(interval, "interval")
+        self.max_objects = max_objects
+        self.observations: Observations = ()
+        """What the gauges report now: (gauge name, observations) of the last sweep."""
+        self.last: Usage | None = None
+        """The last complete sweep, or None before the first."""
+        meter = (
+            meter_provider.get_meter(SCOPE, _version())
+            if meter_provider is not None
+            else metrics.get_meter(SCOPE, _version())
+        )
+        with _size_gauges_lock:
+            gauges = _size_gauges.get(meter)
+            if gauges is None:
+                gauges = _size_gauges[meter] = _SizeGauges(meter)
+        self._gauges = gauges
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    async def refresh(self) -> Usage:
+        """Sweep now and publish what it found (when complete); returns it."""
+        store = self.store
+        found = await measure(
+            store.client,
+            store.keyspace,
+            byte_limit=store.eager_state_size_limit,
+            field_limit=store.eager_state_field_limit,
+            max_objects=self.max_objects,
+        )
+        if not found.complete:
+            log.warning(
+                "restate_redis size metrics: namespace %r holds more than max_objects=%d "
+                "objects; nothing published (raise max_objects)",
+                store.keyspace.namespace,
+                self.max_objects,
+            )
+            return found
+        self.last = found
+        self.observations = self._observations(found)
+        return found
+
+    def _observations(self, found: Usage) -> Observations:
+        namespace = self.store.keyspace.namespace
+        size: list[Observation] = []
+        keys: list[Observation] = []
+        objects: list[Observation] = []
+        for info in found.services:
+            attrs = {NAMESPACE: namespace, SERVICE: info.name}
+            size.append(Observation(info.bytes, attrs))
+            keys.append(Observation(info.keys, attrs))
+            by_load = {
+                "eager": info.eager,
+                "near": info.near,
+                "lazy": info.lazy,
+                "unknown": info.objects - info.eager - info.near - info.lazy,
+            }
+            for load, count in by_load.items():
+                objects.append(Observation(count, {**attrs, LOAD: load}))
+        return (
+            ("restate_redis.state.size", tuple(size)),
+            ("restate_redis.state.keys", tuple(keys)),
+            ("restate_redis.state.objects", tuple(objects)),
+        )
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.refresh()
+            except Exception as exc:  # the next sweep tries again
+                if stop.is_set():
+                    return  # the cancel of aclose, turned into an error by the client
+                log.warning("restate_redis size metrics: a sweep failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval)
+
+    def start(self) -> None:
+        """Start sweeping (the first sweep at once) and reporting; a no-op when running."""
+        if self._task is None:
+            self._gauges.add(self)
+            self._stop = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run(self._stop))
+
+    async def aclose(self) -> None:
+        """Stop sweeping; the gauges report nothing more for this store."""
+        task, self._task = self._task, None
+        self._gauges.remove(self)
+        self.observations = ()
+        if task is not None:
+            self._stop.set()  # even should the client swallow the cancel below
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> SizeMetrics:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

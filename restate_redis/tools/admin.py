@@ -51,11 +51,24 @@ import binascii
 import json
 import math
 import re
+import unicodedata
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..backend.inventory import (
+    SKIPPED_EXAMPLES,
+    ObjectInfo,
+    ServiceInfo,
+    SkippedKeys,
+    Sweep,
+    Usage,
+    classify,
+    measure,
+    parse,
+    scan_page,
+)
 from ..backend.retry import redis_errors
 from ..codecs import StoredBytes, inspect_stored
 from ..errors import (
@@ -71,12 +84,7 @@ from ..errors import (
     where,
 )
 from ..keyspace import (
-    META,
     META_GRACE,
-    META_VERSION,
-    META_WORKFLOW,
-    SEPARATOR,
-    STATE,
     ObjectKeys,
     check_key,
     check_service,
@@ -100,18 +108,25 @@ __all__ = [
     "BYTES_MARK",
     "ENCRYPTED_MARK",
     "RAW_MARK",
+    "SKIPPED_EXAMPLES",
     "Admin",
     "ObjectInfo",
     "ObjectPage",
     "ObjectState",
     "Rekeyed",
+    "Preview",
+    "SORTS",
     "ServiceInfo",
     "ServiceList",
     "SkippedKeys",
+    "Usage",
+    "cut_preview",
     "decode_value",
+    "json_text",
     "encode_value",
     "load_json",
     "same_value",
+    "sort_objects",
 ]
 
 
@@ -295,70 +310,12 @@ def load_json(text: str) -> Any:
 # -- what reads return ------------------------------------------------------------------------
 
 
-# How many skipped keys a listing names; the rest are only counted.
-SKIPPED_EXAMPLES = 5
-# Objects classified per pipeline while listing.
-_CLASSIFY_BATCH = 500
-
-
-@dataclass(slots=True)
-class SkippedKeys:
-    """Keys of the namespace a listing skipped: restate-redis did not write them (a name
-    that does not decode, a ``meta`` that is not a hash or whose version is not a number, a
-    state hash without ``meta``). Counted, and a few of them named, so that one stray key
-    cannot break a listing for everyone."""
-
-    count: int = 0
-    examples: list[str] = field(default_factory=list)
-    """Up to :data:`SKIPPED_EXAMPLES` of them, each as ``key (why)``."""
-
-    def add(self, redis_key: bytes | str, why: str) -> None:
-        self.count += 1
-        if len(self.examples) < SKIPPED_EXAMPLES:
-            self.examples.append(f"{_key_text(redis_key)} ({why})")
-
-    def merge(self, other: SkippedKeys) -> None:
-        self.count += other.count
-        room = SKIPPED_EXAMPLES - len(self.examples)
-        self.examples.extend(other.examples[: max(0, room)])
-
-
-def _key_text(redis_key: bytes | str) -> str:
-    if isinstance(redis_key, str):
-        return redis_key
-    return redis_key.decode("utf-8", "backslashreplace")
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceInfo:
-    """A service that has stored objects, and how many."""
-
-    name: str
-    objects: int
-
-
 class ServiceList(list[ServiceInfo]):
     """What :meth:`Admin.services` returns: the services, and the keys it skipped."""
 
     def __init__(self, services: list[ServiceInfo], skipped: SkippedKeys) -> None:
         super().__init__(services)
         self.skipped = skipped
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    """One object or workflow in a listing."""
-
-    service: str
-    key: str
-    workflow_status: str | None = None
-    """None for a Virtual Object; "running" or "completed" for a workflow."""
-    retention_ms: int | None = None
-    """Milliseconds until the object's keys expire; None when they are kept indefinitely."""
-
-    @property
-    def kind(self) -> str:
-        return "object" if self.workflow_status is None else "workflow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,19 +376,110 @@ class Rekeyed:
     encrypted)."""
 
 
-def _text(raw: bytes | str | None) -> str | None:
-    if raw is None:
-        return None
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-
-
-def _is_int(raw: bytes | str) -> bool:
-    text = _text(raw) or ""
-    return text.lstrip("-").isdigit() and text.isascii()
-
-
 def _remaining(pttl: int) -> int | None:
     return int(pttl) if int(pttl) >= 0 else None
+
+
+# -- tables of objects --------------------------------------------------------------------------
+
+SORTS = ("key", "version", "size", "keys", "changed")
+"""The columns a table of objects sorts by: the object key, its version, stored bytes, number
+of state keys, time of the last change."""
+
+PREVIEW_CHARS = 200
+"""Characters of a value's JSON text a table cell shows."""
+PREVIEW_READ_BYTES = 64 * 1024
+"""A stored value larger than this is not read for a preview (only its size is shown)."""
+
+UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""What JSON text keeps raw (json.dumps escapes C0 controls) but must not reach a terminal or a
+page as it is: DEL, C1 controls, the bidi marks, overrides and isolates, the line and paragraph
+separators; each is written ``\\uXXXX`` instead (still valid JSON)."""
+
+
+def json_text(value: Any) -> str:
+    """``value`` as one line of JSON text, every character in :data:`UNSAFE_IN_JSON` escaped."""
+    text = json.dumps(value, ensure_ascii=False)
+    return UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+# Characters that belong to the one before them (combining marks and enclosing marks are
+# found by category): a cut never separates them from it.
+_JOINING = frozenset({"\u200c", "\u200d"})  # ZWNJ, ZWJ
+
+
+def _extends(char: str) -> bool:
+    code = ord(char)
+    return (
+        unicodedata.category(char) in ("Mn", "Me", "Mc")
+        or char in _JOINING
+        or 0xFE00 <= code <= 0xFE0F  # variation selectors
+        or 0xE0100 <= code <= 0xE01EF
+        or 0x1F3FB <= code <= 0x1F3FF  # emoji skin tones
+        or 0xE0020 <= code <= 0xE007F  # tag characters (flag sequences)
+    )
+
+
+def _regional(char: str) -> bool:
+    return 0x1F1E6 <= ord(char) <= 0x1F1FF
+
+
+def cut_preview(text: str, limit: int = PREVIEW_CHARS) -> tuple[str, bool]:
+    """``text`` (JSON text) cut to at most ``limit`` characters: (the text, whether it was cut).
+
+    The cut never splits a JSON escape (``\\n``, ``\\u00e9``), nor a character from the marks
+    that extend it (combining accents, a zero-width joiner and what it joins, variation
+    selectors, skin tones, flag pairs), so what is shown is whole characters; strings are
+    code points here, so no UTF-8 sequence or UTF-16 surrogate pair can be split either.
+    """
+    if len(text) <= limit:
+        return text, False
+    cut = 0
+    while cut < limit:  # whole escapes only
+        step = (6 if text[cut + 1 : cut + 2] == "u" else 2) if text[cut] == "\\" else 1
+        if cut + step > limit:
+            break
+        cut += step
+    while cut > 0 and (_extends(text[cut]) or text[cut - 1] in _JOINING):
+        cut -= 1
+    if cut > 0 and _regional(text[cut]) and _regional(text[cut - 1]):
+        run = 0
+        while cut - run - 1 >= 0 and _regional(text[cut - run - 1]):
+            run += 1
+        cut -= run % 2  # an odd run before the cut: its last one pairs with text[cut]
+    return text[:cut], True
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """A state key's value as a table cell shows it."""
+
+    size: int
+    """Stored bytes of the value."""
+    text: str | None
+    """Its JSON text, cut at :data:`PREVIEW_CHARS` characters (:func:`cut_preview`); None
+    when the stored value is larger than :data:`PREVIEW_READ_BYTES` and was not read."""
+    truncated: bool
+
+
+def sort_objects(rows: Sequence[ObjectInfo], by: str, descending: bool = False) -> list[ObjectInfo]:
+    """``rows`` sorted by one of :data:`SORTS`; objects whose size or time of the last change
+    is unknown come last in either order, and ties go by object key."""
+    if by not in SORTS:
+        raise ValueError(f"cannot sort by {by!r}: expected one of {', '.join(SORTS)}")
+    by_key = sorted(rows, key=lambda o: o.key)
+    if by == "key":
+        return by_key[::-1] if descending else by_key
+    value: Callable[[ObjectInfo], int | None] = {
+        "version": lambda o: o.version,
+        "size": lambda o: o.size,
+        "keys": lambda o: o.keys,
+        "changed": lambda o: o.changed_ms,
+    }[by]
+    known = [o for o in by_key if value(o) is not None]
+    unknown = [o for o in by_key if value(o) is None]
+    known.sort(key=lambda o: value(o) or 0, reverse=descending)  # stable: ties by key
+    return known + unknown
 
 
 # -- the admin API ----------------------------------------------------------------------------
@@ -448,35 +496,48 @@ class Admin:
     # reads
 
     async def services(self) -> ServiceList:
-        """Every service with stored objects, sorted by name (one SCAN of the namespace).
+        """Every service with stored objects, sorted by name, with their totals (one sweep
+        of the namespace's bookkeeping; see :meth:`usage`).
 
         An object counts when its state hash exists or it is a workflow (see
         :meth:`list_objects`); keys restate-redis did not write are skipped and reported in
         the result's ``skipped``.
         """
-        counts: Counter[str] = Counter()
-        skipped = SkippedKeys()
-        seen: set[tuple[str, str]] = set()
-        batch: list[tuple[str, str]] = []
+        found = await self.usage()
+        return ServiceList(found.services, found.skipped)
 
-        async def flush() -> None:
-            for info in await self._classify(batch, skipped):
-                counts[info.service] += 1
-            batch.clear()
+    async def usage(
+        self, services: Sequence[str] | None = None, *, top: int = 0, max_objects: int | None = None
+    ) -> Usage:
+        """Objects, state keys and stored bytes per service, and the ``top`` largest objects,
+        from the bookkeeping the commits keep (meta ``b``, ``HLEN``): no value is read.
 
-        async with redis_errors("listing the services"):
-            async for redis_key in self.client.scan_iter(
-                match=self.keyspace.all_pattern("*"), count=1000
-            ):
-                parsed = self._parse(redis_key, skipped)
-                if parsed is None or parsed in seen:
-                    continue  # SCAN may return a key twice; an object has several keys
-                seen.add(parsed)
-                batch.append(parsed)
-                if len(batch) >= _CLASSIFY_BATCH:
-                    await flush()
-            await flush()
-        return ServiceList([ServiceInfo(name, counts[name]) for name in sorted(counts)], skipped)
+        ``services``: only these (default: every service). Objects are flagged against the
+        store's ``eager_state_size_limit`` and ``eager_state_field_limit``; an object whose
+        stored size is unknown (state written by another tool) is counted apart, never as 0.
+        ``max_objects`` stops the sweep after that many objects (``complete`` is then False).
+        """
+        if services is not None:
+            for name in services:
+                check_service(name)
+        if top < 0:
+            raise ValueError(f"top must be >= 0, got {top!r}")
+        what = "measuring " + (
+            "the namespace"
+            if services is None
+            else f"service{'s' * (len(services) != 1)} "
+            + ", ".join(repr(name) for name in services)
+        )
+        async with redis_errors(what):
+            return await measure(
+                self.client,
+                self.keyspace,
+                services=services,
+                byte_limit=self.store.eager_state_size_limit,
+                field_limit=self.store.eager_state_field_limit,
+                top=top,
+                max_objects=max_objects,
+            )
 
     async def iter_objects(
         self, service: str, prefix: str = "", skipped: SkippedKeys | None = None
@@ -502,14 +563,17 @@ class Admin:
     async def list_objects(
         self, service: str, prefix: str = "", cursor: int = 0, limit: int = 50
     ) -> ObjectPage:
-        """One page of ``service``'s objects whose key starts with ``prefix``.
+        """One page of ``service``'s objects whose key starts with ``prefix``, with their
+        bookkeeping (version, size, key count, time of the last change).
 
         An object is listed when its state hash exists, or when it is a workflow (its meta
         has a status): a cleared object is not. Keys restate-redis did not write are left
         out and counted in the page's ``skipped``.
 
-        SCAN underneath: a page holds at least ``limit`` objects unless the listing ends
-        (it may hold a few more), and an object may show up on two pages.
+        SCAN underneath, on every master of a cluster in turn (the cursor says which; see
+        :func:`restate_redis.backend.inventory.scan_page`): a page holds at least ``limit``
+        objects unless the listing ends (it may hold a few more), and an object may show up
+        on two pages.
         """
         check_service(service)
         if not isinstance(prefix, str):
@@ -522,86 +586,88 @@ class Admin:
         objects: list[ObjectInfo] = []
         async with redis_errors(f"listing the objects of service {service!r}"):
             for _ in range(100):  # bounded: a sparse keyspace returns empty batches
-                cursor, batch = await self.client.scan(cursor, match=pattern, count=max(limit, 100))
+                cursor, batch = await scan_page(self.client, cursor, pattern, max(limit, 100))
                 found: list[tuple[str, str]] = []
                 for redis_key in batch:
-                    parsed = self._parse(redis_key, skipped)
+                    parsed = parse(self.keyspace, redis_key, skipped)
                     if parsed is not None and parsed[0] == service and parsed[1] not in seen:
                         seen.add(parsed[1])
                         found.append(parsed)
-                objects += await self._classify(found, skipped)
+                objects += await classify(self.client, self.keyspace, found, skipped)
                 if cursor == 0 or len(objects) >= limit:
                     break
         objects.sort(key=lambda o: o.key)
         return ObjectPage(objects, int(cursor), skipped)
 
-    def _parse(self, redis_key: bytes | str, skipped: SkippedKeys) -> tuple[str, str] | None:
-        """(service, object key) of a ``state`` or ``meta`` key; None for other keys of an
-        object. A key whose name restate-redis could not have written is added to
-        ``skipped``: it does not decode, or decodes to a name that encodes differently."""
-        try:
-            text = redis_key.decode("utf-8") if isinstance(redis_key, bytes) else redis_key
-            parsed = self.keyspace.parse(text)
-        except (UnicodeError, ValueError):
-            parsed = None
-        if parsed is not None:
-            service, key, kind = parsed
-            prefix = f"{self.keyspace.namespace}{SEPARATOR}"
-            try:
-                canonical = prefix + self.keyspace.tag(service, key) + SEPARATOR + kind
-            except (UnicodeError, ValueError):
-                canonical = None
-            if canonical == text and service:
-                return (service, key) if kind in (STATE, META) else None
-        skipped.add(redis_key, "its name does not decode")
-        return None
+    async def object_rows(
+        self, service: str, prefix: str = "", *, max_objects: int | None = None
+    ) -> tuple[list[ObjectInfo], bool, SkippedKeys]:
+        """Every object of ``service`` whose key starts with ``prefix``, with its bookkeeping
+        (one sweep; no value is read): (the objects, whether the sweep saw them all or stopped
+        at ``max_objects``, the keys it skipped)."""
+        check_service(service)
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+        sweep = Sweep(
+            self.client,
+            self.keyspace,
+            self.keyspace.object_pattern(service, prefix, suffix="*"),
+            services=[service],
+            max_objects=max_objects,
+        )
+        rows: list[ObjectInfo] = []
+        async with redis_errors(f"listing the objects of service {service!r}"):
+            async for batch in sweep:
+                rows += batch
+        return rows, sweep.complete, sweep.skipped
 
-    async def _classify(
-        self, objects: list[tuple[str, str]], skipped: SkippedKeys
-    ) -> list[ObjectInfo]:
-        """The listed ones of ``objects``: their state hash exists or they are workflows.
-
-        One pipeline: the type of both keys, the meta's version and status, its expiry.
-        Objects whose bookkeeping restate-redis did not write go to ``skipped``.
-        """
-        if not objects:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for service, key in objects:
-            keys = self.keyspace.object_keys(service, key)
-            pipe.type(keys.state)
-            pipe.type(keys.meta)
-            pipe.hmget(keys.meta, [META_VERSION, META_WORKFLOW])
-            pipe.pttl(keys.meta)
-        replies = await pipe.execute(raise_on_error=False)
-        listed: list[ObjectInfo] = []
-        for i, (service, key) in enumerate(objects):
-            state_type, meta_type, fields, pttl = replies[4 * i : 4 * i + 4]
-            for reply in (state_type, meta_type, pttl):
-                if isinstance(reply, Exception):
-                    raise reply
-            keys = self.keyspace.object_keys(service, key)
-            state_type, meta_type = _text(state_type), _text(meta_type)
-            if state_type not in ("hash", "none"):
-                skipped.add(keys.state, f"a {state_type}, not a hash")
-                continue
-            if meta_type not in ("hash", "none"):
-                skipped.add(keys.meta, f"a {meta_type}, not a hash")
-                continue
-            if meta_type == "none":
-                if state_type == "hash":
-                    skipped.add(keys.state, "state without meta")
-                continue  # expired, or deleted since SCAN saw it
-            if isinstance(fields, Exception):
-                raise fields
-            version, status = fields
-            if version is not None and not _is_int(version):
-                skipped.add(keys.meta, "its version is not a number")
-                continue
-            status_text = _text(status) or None
-            if state_type == "hash" or status_text is not None:
-                listed.append(ObjectInfo(service, key, status_text, _remaining(pttl)))
-        return listed
+    async def previews(
+        self,
+        service: str,
+        keys: Sequence[str],
+        names: Sequence[str],
+        *,
+        chars: int = PREVIEW_CHARS,
+        max_bytes: int = PREVIEW_READ_BYTES,
+    ) -> list[dict[str, Preview | None]]:
+        """For each object key of ``service``, the values of state keys ``names`` as previews
+        (None where the object has no such key), in two pipelined round trips: the stored
+        sizes (``HSTRLEN``), then the values not larger than ``max_bytes``."""
+        states = [self.keyspace.object_keys(service, key).state for key in keys]
+        if not states or not names:
+            return [{} for _ in states]
+        async with redis_errors(f"reading values of service {service!r}"):
+            pipe = self.client.pipeline(transaction=False)
+            for state in states:
+                for name in names:
+                    pipe.hstrlen(state, name)
+            sizes = await pipe.execute()
+            wanted = [
+                (i, j)
+                for i in range(len(states))
+                for j in range(len(names))
+                if 0 < sizes[i * len(names) + j] <= max_bytes
+            ]
+            pipe = self.client.pipeline(transaction=False)
+            for i, j in wanted:
+                pipe.hget(states[i], names[j])
+            values = dict(zip(wanted, await pipe.execute(), strict=True)) if wanted else {}
+        rows: list[dict[str, Preview | None]] = []
+        for i in range(len(states)):
+            row: dict[str, Preview | None] = {}
+            for j, name in enumerate(names):
+                size = int(sizes[i * len(names) + j])
+                raw = values.get((i, j))
+                if raw is None and size == 0:
+                    row[name] = None  # no such key (an empty stored value is not a value)
+                elif raw is None:
+                    row[name] = Preview(size, None, True)
+                else:
+                    value = decode_value(self.store.serde, raw)
+                    text, cut = cut_preview(json_text(value), chars)
+                    row[name] = Preview(size, text, cut)
+            rows.append(row)
+        return rows
 
     async def read(self, service: str, key: str) -> ObjectState:
         """The whole state of ``service``/``key`` with its version, status and expiry.

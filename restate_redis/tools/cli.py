@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "kv": "restate_redis.tools.kv:kv",
     "services": "restate_redis.tools.kv:services",
     "rekey": "restate_redis.tools.rekey:rekey_command",
+    "du": "restate_redis.tools.du:du_command",
     "ui": "restate_redis.tools.ui:ui_command",
     "demo": "restate_redis.tools.demo.command:demo_command",
     "bench": "restate_redis.tools.bench.command:bench_command",

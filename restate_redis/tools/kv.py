@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import difflib
 import functools
 import json
@@ -38,8 +39,8 @@ from ..backend.retry import as_state_error
 from ..codecs import ENV_KEYS, ENV_KEYS_FILE, encryption_from_env
 from ..errors import StateError, StoreUnavailableError, VersionConflictError
 from ..serde import BytesSerde, JsonSerde, MsgPackSerde, Serde
-from ..store import RedisStateStore
-from .admin import Admin, ObjectState, SkippedKeys, load_json, same_value
+from ..store import DEFAULT_FIELD_LIMIT, MiB, RedisStateStore
+from .admin import UNSAFE_IN_JSON, Admin, ObjectState, SkippedKeys, load_json, same_value
 
 T = TypeVar("T")
 
@@ -47,6 +48,7 @@ ENV_URL = "RESTATE_REDIS_URL"
 ENV_NAMESPACE = "RESTATE_REDIS_NAMESPACE"
 ENV_SERDE = "RESTATE_REDIS_SERDE"
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_SIZE_LIMIT = 32 * MiB  # the store's default eager_state_size_limit
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -70,8 +72,7 @@ SERDES: dict[str, Callable[[], Serde[Any]]] = {
 # C0 and C1 controls, DEL, and the invisible marks and overrides that reorder or hide text
 # (bidi embeddings, overrides and isolates, LRM/RLM/ALM, line and paragraph separators).
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-# The same, minus what json.dumps already escapes (C0): for JSON text.
-_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# The same, minus what json.dumps already escapes (C0), is admin.UNSAFE_IN_JSON: for JSON text.
 
 
 _SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
@@ -117,6 +118,8 @@ class Connection:
     namespace: str
     serde: str
     acquire_timeout: float
+    eager_state_size_limit: int = DEFAULT_SIZE_LIMIT
+    eager_state_field_limit: int = DEFAULT_FIELD_LIMIT
 
     def open_store(self) -> RedisStateStore:
         # The keys come from the environment (or the file it names), never from the URL;
@@ -128,6 +131,8 @@ class Connection:
             serde=SERDES[self.serde](),
             codecs=None if encryption is None else [encryption],
             acquire_timeout=self.acquire_timeout,
+            eager_state_size_limit=self.eager_state_size_limit,
+            eager_state_field_limit=self.eager_state_field_limit,
             # a person is waiting: report an unreachable Redis after seconds, not the
             # long retry budget that rides out a failover in a worker
             retry_attempts=3,
@@ -174,6 +179,40 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
     ) -> Any:
         conn = Connection(url, namespace, serde, acquire_timeout)
         return command(*args, conn=conn, **kwargs)
+
+    return wrapper
+
+
+def eager_limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--eager-size-limit`` and ``--eager-field-limit``: the limits the workers' stores use,
+    against which objects are flagged (they replace ``conn`` with one that has them)."""
+
+    @click.option(
+        "--eager-size-limit",
+        type=click.IntRange(min=1),
+        default=DEFAULT_SIZE_LIMIT,
+        show_default=True,
+        metavar="BYTES",
+        help="The workers' eager_state_size_limit: a larger state loads lazily.",
+    )
+    @click.option(
+        "--eager-field-limit",
+        type=click.IntRange(min=1),
+        default=DEFAULT_FIELD_LIMIT,
+        show_default=True,
+        metavar="N",
+        help="The workers' eager_state_field_limit: a state with more keys loads lazily.",
+    )
+    @functools.wraps(command)
+    def wrapper(
+        *args: Any, conn: Connection, eager_size_limit: int, eager_field_limit: int, **kwargs: Any
+    ) -> Any:
+        limited = dataclasses.replace(
+            conn,
+            eager_state_size_limit=eager_size_limit,
+            eager_state_field_limit=eager_field_limit,
+        )
+        return command(*args, conn=limited, **kwargs)
 
     return wrapper
 
@@ -240,7 +279,7 @@ def dumps(value: Any, indent: int | None = None) -> str:
     """JSON text safe for a terminal: json.dumps escapes C0 controls, and the other
     characters :func:`printable` escapes become ``\\uXXXX`` too (still valid JSON)."""
     text = json.dumps(value, indent=indent, ensure_ascii=False, sort_keys=indent is not None)
-    return _UNSAFE_IN_JSON.sub(_json_escape, text)
+    return UNSAFE_IN_JSON.sub(_json_escape, text)
 
 
 def duration(ms: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -80,3 +81,39 @@ def test_all_keys_of_one_object_share_one_slot(cluster_node: Server, key: str) -
     with redis.Redis(port=cluster_node.port) as r:
         slots = {r.execute_command("CLUSTER", "KEYSLOT", k) for k in keys}
     assert len(slots) == 1, (keys, slots)
+
+
+async def server_ms(client: aioredis.Redis) -> int:
+    secs, micros = await client.time()
+    return int(secs) * 1000 + int(micros) // 1000
+
+
+async def test_meta_keeps_the_time_of_the_last_change(
+    store: RedisStateStore, client: aioredis.Redis
+) -> None:
+    """meta t: the server's time of the last applied commit; a replay, a session that writes
+    nothing and a read leave it; a purge removes it with the rest."""
+    meta = store.keyspace.object_keys("Svc", "t").meta
+    before = await server_ms(client)
+    async with store.object("Svc", "t", commit_id="inv-1") as ctx:
+        ctx.set("a", 1)
+    after = await server_ms(client)
+    first = await client.hget(meta, "t")
+    assert first is not None and first.isdigit()
+    assert before <= int(first) <= after
+    for _ in range(1000):  # so that the next commit lands in a later ms
+        if await server_ms(client) > int(first):
+            break
+        await asyncio.sleep(0.001)
+    async with store.object("Svc", "t", commit_id="inv-1") as ctx:  # a replay: not applied
+        ctx.set("a", 1)
+    async with store.object("Svc", "t") as ctx:  # nothing written
+        await ctx.get("a")
+    async with store.object("Svc", "t", shared=True) as ctx:
+        await ctx.get("a")
+    assert await client.hget(meta, "t") == first
+    async with store.object("Svc", "t") as ctx:
+        ctx.clear("a")  # the state empties: still a change, kept for the grace period
+    assert int(await client.hget(meta, "t") or 0) > int(first)
+    assert await store.purge("Svc", "t")
+    assert await client.exists(meta) == 0

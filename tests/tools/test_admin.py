@@ -509,17 +509,22 @@ async def test_stray_keys_are_skipped_and_counted(
     await client.hset("restate:{Cart:nometa}:state", "a", b"\x01")
     await client.hset("restate:{Cart:v}:meta", mapping={"v": "x1"})
     await client.hset("restate:{Cart:v}:state", "a", b"\x01")
+    await client.hset("restate:{Cart:b}:meta", mapping={"v": "1", "b": "-3"})
+    await client.hset("restate:{Cart:b}:state", "a", b"\x01")
     found = await admin.services()
-    assert found == [ServiceInfo("Cart", 2)]
-    assert found.skipped.count == 8 and len(found.skipped.examples) == 5
+    assert found == [ServiceInfo("Cart", 2, keys=2, bytes=4, eager=2)]  # "n", msgpack 1; twice
+    assert found.skipped.count == 9 and len(found.skipped.examples) == 5
     page = await admin.list_objects("Cart")
-    assert [o.key for o in page.objects] == ["alice", "bob"] and page.skipped.count == 7
+    assert [o.key for o in page.objects] == ["alice", "bob"] and page.skipped.count == 8
+    page = await admin.list_objects("Cart", prefix="b")
+    assert [o.key for o in page.objects] == ["bob"]
+    assert page.skipped.examples == ["restate:{Cart:b}:meta (its size is not a number)"]
     skipped = SkippedKeys()
     assert sorted([k async for k in admin.iter_objects("Cart", skipped=skipped)]) == [
         "alice",
         "bob",
     ]
-    assert skipped.count == 7
+    assert skipped.count == 8
     assert (await admin.read("Cart", "alice")).values == {"n": 1}
     assert await admin.clear_service("Cart") == 2
 
@@ -537,3 +542,43 @@ async def test_objects_without_state_are_not_listed(store: RedisStateStore) -> N
     assert (await admin.list_objects("Cart")).objects == []
     assert [o.key for o in (await admin.list_objects("Signup")).objects] == ["empty"]
     assert await admin.clear_service("Cart") == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "shown"),
+    [
+        ("abcdef", 6, "abcdef"),
+        ("abcdef", 3, "abc"),
+        ('"a\\nb"', 3, '"a'),  # never half an escape
+        ('"a\\u0001b"', 7, '"a'),
+        ('"a\\u0001b"', 8, '"a\\u0001'),
+        ("ae\u0301e\u0301", 2, "a"),  # never an e without its accent
+        ("ae\u0301e\u0301", 3, "ae\u0301"),
+        ("a\U0001f469\u200d\U0001f4bbb", 3, "a"),  # nor half of a joined emoji
+        ("a\U0001f469\u200d\U0001f4bbb", 4, "a\U0001f469\u200d\U0001f4bb"),
+        ("x\U0001f1eb\U0001f1f7\U0001f1e9\U0001f1ea", 2, "x"),  # nor half a flag
+        ("x\U0001f1eb\U0001f1f7\U0001f1e9\U0001f1ea", 4, "x\U0001f1eb\U0001f1f7"),
+    ],
+)
+def test_previews_are_cut_between_whole_characters(text: str, limit: int, shown: str) -> None:
+    from restate_redis.tools.admin import cut_preview
+
+    assert cut_preview(text, limit) == (shown, text != shown)
+
+
+def test_sorting_objects_puts_unknown_values_last_and_ties_by_key() -> None:
+    from restate_redis.backend.inventory import ObjectInfo
+    from restate_redis.tools.admin import sort_objects
+
+    rows = [
+        ObjectInfo("S", "b", size=10, version=2),
+        ObjectInfo("S", "a", size=None, version=2),
+        ObjectInfo("S", "c", size=10, version=1),
+        ObjectInfo("S", "d", size=3, version=5),
+    ]
+    order = lambda by, desc=False: [o.key for o in sort_objects(rows, by, desc)]  # noqa: E731
+    assert order("key") == ["a", "b", "c", "d"] and order("key", True) == ["d", "c", "b", "a"]
+    assert order("size") == ["d", "b", "c", "a"] and order("size", True) == ["b", "c", "d", "a"]
+    assert order("version", True) == ["d", "a", "b", "c"]
+    with pytest.raises(ValueError, match="cannot sort by 'colour'"):
+        sort_objects(rows, "colour")

@@ -280,26 +280,32 @@ def test_objects_are_paginated_and_searchable_by_prefix(
     run_async(fill)
     page.goto(ui.base + "/#/s/Many")
     links = page.locator("#objects a.object")
-    loaded = page.locator("#objects:not([data-loading])")  # no page request in flight
-    links.first.wait_for()
-    loaded.wait_for()
-    assert 50 <= links.count() < 150  # one page, not everything
-    for _ in range(20):  # bounded: each click loads one more page
-        if page.locator("#more").is_hidden():
-            break
-        page.locator("#more").click()
-        loaded.wait_for()
-    assert page.locator("#more").is_hidden()
-    assert sorted(set(links.all_text_contents())) == sorted(names)
+    info = page.locator("#page-info")
+    info.wait_for()
+    seen: list[str] = []
+    for expected in (
+        "1 to 50 of 150 objects",
+        "51 to 100 of 150 objects",
+        "101 to 150 of 150 objects",
+    ):
+        page.wait_for_function(
+            "text => document.getElementById('page-info')?.textContent === text", arg=expected
+        )
+        assert links.count() == 50
+        seen += links.all_text_contents()
+        if page.locator("#next").is_enabled():
+            page.locator("#next").click()
+    assert page.locator("#next").is_disabled()
+    assert seen == sorted(names)  # every object once, in key order
+    page.locator("#prev").click()
+    page.wait_for_function("document.getElementById('page-info')?.textContent.startsWith('51')")
     page.locator("#prefix").fill("zz-")
     page.locator("#prefix").press("Enter")
-    loaded.wait_for()
-    for _ in range(20):
-        if page.locator("#more").is_hidden():
-            break
-        page.locator("#more").click()
-        loaded.wait_for()
-    assert sorted(set(links.all_text_contents())) == sorted(n for n in names if n[:3] == "zz-")
+    page.wait_for_function(
+        "document.getElementById('page-info')?.textContent === '1 to 50 of 50 objects'"
+    )
+    assert links.all_text_contents() == sorted(n for n in names if n[:3] == "zz-")
+    assert page.locator("#next").is_disabled()
 
 
 def test_add_and_delete_a_key(ui: UI, page: Any, rc: redis.Redis, server: Server) -> None:
@@ -355,7 +361,7 @@ def test_workflow_status_and_retention_are_shown(
 
     run_async(run)
     page.goto(ui.base + "/#/s/Signup")
-    assert "workflow completed" in page.locator("#objects li").first.text_content()
+    assert "workflow completed" in page.locator("#objects tbody tr").first.text_content()
     page.goto(object_url(ui, "Signup", "wf-7"))
     assert page.locator("#workflow-status").text_content() == "workflow completed"
     assert page.locator("#retention").text_content().startswith(" · state expires in 23h 59m")
@@ -431,14 +437,33 @@ def test_api_errors_are_clear(ui: UI, rc: redis.Redis, server: Server) -> None:
     stale = send("PUT", "/api/state", {"service": "Cart", "key": "ivy", "state": {}, "version": 0})
     assert stale.status_code == 409 and stale.json()["code"] == "version_conflict"
     assert state(rc, "Cart", "ivy") == {"a": 1}
-    listing = httpx.get(ui.base + "/api/objects", params={"service": "Cart"}, timeout=10)
-    assert listing.json() == {
+    listing = httpx.get(ui.base + "/api/objects", params={"service": "Cart"}, timeout=10).json()
+    changed = listing["objects"][0].pop("changed_ms")
+    assert isinstance(changed, int) and changed == int(rc.hget("restate:{Cart:ivy}:meta", "t"))
+    assert listing == {
         "namespace": "restate",
         "objects": [
-            {"key": "ivy", "kind": "object", "workflow_status": None, "retention_ms": None}
+            {
+                "key": "ivy",
+                "kind": "object",
+                "workflow_status": None,
+                "retention_ms": None,
+                "version": 1,
+                "size": 2,
+                "keys": 1,
+                "load": "eager",
+            }
         ],
         "cursor": "0",
     }
+    for bad, says in (
+        ({"sort": "colour"}, "'sort' must be one of key, version, size, keys, changed"),
+        ({"order": "up"}, "'order' must be 'asc' or 'desc'"),
+        ({"offset": "-1"}, "'offset' must be at least 0"),
+        ({"column": [str(i) for i in range(11)]}, "at most 10 state keys"),
+    ):
+        answer = httpx.get(ui.base + "/api/table", params={"service": "Cart", **bad}, timeout=10)
+        assert answer.status_code == 400 and says in answer.json()["error"], answer.json()
 
 
 def test_token_is_required_off_loopback_and_checked(rc: redis.Redis, server: Server) -> None:
@@ -624,7 +649,9 @@ def test_listings_skip_stray_keys_and_objects_without_state(
     rc.hset("restate:{Other:v}:meta", mapping={"v": "1.5"})
     rc.hset("restate:{Other:v}:state", "a", b"\x01")
     services = api_get(ui.base, "/api/services")
-    assert services["services"] == [{"name": "Cart", "objects": 1}]
+    assert services["services"] == [
+        {"name": "Cart", "objects": 1, "keys": 1, "bytes": 2, "unsized": 0, "lazy": 0, "near": 0}
+    ]
     assert services["skipped"] == 4 and len(services["skipped_keys"]) == 4
     assert any("%E2%82" in k for k in services["skipped_keys"])
     objects = api_get(ui.base, "/api/objects", service="Cart")
@@ -726,3 +753,164 @@ def test_the_token_is_ascii_and_compared_as_bytes(rc: redis.Redis, server: Serve
         assert wrong_type.json()["code"] == "unsupported_media_type"
     finally:
         guarded.stop()
+
+
+# -- the object table and the sizes ---------------------------------------------------------------
+
+
+def rows_shown(page: Any) -> list[str]:
+    keys: list[str] = page.locator("#objects tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.key)"
+    )
+    return keys
+
+
+def bookkeeping(rc: redis.Redis, service: str, key: str) -> dict[str, int | None]:
+    meta = rc.hmget(f"restate:{{{service}:{key}}}:meta", ["v", "b", "t"])
+    version, size, changed = (None if v is None else int(v) for v in meta)  # type: ignore[union-attr]
+    return {
+        "version": version,
+        "size": size,
+        "keys": int(rc.hlen(f"restate:{{{service}:{key}}}:state")),  # type: ignore[arg-type]
+        "changed": changed,
+    }
+
+
+def size_text(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB"
+
+
+def fill_shop(server: Server, count: int = 12) -> list[str]:
+    """Objects whose sizes, key counts, versions and times of change are in other orders than
+    their keys."""
+    keys = [f"o{i:02d}" for i in range(count)]
+
+    async def fill() -> None:
+        async with RedisStateStore.from_url(server.url) as store:
+            for i in reversed(range(count)):
+                async with store.object("Shop", keys[i]) as s:
+                    s.set("items", ["x" * ((i * 7) % 12 * 30)])
+                    for j in range(i % 4):
+                        s.set(f"extra{j}", j)
+                for _ in range((i * 5) % 3):
+                    async with store.object("Shop", keys[i]) as s:
+                        s.set("n", i)
+
+    run_async(fill)
+    return keys
+
+
+def test_the_object_table_sorts_by_each_column_and_pages_keep_the_order(
+    ui: UI, page: Any, rc: redis.Redis, server: Server
+) -> None:
+    keys = fill_shop(server)
+    stored = {key: bookkeeping(rc, "Shop", key) for key in keys}
+    page.goto(ui.base + "/#/s/Shop")
+    page.wait_for_selector('th[data-column="key"][aria-sort="ascending"]')
+    assert rows_shown(page) == keys
+    row = page.locator('tr[data-key="o05"]')
+    o05 = stored["o05"]
+    assert row.locator("td.version").text_content() == str(o05["version"])
+    assert row.locator("td.size").text_content() == size_text(o05["size"] or 0)
+    assert row.locator("td.keys").text_content() == str(o05["keys"])
+    changed = row.locator("td.changed").text_content()
+    assert changed.endswith("Z") and len(changed) == len("2026-11-02 10:00:01Z")
+    for column in ("version", "size", "keys", "changed"):
+        ascending = sorted(keys, key=lambda k: (stored[k][column], k))
+        descending = sorted(keys, key=lambda k: (-(stored[k][column] or 0), k))
+        assert ascending != keys or column == "changed"  # the data does sort them otherwise
+        page.locator(f'button[data-sort="{column}"]').click()
+        page.wait_for_selector(f'th[data-column="{column}"][aria-sort="ascending"]')
+        assert rows_shown(page) == ascending, column
+        page.locator(f'button[data-sort="{column}"]').click()
+        page.wait_for_selector(f'th[data-column="{column}"][aria-sort="descending"]')
+        assert rows_shown(page) == descending, column
+    page.reload()  # the order is in the address
+    page.wait_for_selector('th[data-column="changed"][aria-sort="descending"]')
+    assert rows_shown(page) == sorted(keys, key=lambda k: (-(stored[k]["changed"] or 0), k))
+
+
+def test_state_keys_picked_as_columns_show_cut_and_escaped_previews(
+    ui: UI, page: Any, rc: redis.Redis, server: Server
+) -> None:
+    accent = "e\u0301"  # e and a combining acute: one character on screen, two code points
+    long_text = "a" * 197 + accent * 10  # the 200-character cut falls inside an accented e
+    evil = '<img src=x onerror="window.__pwned = 1">\u202egnp.exe'
+    seed(server, "Notes", "a", note=long_text, n=1)
+    seed(server, "Notes", "b", note=evil)
+    seed(server, "Notes", "c", note="z" * (70 * 1024), n=3)  # over 64 KiB: not read
+    page.goto(ui.base + "/#/s/Notes")
+    page.wait_for_selector('tr[data-key="c"]')
+    for name in ("note", "n"):
+        page.locator("#column-name").fill(name)
+        page.locator("#column-name").press("Enter")
+        page.wait_for_selector(f'th.value-column[data-state-key="{name}"]')
+    cell = page.locator('tr[data-key="a"] td.value[data-state-key="note"]')
+    shown = cell.text_content()
+    assert shown.endswith("…") and shown.startswith('"aaa')
+    kept = shown[:-1]
+    assert len(kept) <= 200 and json.dumps(long_text, ensure_ascii=False).startswith(kept)
+    assert kept.endswith(accent) or kept.endswith("a")  # never an e without its accent
+    evil_cell = page.locator('tr[data-key="b"] td.value[data-state-key="note"]')
+    assert evil_cell.text_content() == json.dumps(evil, ensure_ascii=False).replace(
+        "\u202e", "\\u202e"
+    )
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("#objects img").count() == 0
+    big = page.locator('tr[data-key="c"] td.value[data-state-key="note"]').text_content()
+    assert big == "70.0 KiB, too large to preview"
+    assert page.locator('tr[data-key="b"] td.value[data-state-key="n"]').text_content() == "—"
+    assert page.locator('tr[data-key="c"] td.value[data-state-key="n"]').text_content() == "3"
+    page.locator('th[data-state-key="note"] button.remove-column').click()
+    page.wait_for_selector('th[data-state-key="note"]', state="detached")
+    assert page.locator("th.value-column").count() == 1
+    stray_text = "v => [...v.childNodes].filter(n => n.nodeType === Node.TEXT_NODE).length"
+    assert page.locator("#view").evaluate(stray_text) == 0  # no "null" for a missing note
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-objects.png"), full_page=True)
+
+
+def test_service_sizes_and_eager_limit_flags(page: Any, rc: redis.Redis, server: Server) -> None:
+    keys = fill_shop(server)
+    sizes = {key: bookkeeping(rc, "Shop", key)["size"] or 0 for key in keys}
+    limited = start_ui(server, "--eager-size-limit", "300", "--max-table-objects", "5")
+    try:
+        page.goto(limited.base + "/")
+        row = page.locator('tr[data-service="Shop"]')
+        row.wait_for()
+        assert row.locator("td.objects").text_content() == "12"
+        assert row.locator("td.size").text_content() == size_text(sum(sizes.values()))
+        lazy = sum(size > 300 for size in sizes.values())
+        near = sum(270 <= size <= 300 for size in sizes.values())
+        assert lazy and near
+        flags = row.locator("td.flags").text_content()
+        assert f"{lazy} load{'s' if lazy == 1 else ''} lazily" in flags
+        assert f"{near} near the eager limit" in flags
+        row.locator("a.service").click()
+        page.wait_for_selector("#objects tbody tr")
+        assert "sorted among the first 5 found" in page.locator("#page-info").text_content()
+        for key in rows_shown(page):
+            badge = page.locator(f'tr[data-key="{key}"] .badge.load')
+            if sizes[key] > 300:
+                assert badge.text_content() == "loads lazily"
+            elif sizes[key] >= 270:
+                assert badge.text_content() == "near the eager limit"
+            else:
+                assert badge.count() == 0
+    finally:
+        limited.stop()
+
+
+def test_a_table_serves_its_pages_from_one_sweep_until_asked_afresh(
+    ui: UI, rc: redis.Redis, server: Server
+) -> None:
+    seed(server, "Swept", "a", n=1)
+    first = api_get(ui.base, "/api/table", service="Swept", fresh="1")
+    assert first["total"] == 1 and first["complete"] is True
+    seed(server, "Swept", "b", n=2)
+    assert api_get(ui.base, "/api/table", service="Swept", sort="version")["total"] == 1
+    again = api_get(ui.base, "/api/table", service="Swept", fresh="1", column="n")
+    assert [(o["key"], o["values"]) for o in again["objects"]] == [
+        ("a", [{"size": 1, "preview": "1", "truncated": False}]),
+        ("b", [{"size": 1, "preview": "2", "truncated": False}]),
+    ]

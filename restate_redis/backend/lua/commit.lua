@@ -165,7 +165,10 @@ for i = first_set, #ARGV, 2 do
 end
 
 local version = (tonumber(m[2]) or 0) + 1
-local fields = {'v', version}
+-- t: when the state last changed, in ms of the server's clock (scripts replicate their
+-- effects, so a replica stores this same value)
+local now = redis.call('TIME')
+local fields = {'v', version, 't', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)}
 if size then fields[#fields + 1] = 'b'; fields[#fields + 1] = size end
 if commit_id ~= '' then fields[#fields + 1] = 'c'; fields[#fields + 1] = commit_id end
 if record then fields[#fields + 1] = 'pf'; fields[#fields + 1] = clear_all and 'r' or '0' end

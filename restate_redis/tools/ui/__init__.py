@@ -19,11 +19,19 @@ from typing import Any
 import click
 
 from ...backend.connection import redact
-from ..kv import EXIT_CANNOT_LISTEN, Connection, connection_options, fail, run
+from ..kv import (
+    EXIT_CANNOT_LISTEN,
+    Connection,
+    connection_options,
+    eager_limit_options,
+    fail,
+    run,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9071
 DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # as restate_redis.tools.ui.app, which needs starlette
+DEFAULT_MAX_TABLE_OBJECTS = 10_000  # as well
 ENV_TOKEN = "RESTATE_REDIS_UI_TOKEN"
 
 __all__ = ["create_app", "ui_command"]
@@ -89,9 +97,22 @@ def listen(host: str, port: int) -> socket.socket:
     show_default=True,
     help="Largest answer for one object's page; beyond it the keys come page by page.",
 )
+@click.option(
+    "--max-table-objects",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_TABLE_OBJECTS,
+    show_default=True,
+    help="The most objects of a service one table sorts; narrow larger ones by key prefix.",
+)
 @connection_options
+@eager_limit_options
 def ui_command(
-    host: str, port: int, token: str | None, max_response_bytes: int, conn: Connection
+    host: str,
+    port: int,
+    token: str | None,
+    max_response_bytes: int,
+    max_table_objects: int,
+    conn: Connection,
 ) -> None:
     """Serve the web UI to browse and edit state.
 
@@ -129,6 +150,7 @@ def ui_command(
         loopback_only=loopback,
         max_response_bytes=max_response_bytes,
         url=conn.url,
+        max_table_objects=max_table_objects,
     )
     sock = listen(host, port)
     bound = sock.getsockname()[1]

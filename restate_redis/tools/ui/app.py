@@ -2,13 +2,31 @@
 
 The API (every answer is JSON; errors are ``{"error": message, "code": code}``)::
 
-    GET    /api/services                            {"namespace", "services": [{"name", "objects"}],
-                                                     "skipped", "skipped_keys"}
+    GET    /api/services                            {"namespace", "limits", "services": [{"name",
+                                                      "objects", "keys", "bytes", "unsized",
+                                                      "lazy", "near"}], "skipped", "skipped_keys"}
     GET    /api/objects?service=S&prefix=P&cursor=C&limit=N
-                                                    {"namespace", "objects": [{"key", "kind",
-                                                      "workflow_status", "retention_ms"}],
+                                                    {"namespace", "objects": [ROW],
                                                      "cursor": "0" when complete,
                                                      "skipped", "skipped_keys"}
+    GET    /api/table?service=S&prefix=P&sort=F&order=asc|desc&offset=N&limit=N&column=NAME...
+                                                    {"namespace", "service", "prefix", "sort",
+                                                     "order", "offset", "limit", "total",
+                                                     "complete", "columns", "limits",
+                                                     "objects": [ROW + "values": [{"size",
+                                                       "preview", "truncated"} | null, ...]],
+                                                     "skipped", "skipped_keys"}
+
+ROW is ``{"key", "kind", "workflow_status", "retention_ms", "version", "size" (stored bytes,
+null when unknown), "keys" (state keys), "changed_ms" (time of the last change, ms since the
+epoch, or null), "load" ("eager", "near", "lazy" or "unknown": how an eager session opens it)}``.
+``/api/table`` sorts every object of the service (whose key starts with P) by ``sort`` (key,
+version, size, keys, changed; unknown sizes and times last), then answers the rows from
+``offset``; ``values`` holds, per ``column`` asked (at most 10), that state key's value as a
+preview of at most 200 characters of JSON text (cut at a character boundary, never inside an
+escape; null when the value is over 64 KiB and was not read), or null when the object has no such
+key. Its sweep stops at ``max_table_objects`` objects (``"complete": false``) and serves the
+pages and sorts of the same table for 30 s; ``fresh=1`` sweeps again.
     GET    /api/state?service=S&key=K&offset=N      {"namespace", "service", "key", "exists",
                                                      "version",
                                                      "kind", "workflow_status", "retention_ms",
@@ -44,6 +62,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -70,7 +90,7 @@ from ...errors import (
     VersionConflictError,
 )
 from ...store import RedisStateStore
-from ..admin import Admin, SkippedKeys, load_json
+from ..admin import SORTS, Admin, ObjectInfo, Preview, SkippedKeys, load_json, sort_objects
 from .security import Guard
 
 STATIC = Path(__file__).parent / "static"
@@ -78,6 +98,11 @@ PREVIEW_LIMIT = 64 * 1024  # characters of JSON text sent whole
 PREVIEW_CHARS = 2000  # characters of a longer value's preview
 CONFIRM_CLEAR_ALL = "delete"
 DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_TABLE_OBJECTS = 10_000
+MAX_TABLE_PAGE = 500  # rows of one /api/table answer
+MAX_TABLE_COLUMNS = 10  # state keys shown as columns
+TABLE_CACHE_SECONDS = 30.0  # a table's sweep serves its pages and sorts this long
+TABLE_CACHE_ENTRIES = 8
 # What an /api/state answer holds besides its keys (names, version, ...): kept free.
 _STATE_OVERHEAD = 1024
 
@@ -189,6 +214,13 @@ def _skipped(skipped: SkippedKeys) -> dict[str, Any]:
     return {"skipped": skipped.count, "skipped_keys": skipped.examples}
 
 
+def _limits(admin: Admin) -> dict[str, int]:
+    return {
+        "eager_state_size_limit": admin.store.eager_state_size_limit,
+        "eager_state_field_limit": admin.store.eager_state_field_limit,
+    }
+
+
 @api
 async def services(request: Request) -> Response:
     admin = _admin(request)
@@ -196,7 +228,19 @@ async def services(request: Request) -> Response:
     return JSONResponse(
         {
             "namespace": admin.keyspace.namespace,
-            "services": [{"name": s.name, "objects": s.objects} for s in found],
+            "limits": _limits(admin),
+            "services": [
+                {
+                    "name": s.name,
+                    "objects": s.objects,
+                    "keys": s.keys,
+                    "bytes": s.bytes,
+                    "unsized": s.unsized,
+                    "lazy": s.lazy,
+                    "near": s.near,
+                }
+                for s in found
+            ],
             **_skipped(found.skipped),
         }
     )
@@ -213,17 +257,92 @@ async def objects(request: Request) -> Response:
     return JSONResponse(
         {
             "namespace": _admin(request).keyspace.namespace,
-            "objects": [
-                {
-                    "key": o.key,
-                    "kind": o.kind,
-                    "workflow_status": o.workflow_status,
-                    "retention_ms": o.retention_ms,
-                }
-                for o in page.objects
-            ],
+            "objects": [_row(_admin(request), o) for o in page.objects],
             "cursor": str(page.cursor),  # SCAN cursors can pass 2**53
             **_skipped(page.skipped),
+        }
+    )
+
+
+def _row(admin: Admin, obj: ObjectInfo) -> dict[str, Any]:
+    store = admin.store
+    return {
+        "key": obj.key,
+        "kind": obj.kind,
+        "workflow_status": obj.workflow_status,
+        "retention_ms": obj.retention_ms,
+        "version": obj.version,
+        "size": obj.size,
+        "keys": obj.keys,
+        "changed_ms": obj.changed_ms,
+        "load": obj.fit(store.eager_state_size_limit, store.eager_state_field_limit),
+    }
+
+
+def _cell(preview: Preview | None) -> dict[str, Any] | None:
+    if preview is None:
+        return None
+    return {"size": preview.size, "preview": preview.text, "truncated": preview.truncated}
+
+
+async def _table_rows(
+    request: Request, service: str, prefix: str, fresh: bool
+) -> tuple[list[ObjectInfo], bool, SkippedKeys]:
+    """The objects of one table, from one sweep; kept for ``TABLE_CACHE_SECONDS`` so that
+    paging and sorting do not sweep again (``fresh`` sweeps anyway)."""
+    cache: OrderedDict[tuple[str, str], tuple[float, Any]] = request.app.state.table_cache
+    now = time.monotonic()
+    found = cache.get((service, prefix))
+    if found is not None and not fresh and now - found[0] < TABLE_CACHE_SECONDS:
+        rows: tuple[list[ObjectInfo], bool, SkippedKeys] = found[1]
+        return rows
+    rows = await _admin(request).object_rows(
+        service, prefix, max_objects=request.app.state.max_table_objects
+    )
+    cache[(service, prefix)] = (now, rows)
+    cache.move_to_end((service, prefix))
+    while len(cache) > TABLE_CACHE_ENTRIES:
+        cache.popitem(last=False)
+    return rows
+
+
+@api
+async def table(request: Request) -> Response:
+    admin = _admin(request)
+    service, prefix = _query(request, "service"), _query(request, "prefix", "")
+    sort = _query(request, "sort", "key")
+    if sort not in SORTS:
+        raise BadRequest(f"query parameter 'sort' must be one of {', '.join(SORTS)}")
+    order = _query(request, "order", "asc")
+    if order not in ("asc", "desc"):
+        raise BadRequest("query parameter 'order' must be 'asc' or 'desc'")
+    offset = _int(_query(request, "offset", "0"), "offset", 0)
+    limit = min(_int(_query(request, "limit", "50"), "limit", 1), MAX_TABLE_PAGE)
+    columns = list(dict.fromkeys(request.query_params.getlist("column")))
+    if len(columns) > MAX_TABLE_COLUMNS:
+        raise BadRequest(f"at most {MAX_TABLE_COLUMNS} state keys can be shown as columns")
+    fresh = _query(request, "fresh", "0") == "1"
+    rows, complete, skipped = await _table_rows(request, service, prefix, fresh)
+    page = sort_objects(rows, sort, order == "desc")[offset : offset + limit]
+    cells = await admin.previews(service, [o.key for o in page], columns)
+    return JSONResponse(
+        {
+            "namespace": admin.keyspace.namespace,
+            "service": service,
+            "prefix": prefix,
+            "sort": sort,
+            "order": order,
+            "offset": offset,
+            "limit": limit,
+            "total": len(rows),
+            "complete": complete,
+            "columns": columns,
+            "limits": _limits(admin),
+            "objects": [
+                {**_row(admin, obj), "values": [_cell(row.get(name)) for name in columns]}
+                for obj, row in zip(page, cells, strict=True)
+            ],
+            **_skipped(skipped),
         }
     )
 
@@ -376,6 +495,7 @@ def create_app(
     loopback_only: bool = True,
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     url: str | None = None,
+    max_table_objects: int = DEFAULT_MAX_TABLE_OBJECTS,
 ) -> Guard:
     """The UI as an ASGI app; ``open_store`` is called once at startup (and closed at exit).
 
@@ -383,10 +503,13 @@ def create_app(
     ``loopback_only``: accept only requests whose Host header is a loopback name (set it
     when listening on loopback). ``max_response_bytes``: the most one object page's answer
     holds (see the module docstring). ``url``: the Redis URL, whose secrets error messages
-    never show.
+    never show. ``max_table_objects``: the most objects one table of a service sorts (its
+    sweep stops there and the answer says ``"complete": false``).
     """
     if not isinstance(max_response_bytes, int) or max_response_bytes <= 0:
         raise ValueError(f"max_response_bytes must be a positive int, got {max_response_bytes!r}")
+    if not isinstance(max_table_objects, int) or max_table_objects <= 0:
+        raise ValueError(f"max_table_objects must be a positive int, got {max_table_objects!r}")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -401,6 +524,7 @@ def create_app(
         Route("/", index, methods=["GET"]),
         Route("/api/services", services, methods=["GET"]),
         Route("/api/objects", objects, methods=["GET"]),
+        Route("/api/table", table, methods=["GET"]),
         Route("/api/state", state, methods=["GET"]),
         Route("/api/state", replace_state, methods=["PUT"]),
         Route("/api/state", clear_state, methods=["DELETE"]),
@@ -411,5 +535,7 @@ def create_app(
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.max_response_bytes = max_response_bytes
+    app.state.max_table_objects = max_table_objects
+    app.state.table_cache = OrderedDict()
     app.state.url = url
     return Guard(app, token=token, loopback_only=loopback_only)

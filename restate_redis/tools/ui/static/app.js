@@ -34,7 +34,7 @@ function el(tag, attrs, ...children) {
 const view = () => document.getElementById("view");
 
 function show(...nodes) {
-  view().replaceChildren(...nodes);
+  view().replaceChildren(...nodes.filter((n) => n !== null && n !== undefined && n !== false));
 }
 
 function message(text, kind, ...extra) {
@@ -166,73 +166,144 @@ function crumbs(service, key) {
   document.getElementById("crumbs").replaceChildren(...parts);
 }
 
+function sizeText(n) {
+  return n === null || n === undefined ? "unknown" : bytes(n);
+}
+
+// "2026-11-02 10:00:01Z" (UTC) from ms since the epoch; "-" when unknown.
+function timeText(ms) {
+  if (ms === null || ms === undefined) return "-";
+  return new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+}
+
+const LOAD_TEXT = { lazy: "loads lazily", near: "near the eager limit", unknown: "size unknown" };
+
+function loadBadge(load) {
+  return LOAD_TEXT[load] ? el("span", { className: `badge load ${load}` }, LOAD_TEXT[load]) : null;
+}
+
 async function servicesView() {
   crumbs();
+  lastTable = null;
   const data = await api("GET", "/api/services");
-  const items = data.services.map((s) =>
-    el("li", {},
-      el("a", { href: `#/s/${encodeURIComponent(s.name)}`, className: "service" }, s.name),
-      el("span", { className: "muted" }, `  ${s.objects} object${s.objects === 1 ? "" : "s"}`)),
-  );
+  const rows = data.services.map((s) => {
+    const flags = [];
+    if (s.lazy) flags.push(`${s.lazy} load${s.lazy === 1 ? "s" : ""} lazily`);
+    if (s.near) flags.push(`${s.near} near the eager limit`);
+    if (s.unsized) flags.push(`${plural(s.unsized, "object")} of unknown size`);
+    return el("tr", { "data-service": s.name },
+      el("td", {}, el("a", { href: `#/s/${encodeURIComponent(s.name)}`, className: "service" }, s.name)),
+      el("td", { className: "num objects" }, String(s.objects)),
+      el("td", { className: "num keys" }, String(s.keys)),
+      el("td", { className: "num size" }, (s.unsized ? "≥ " : "") + bytes(s.bytes)),
+      el("td", { className: "flags muted" }, flags.join(", ")));
+  });
+  const head = el("tr", {}, ["service", "objects", "state keys", "size", ""].map((h) => el("th", {}, h)));
   show(
     el("h2", {}, "Services"),
-    items.length ? el("ul", { className: "list", id: "services" }, items)
+    rows.length ? el("table", { id: "services" }, el("thead", {}, head), el("tbody", {}, rows))
       : el("p", { className: "muted" }, "No state stored in this namespace."),
     skippedNote(data),
   );
 }
 
-async function objectsView(service) {
-  crumbs(service);
-  const list = el("ul", { className: "list", id: "objects" });
-  const more = el("button", { id: "more", hidden: true }, "More");
-  const search = el("input", { type: "text", id: "prefix", placeholder: "key prefix", "aria-label": "key prefix" });
-  const skipped = el("div", { id: "skipped-box" });
-  let cursor = "0";
-  let prefix = "";
-  let listed = new Set(); // SCAN may return an object on two pages
-  let skippedCount = 0;
-  let skippedKeys = [];
+// The object table: one row per object, sorted and paginated by the server (/api/table),
+// with the state keys the user picked as columns. Its state lives in the address:
+// #/s/SERVICE?sort=size&order=desc&offset=50&prefix=ab&col=items&col=count
+const PAGE_SIZE = 50;
+const SORTABLE = [["key", "key"], ["version", "version"], ["size", "size"], ["keys", "state keys"], ["changed", "last change"]];
+let lastTable = null; // service and prefix of the table shown last: paging reuses its sweep
 
-  async function load(reset) {
-    if (reset) {
-      list.replaceChildren();
-      cursor = "0";
-      listed = new Set();
-      skippedCount = 0;
-      skippedKeys = [];
+function tableHash(service, params) {
+  return `#/s/${encodeURIComponent(service)}?${params}`;
+}
+
+async function objectsView(service, params) {
+  crumbs(service);
+  const sort = SORTABLE.some(([f]) => f === params.get("sort")) ? params.get("sort") : "key";
+  const order = params.get("order") === "desc" ? "desc" : "asc";
+  const offset = Math.max(0, Number.parseInt(params.get("offset") || "0", 10) || 0);
+  const prefix = params.get("prefix") || "";
+  const columns = params.getAll("col");
+  const same = lastTable && lastTable.service === service && lastTable.prefix === prefix;
+  lastTable = { service, prefix };
+  const query = new URLSearchParams({ service, prefix, sort, order, offset, limit: PAGE_SIZE });
+  for (const c of columns) query.append("column", c);
+  if (!same) query.set("fresh", "1");
+  const data = await api("GET", `/api/table?${query}`);
+
+  const go = (changes) => {
+    const next = new URLSearchParams(params);
+    for (const [name, value] of Object.entries(changes)) {
+      next.delete(name);
+      if (Array.isArray(value)) value.forEach((v) => next.append(name, v));
+      else if (value !== null && value !== "") next.set(name, String(value));
     }
-    more.hidden = true; // until this page says whether there is another
-    list.dataset.loading = "1";
-    let data;
-    try {
-      data = await api("GET", `/api/objects?${q({ service, prefix, cursor, limit: 50 })}`);
-    } finally {
-      delete list.dataset.loading;
-    }
-    skippedCount += data.skipped || 0;
-    skippedKeys = skippedKeys.concat(data.skipped_keys || []).slice(0, 5);
-    skipped.replaceChildren(...[skippedNote({ skipped: skippedCount, skipped_keys: skippedKeys })].filter(Boolean));
-    for (const o of data.objects) {
-      if (listed.has(o.key)) continue;
-      listed.add(o.key);
-      list.append(el("li", {},
+    location.hash = tableHash(service, next);
+  };
+
+  const header = el("tr", {});
+  for (const [field, label] of SORTABLE) {
+    const active = sort === field;
+    const arrow = active ? (order === "asc" ? " ▲" : " ▼") : "";
+    const button = el("button", { className: "sort", "data-sort": field, title: `sort by ${label}` }, label + arrow);
+    button.addEventListener("click", () => go({ sort: field, order: active && order === "asc" ? "desc" : "asc", offset: 0 }));
+    header.append(el("th", { "data-column": field, "aria-sort": active ? (order === "asc" ? "ascending" : "descending") : "none" }, button));
+  }
+  columns.forEach((name, i) => {
+    const remove = el("button", { className: "remove-column", title: `remove the column ${name}`, "aria-label": `remove the column ${name}` }, "×");
+    remove.addEventListener("click", () => go({ col: columns.filter((_, j) => j !== i) }));
+    header.append(el("th", { className: "value-column", "data-state-key": name }, el("span", { className: "column-name" }, name), " ", remove));
+  });
+
+  const rows = data.objects.map((o) => {
+    const cells = [
+      el("td", { className: "key" },
         el("a", { href: `#/s/${encodeURIComponent(service)}/o/${encodeURIComponent(o.key)}`, className: "object" }, o.key === "" ? "(empty key)" : o.key),
         o.workflow_status ? el("span", { className: `badge ${o.workflow_status}` }, `workflow ${o.workflow_status}`) : null,
-        o.retention_ms !== null ? el("span", { className: "muted" }, `  expires in ${duration(o.retention_ms)}`) : null));
-    }
-    cursor = data.cursor;
-    more.hidden = cursor === "0";
-  }
+        o.retention_ms !== null ? el("span", { className: "muted retention" }, ` expires in ${duration(o.retention_ms)}`) : null),
+      el("td", { className: "num version" }, String(o.version)),
+      el("td", { className: "num size" }, sizeText(o.size), loadBadge(o.load)),
+      el("td", { className: "num keys" }, String(o.keys)),
+      el("td", { className: "changed" }, timeText(o.changed_ms)),
+    ];
+    o.values.forEach((cell, i) => {
+      let content;
+      if (cell === null) content = el("span", { className: "muted absent" }, "—");
+      else if (cell.preview === null) content = el("span", { className: "muted too-large" }, `${bytes(cell.size)}, too large to preview`);
+      else content = el("code", { className: "preview" }, cell.preview + (cell.truncated ? "…" : ""));
+      cells.push(el("td", { className: "value", "data-state-key": columns[i] }, content));
+    });
+    return el("tr", { "data-key": o.key }, cells);
+  });
 
-  more.addEventListener("click", () => load(false).catch(failed));
-  const form = el("form", { className: "toolbar", onsubmit: (e) => {
+  const search = el("input", { type: "text", id: "prefix", placeholder: "key prefix", "aria-label": "key prefix" });
+  search.value = prefix;
+  const searchForm = el("form", { className: "toolbar-part", onsubmit: (e) => {
     e.preventDefault();
-    prefix = search.value;
-    load(true).catch(failed);
+    go({ prefix: search.value, offset: 0 });
   } }, search, el("button", { type: "submit" }, "Search"));
-  show(el("h2", {}, service), form, list, more, skipped);
-  await load(true);
+  const column = el("input", { type: "text", id: "column-name", placeholder: "state key", "aria-label": "state key to show as a column" });
+  const columnForm = el("form", { className: "toolbar-part", onsubmit: (e) => {
+    e.preventDefault();
+    if (column.value !== "" && !columns.includes(column.value)) go({ col: [...columns, column.value] });
+  } }, column, el("button", { type: "submit", id: "add-column" }, "Show as column"));
+  const reload = el("button", { id: "reload-table", onclick: () => { lastTable = null; route(); } }, "Reload");
+
+  const shownTo = offset + data.objects.length;
+  const info = data.total === 0 ? "No objects." : `${offset + 1} to ${shownTo} of ${plural(data.total, "object")}`;
+  const partial = data.complete ? "" : ` (sorted among the first ${data.total} found: narrow with a key prefix)`;
+  const prev = el("button", { id: "prev", disabled: offset === 0 }, "Previous");
+  prev.addEventListener("click", () => go({ offset: Math.max(0, offset - PAGE_SIZE) }));
+  const next = el("button", { id: "next", disabled: shownTo >= data.total }, "Next");
+  next.addEventListener("click", () => go({ offset: offset + PAGE_SIZE }));
+
+  const table = el("table", { id: "objects", className: "objects" }, el("thead", {}, header), el("tbody", {}, rows));
+  show(el("h2", {}, service),
+    el("div", { className: "toolbar" }, searchForm, columnForm, reload),
+    data.objects.length ? table : el("p", { className: "muted", id: "no-objects" }, prefix ? `No object key starts with ${prefix}.` : "No objects."),
+    el("div", { className: "pager" }, prev, el("span", { id: "page-info", className: "muted" }, info + partial), next),
+    skippedNote(data));
 }
 
 function valueCell(service, key, entry) {
@@ -261,6 +332,7 @@ function valueCell(service, key, entry) {
 
 async function stateView(service, key) {
   crumbs(service, key);
+  lastTable = null; // back in the table, it sweeps again: this page may change the object
   const data = await api("GET", `/api/state?${q({ service, key })}`);
   const version = data.version;
   // not every key on the page (large values, or more keys than one answer holds)
@@ -410,12 +482,14 @@ async function stateView(service, key) {
 async function route(keepMessage) {
   takeToken();
   if (!keepMessage) message("");
-  const parts = location.hash.replace(/^#\/?/, "").split("/");
+  // names are encoded (encodeURIComponent), so the first "?" starts the table's parameters
+  const [path, search] = location.hash.replace(/^#\/?/, "").split(/\?(.*)/s);
+  const parts = path.split("/");
   try {
     if (parts[0] === "s" && parts.length >= 4 && parts[2] === "o") {
       await stateView(decodeURIComponent(parts[1]), decodeURIComponent(parts.slice(3).join("/")));
     } else if (parts[0] === "s" && parts.length >= 2) {
-      await objectsView(decodeURIComponent(parts[1]));
+      await objectsView(decodeURIComponent(parts[1]), new URLSearchParams(search || ""));
     } else {
       await servicesView();
     }
