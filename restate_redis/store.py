@@ -157,7 +157,13 @@ class RedisStateStore:
                 f"snapshot_cache_bytes must be an int >= 0 (0 turns the cache off), got "
                 f"{snapshot_cache_bytes!r}"
             )
-        self.snapshots = SnapshotCache(snapshot_cache_bytes) if snapshot_cache_bytes else None
+        self.snapshots = (
+            SnapshotCache(
+                snapshot_cache_bytes, self.eager_state_size_limit, self.eager_state_field_limit
+            )
+            if snapshot_cache_bytes
+            else None
+        )
         """The snapshots this store's sessions read or committed (None: turned off)."""
         self.local_leases = LocalLeases()
         """The objects this store's sessions hold, and the sessions waiting for them."""

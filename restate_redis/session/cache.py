@@ -30,12 +30,19 @@ class Snapshot:
 
 
 class SnapshotCache:
-    """Snapshots by object (its state key), least recently used first out, bounded in bytes."""
+    """Snapshots by object (its state key), least recently used first out, bounded in bytes.
 
-    __slots__ = ("_entries", "max_bytes", "size")
+    A state an eager open would not load (over ``entry_bytes`` or ``entry_keys``, the store's
+    eager limits) is not kept either: such objects stay lazy, cache or not."""
 
-    def __init__(self, max_bytes: int) -> None:
+    __slots__ = ("_entries", "entry_bytes", "entry_keys", "max_bytes", "size")
+
+    def __init__(
+        self, max_bytes: int, entry_bytes: int | None = None, entry_keys: int | None = None
+    ) -> None:
         self.max_bytes = max_bytes
+        self.entry_bytes = max_bytes if entry_bytes is None else min(max_bytes, entry_bytes)
+        self.entry_keys = entry_keys
         self.size = 0
         self._entries: OrderedDict[str, Snapshot] = OrderedDict()
 
@@ -55,7 +62,8 @@ class SnapshotCache:
         self.drop(key)
         size = sum(len(name) + len(value) for name, value in data.items())
         snapshot = Snapshot(version, commit_id, data, size)
-        if not commit_id or size > self.max_bytes:
+        too_many = self.entry_keys is not None and len(data) > self.entry_keys
+        if not commit_id or size > self.entry_bytes or too_many:
             return snapshot
         self._entries[key] = snapshot
         self.size += size
