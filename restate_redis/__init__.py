@@ -19,6 +19,7 @@ from .errors import (
     LeaseTimeoutError,
     ReadOnlySessionError,
     ReplicationError,
+    ServerFeatureError,
     SessionClosedError,
     StateDecodeError,
     StateEncodeError,
@@ -60,6 +61,7 @@ __all__ = [
     "ReadOnlySessionError",
     "SessionClosedError",
     "InvalidPatchError",
+    "ServerFeatureError",
     # data: what is stored is not what was expected
     "DataError",
     "StateDecodeError",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -20,6 +21,7 @@ from ..errors import (
     InvalidNameError,
     InvalidOptionError,
     ReadOnlySessionError,
+    ServerFeatureError,
     SessionClosedError,
     StateDecodeError,
     StateEncodeError,
@@ -33,7 +35,7 @@ from . import protocol
 from .lease import Lease
 from .target import MISSING, Kind, SessionHost, StatePreload, Target
 from .view import ReadView
-from .writes import WriteBuffer
+from .writes import WriteBuffer, ttl_ms
 
 T = TypeVar("T")
 
@@ -201,10 +203,24 @@ class Session:
         except (TypeError, ValueError) as exc:
             raise StateTypeError(f"{self._name(name)}: {exc}") from exc
 
-    def set(self, name: str, value: Any, serde: Serde[Any] | None = None) -> None:
-        """Set state key ``name`` to ``value``; encoded now, so a bad value fails here."""
+    def set(
+        self,
+        name: str,
+        value: Any,
+        serde: Serde[Any] | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+    ) -> None:
+        """Set state key ``name`` to ``value``; encoded now, so a bad value fails here.
+
+        ``ttl`` (seconds or a timedelta): the key expires on its own this long after the
+        commit (hash-field expiry: Redis 7.4+ or Valkey 9+, else
+        :class:`~restate_redis.errors.ServerFeatureError`). Commits that do not set the key
+        keep its expiry; a later ``set`` without ``ttl`` ends it.
+        """
         self._check_writable()
         name = self._target.check_name(name)
+        expires = None if ttl is None else self._ttl(name, ttl)
         serde = serde if serde is not None else self.store.serde
         try:
             buf = serde.serialize(value)
@@ -224,7 +240,7 @@ class Session:
                 f"value for {self._name(name)} is {len(buf)} bytes encoded, over "
                 f"max_value_bytes={self.store.max_value_bytes}"
             )
-        self._writes.put(name, buf)
+        self._writes.put(name, buf, expires)
 
     def clear(self, name: str) -> None:
         """Delete state key ``name``."""
@@ -250,9 +266,12 @@ class Session:
         """Every state key and its value (loads whatever is not loaded yet: one round trip up
         to 10,000 keys, then pages)."""
         self._check_usable()
-        if not self._writes.cleared_all:
-            await self._view.load_all()
-        return {name: await self.get(name, serde, type_hint) for name in await self.state_keys()}
+        with self._view.holding():
+            if not self._writes.cleared_all:
+                await self._view.load_all()
+            return {
+                name: await self.get(name, serde, type_hint) for name in await self.state_keys()
+            }
 
     @property
     def dirty(self) -> bool:
@@ -336,6 +355,14 @@ class Session:
     def _name(self, name: str) -> str:
         """The phrase error messages use for state key ``name`` of this session."""
         return f"{self.where} state key {name!r}"
+
+    def _ttl(self, name: str, ttl: object) -> int:
+        """``set(name, ..., ttl=ttl)``'s ttl in ms, once the server is known to take it."""
+        ms = ttl_ms(ttl, self._name(name))
+        missing = self.store.backend.field_expiry_missing()
+        if missing is not None:
+            raise ServerFeatureError(f"cannot give {self._name(name)} a ttl: {missing}")
+        return ms
 
     def _check_usable(self) -> None:
         if not self._open:

@@ -4,10 +4,17 @@ and the purge, each one round trip, their results acted on here."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from ..backend.replies import Committed, Opened, Refusal, Status
-from ..errors import CommitError, LeaseTimeoutError, StateError, WorkflowCompletedError
+from ..errors import (
+    CommitError,
+    LeaseTimeoutError,
+    ServerFeatureError,
+    StateError,
+    WorkflowCompletedError,
+)
 from .lease import Lease
 from .target import SessionHost, Target
 from .writes import WriteBuffer
@@ -21,6 +28,12 @@ def refused_error(target: Target, lease: Lease, refused: Refusal) -> StateError:
         return target.corrupt(refused.found, refused.where)
     if refused.status is Status.LEASE_LOST:
         return lease.lost_error()
+    if refused.status is Status.NO_FIELD_EXPIRY:
+        return ServerFeatureError(
+            f"the commit of {target.where} gave a state key a ttl, and {refused.found} has no "
+            f"hash-field expiry (Redis 7.4+ or Valkey 9+; the server said: {refused.where}); "
+            f"nothing was written"
+        )
     if refused.status is Status.COMPLETED:
         service, key = target.record.service, target.record.key
         return WorkflowCompletedError(
@@ -73,6 +86,9 @@ async def commit(target: Target, lease: Lease, writes: WriteBuffer) -> int:
     if type(committed) is Committed:
         return committed.version
     assert isinstance(committed, Refusal)
+    if committed.status is Status.NO_FIELD_EXPIRY:  # nothing written: free the lease now
+        with contextlib.suppress(Exception):
+            await lease.release()
     if committed.after_retry:
         lease.lost = True
         raise CommitError(

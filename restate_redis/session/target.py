@@ -36,6 +36,11 @@ class Backend(Protocol):
         """Commits wait for replicas."""
         ...
 
+    def field_expiry_missing(self) -> str | None:
+        """Why a state key cannot get an expiry of its own on this server (naming it and its
+        version), or None: it can, or that is not known yet (then the commit checks)."""
+        ...
+
     def open(self, ref: SessionRef) -> Awaitable[Opened | Refusal]:
         """Take the lease (none for a shared session) and read what the mode needs."""
         ...
@@ -43,8 +48,8 @@ class Backend(Protocol):
     def commit(
         self, ref: SessionRef, writes: Sequence[Any], *, cleared_all: bool
     ) -> Awaitable[Committed | Refusal]:
-        """Apply ``writes`` (deletes counted, then name, value pairs) atomically and
-        release the lease."""
+        """Apply ``writes`` (deletes counted, keys given a ttl counted, then name, value
+        pairs: ``WriteBuffer.script_args``) atomically and release the lease."""
         ...
 
     def purge(self, ref: SessionRef) -> Awaitable[Committed | Refusal]:

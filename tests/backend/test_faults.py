@@ -56,7 +56,16 @@ async def committed_n_1(store: RedisStateStore, key: str) -> tuple[ObjectKeys, l
     """Commit n=1 on ``key``: its keys, commit.lua's KEYS, and the (closed) session, whose
     token and commit id a test sends again by hand."""
     keys = store.keyspace.object_keys(SERVICE, key)
-    redis_keys = [keys.state, keys.meta, keys.lease, keys.wake, keys.prev, keys.commits, keys.old]
+    redis_keys = [
+        keys.state,
+        keys.meta,
+        keys.lease,
+        keys.wake,
+        keys.prev,
+        keys.commits,
+        keys.old,
+        keys.ttls,
+    ]
     async with store.object(SERVICE, key) as first:
         first.set("n", 1)
     return keys, redis_keys, first
@@ -101,7 +110,8 @@ async def test_retried_commit_recognised_after_other_commits(direct: RedisStateS
     the last 1000 commits, while the object commits at least once a minute); past that it is
     a fencing rejection, never a second application."""
     keys, redis_keys, first = await committed_n_1(direct, "hot")
-    # token, commit id, flags, expire ms, wake ttl ms, field limit, grace ms, deletes, sets
+    # token, commit id, flags, expire ms, wake ttl ms, field limit, grace ms, deletes, ttls,
+    # sets
     args = [
         first._target.token,
         first._target.commit_tag,
@@ -110,6 +120,7 @@ async def test_retried_commit_recognised_after_other_commits(direct: RedisStateS
         2000,
         20_000,
         60_000,
+        0,
         0,
         "n",
         b"\x01",
@@ -153,12 +164,13 @@ async def test_a_commit_sent_again_below_the_store_is_recognised(direct: RedisSt
         20_000,
         60_000,
         0,
+        0,
         "n",
         b"\x05",
     ]
     assert [int(x) for x in await direct.backend.scripts.commit(redis_keys, args)] == [2, 2]
     assert await direct.client.get(keys.lease) == second._target.token.encode()  # untouched
-    unknown = [first._target.token, "never-committed", "", 0, 2000, 20_000, 60_000, 0, "n", b"\x05"]
+    unknown = [first._target.token, "never-committed", "", 0, 2000, 20_000, 60_000, 0, 0, "n", b"5"]
     assert [int(x) for x in await direct.backend.scripts.commit(redis_keys, unknown)] == [-3]
     await second.__aexit__(None, None, None)
     async with direct.object(SERVICE, "resent", shared=True) as s:

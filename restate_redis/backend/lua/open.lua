@@ -4,7 +4,7 @@
 -- a state over the eager limits (fields or bytes) is not loaded, and is never counted.
 -- The keyspace (every key and meta field) is described in keyspace.py.
 --
--- KEYS[1] state  KEYS[2] meta  KEYS[3] lease  KEYS[4] prev  KEYS[5] old
+-- KEYS[1] state  KEYS[2] meta  KEYS[3] lease  KEYS[4] prev  KEYS[5] old  KEYS[6] ttls
 -- ARGV[1] token         "" for a shared (read-only) session: no lease
 -- ARGV[2] lease ttl ms
 -- ARGV[3] mode          "eager" | "lazy" | "preload"
@@ -18,7 +18,9 @@
 --        {-1, type, key}                 key holds a type this library never writes there
 --        {-2}                            the workflow's run already completed
 --        {-4, field, value}              a meta field that does not parse
---        {1, version, wf, mode, replay, ...data}
+--        {1, version, wf, mode, replay, expires in, ...data}
+--          expires in: ms until the earliest expiry of a state key (-1: none has one); what
+--                    the reply holds is right until then
 --          replay 0: data: eager -> field, value, ...; preload -> one value or false per
 --                    name; lazy -> nothing
 --          replay 1: a replay, data: the whole state before the replayed commit (pairs)
@@ -26,8 +28,12 @@
 --                    replayed commit changed (field, "+" .. value or "-"); the rest reads
 --                    from state
 --          replay 3: a replay too large to load: the state before the commit reads from old
+--
+-- State keys whose expiry passed leave the stored size here (expiry.lua), before the eager
+-- size limit is checked.
+--#include expiry.lua
 
-local state, meta, lease, prev, old = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local state, meta, lease, prev, old, ttls = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local token, mode, commit_id = ARGV[1], ARGV[3], ARGV[6]
 local byte_limit, field_limit = tonumber(ARGV[4]), tonumber(ARGV[7])
 
@@ -39,6 +45,7 @@ local function foreign(key, want)
   return t ~= want and t ~= 'none'
 end
 if foreign(state, 'hash') then return wrong(state) end
+if foreign(ttls, 'zset') then return wrong(ttls) end
 
 -- Reads before any write: a key of the wrong type fails them (pcall), and nothing is written.
 local m = redis.pcall('HMGET', meta, 'v', 'b', 'c', 'wf', 'pf')
@@ -71,18 +78,29 @@ if token ~= '' then
   end
 end
 
+-- Keys that expired on their own leave the stored size.
+local ahead = -1
+if redis.call('EXISTS', ttls) == 1 then
+  local size = expire_due(state, ttls, tonumber(bytes))
+  if size ~= tonumber(bytes) then
+    if size then redis.call('HSET', meta, 'b', size) else redis.call('HDEL', meta, 'b') end
+    bytes = size and tostring(size) or nil
+  end
+  ahead = next_expiry(ttls)
+end
+
 -- A replay of a commit that already applied sees the state as it was before that commit.
 if replay then
   if pf == 'r' then  -- a clear_all: the whole state before it was renamed to old
-    if redis.call('HLEN', old) > field_limit then return {1, version, wf, 'lazy', 3} end
-    local reply = {1, version, wf, 'eager', 1}
+    if redis.call('HLEN', old) > field_limit then return {1, version, wf, 'lazy', 3, ahead} end
+    local reply = {1, version, wf, 'eager', 1, ahead}
     local all = redis.call('HGETALL', old)
     for i = 1, #all do reply[#reply + 1] = all[i] end
     return reply
   end
   local p = redis.call('HGETALL', prev)
   if pf ~= '1' and redis.call('HLEN', state) > field_limit then
-    local reply = {1, version, wf, 'lazy', 2}
+    local reply = {1, version, wf, 'lazy', 2, ahead}
     for i = 1, #p do reply[#reply + 1] = p[i] end
     return reply
   end
@@ -95,7 +113,7 @@ if replay then
     local v = p[i + 1]
     if string.sub(v, 1, 1) == '+' then view[p[i]] = string.sub(v, 2) else view[p[i]] = nil end
   end
-  local reply = {1, version, wf, 'eager', 1}
+  local reply = {1, version, wf, 'eager', 1, ahead}
   for f, v in pairs(view) do
     reply[#reply + 1] = f
     reply[#reply + 1] = v
@@ -103,7 +121,7 @@ if replay then
   return reply
 end
 
-local reply = {1, version, wf, mode, 0}
+local reply = {1, version, wf, mode, 0, ahead}
 if mode == 'eager' then
   -- HLEN (O(1), and right even after another tool wrote the hash) and the stored size decide
   local n = redis.call('HLEN', state)
