@@ -46,6 +46,7 @@ import re
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from ..backend.retry import redis_errors
@@ -266,6 +267,8 @@ def load_json(text: str) -> Any:
 SKIPPED_EXAMPLES = 5
 # Objects classified per pipeline while listing.
 _CLASSIFY_BATCH = 500
+# State keys per HPTTL when reading an object.
+_TTL_BATCH = 1000
 
 
 @dataclass(slots=True)
@@ -352,6 +355,9 @@ class ObjectState:
     raw: dict[str, bytes] = field(repr=False)
     values: dict[str, Any]
     """State key -> value as JSON data (sorted by state key)."""
+    expiries: dict[str, int] = field(default_factory=dict)
+    """State key -> milliseconds until it expires, for the keys with an expiry of their own
+    (``set(..., ttl=...)``); the others are not in it."""
 
     @property
     def kind(self) -> str:
@@ -563,12 +569,14 @@ class Admin:
                 f"the bookkeeping of {where(service, key)} does not parse (restate-redis did "
                 f"not write it): {exc}"
             ) from exc
-        meta = session.keys.meta
+        keys = session.keys
         async with redis_errors(f"reading {where(service, key)}"):
             pipe = self.client.pipeline(transaction=False)
-            pipe.exists(meta)
-            pipe.pttl(meta)
-            exists, pttl = await pipe.execute()
+            pipe.exists(keys.meta)
+            pipe.pttl(keys.meta)
+            pipe.exists(keys.ttls)
+            exists, pttl, timed = await pipe.execute()
+            expiries = await self._expiries(keys, list(raw)) if timed else {}
         raw = dict(sorted(raw.items()))
         values = {name: decode_value(self.store.serde, buf) for name, buf in raw.items()}
         return ObjectState(
@@ -580,7 +588,20 @@ class Admin:
             _remaining(pttl),
             raw,
             values,
+            expiries,
         )
+
+    async def _expiries(self, keys: ObjectKeys, names: list[str]) -> dict[str, int]:
+        """State key -> ms until it expires (HPTTL), for those of ``names`` that have an
+        expiry of their own (none where the server has no field expiry)."""
+        if not names or not (await self.store.backend.probe(keys.state)).field_expiry:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for i in range(0, len(names), _TTL_BATCH):
+            batch = names[i : i + _TTL_BATCH]
+            pipe.execute_command("HPTTL", keys.state, "FIELDS", len(batch), *batch)
+        remaining = [ms for reply in await pipe.execute() for ms in reply]
+        return {name: int(ms) for name, ms in zip(names, remaining, strict=True) if int(ms) >= 0}
 
     async def read_value(self, service: str, key: str, name: str) -> Any:
         """One state key's value as JSON data; UnknownObjectError when it is not stored."""
@@ -624,14 +645,17 @@ class Admin:
         *,
         expected_version: int | None = None,
         must_exist: bool = False,
+        ttl: float | timedelta | None = None,
     ) -> int:
         """Set one state key to JSON data ``value``; creates the object when needed.
 
-        Only that key is read and written, and not even it when it already holds ``value``.
+        Only that key is read and written, and not even it when it already holds ``value``
+        (unless ``ttl`` is given: the key then expires this long after the commit; without
+        it a key that had an expiry keeps it only when its value is unchanged).
         """
 
         async def change(session: Session) -> None:
-            await self._put(session, name, value)
+            await self._put(session, name, value, ttl)
 
         return await self._edit(service, key, expected_version, must_exist, change, eager=False)
 
@@ -808,9 +832,13 @@ class Admin:
             if not self._unchanged(current.get(name), value):
                 session.set(name, self._encode(session, name, value), serde=_RAW)
 
-    async def _put(self, session: Session, name: str, value: Any) -> None:
+    async def _put(
+        self, session: Session, name: str, value: Any, ttl: float | timedelta | None = None
+    ) -> None:
         buf = self._encode(session, name, value)
-        if not self._unchanged(await session.get(name, serde=_RAW), value):
+        if ttl is not None:
+            session.set(name, buf, serde=_RAW, ttl=ttl)
+        elif not self._unchanged(await session.get(name, serde=_RAW), value):
             session.set(name, buf, serde=_RAW)
 
     def _unchanged(self, stored: bytes | None, value: Any) -> bool:

@@ -537,3 +537,31 @@ async def test_objects_without_state_are_not_listed(store: RedisStateStore) -> N
     assert (await admin.list_objects("Cart")).objects == []
     assert [o.key for o in (await admin.list_objects("Signup")).objects] == ["empty"]
     assert await admin.clear_service("Cart") == 0
+
+
+async def test_read_shows_each_keys_time_left_and_set_gives_one(
+    store: RedisStateStore, client: aioredis.Redis, server: Any
+) -> None:
+    """Valkey 9: HPTTL of the keys that have an expiry of their own; a plain edit ends it.
+    Redis 7.0: none is shown, and a ttl is refused naming the server."""
+    from restate_redis import ServerFeatureError
+
+    admin = Admin(store)
+    await put(store, "Cart", "tim", a=1)
+    if server.flavour == "redis":
+        assert (await admin.read("Cart", "tim")).expiries == {}
+        with pytest.raises(ServerFeatureError, match=r"Redis 7\.0\.\d+ has no hash-field"):
+            await admin.set("Cart", "tim", "token", "abc", ttl=60)
+        assert await stored(client, store, "Cart", "tim") == {"a": 1}
+        return
+    await admin.set("Cart", "tim", "token", "abc", ttl=600)
+    await admin.set("Cart", "tim", "b", 2)
+    state = await admin.read("Cart", "tim")
+    assert set(state.expiries) == {"token"}
+    assert 590_000 < state.expiries["token"] <= 600_000
+    await admin.set("Cart", "tim", "token", "abc", ttl=60)  # same value, new expiry
+    assert 50_000 < (await admin.read("Cart", "tim")).expiries["token"] <= 60_000
+    await admin.set("Cart", "tim", "token", "abc")  # unchanged value: nothing written
+    assert "token" in (await admin.read("Cart", "tim")).expiries
+    await admin.replace("Cart", "tim", {"a": 1, "b": 2, "token": "new"})  # a changed value
+    assert (await admin.read("Cart", "tim")).expiries == {}
