@@ -574,9 +574,12 @@ class Admin:
             pipe = self.client.pipeline(transaction=False)
             pipe.exists(keys.meta)
             pipe.pttl(keys.meta)
+            pipe.hexists(keys.meta, META_GRACE)
             pipe.exists(keys.ttls)
-            exists, pttl, timed = await pipe.execute()
+            exists, pttl, grace, timed = await pipe.execute()
             expiries = await self._expiries(keys, list(raw)) if timed else {}
+        if grace:  # the bookkeeping's grace period (after the state, or its last expiring
+            pttl = -1  # key, is gone): no expiry of the state
         raw = dict(sorted(raw.items()))
         values = {name: decode_value(self.store.serde, buf) for name, buf in raw.items()}
         return ObjectState(

@@ -565,3 +565,9 @@ async def test_read_shows_each_keys_time_left_and_set_gives_one(
     assert "token" in (await admin.read("Cart", "tim")).expiries
     await admin.replace("Cart", "tim", {"a": 1, "b": 2, "token": "new"})  # a changed value
     assert (await admin.read("Cart", "tim")).expiries == {}
+    # every key expiring: the bookkeeping follows the last one, and is no expiry of the state
+    await admin.set("Cart", "tom", "token", "abc", ttl=600)
+    meta = store.keyspace.object_keys("Cart", "tom").meta
+    assert await client.pttl(meta) > 600_000
+    state = await admin.read("Cart", "tom")
+    assert state.retention_ms is None and 0 < state.expiries["token"] <= 600_000
