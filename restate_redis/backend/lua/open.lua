@@ -45,7 +45,8 @@ local function foreign(key, want)
   return t ~= want and t ~= 'none'
 end
 if foreign(state, 'hash') then return wrong(state) end
-if foreign(ttls, 'zset') then return wrong(ttls) end
+local timed = redis.call('TYPE', ttls)['ok']  -- "zset" while some keys have an expiry
+if timed ~= 'zset' and timed ~= 'none' then return wrong(ttls) end
 
 -- Reads before any write: a key of the wrong type fails them (pcall), and nothing is written.
 local m = redis.pcall('HMGET', meta, 'v', 'b', 'c', 'wf', 'pf')
@@ -80,7 +81,7 @@ end
 
 -- Keys that expired on their own leave the stored size.
 local ahead = -1
-if redis.call('EXISTS', ttls) == 1 then
+if timed == 'zset' then
   local size = expire_due(state, ttls, tonumber(bytes))
   if size ~= tonumber(bytes) then
     if size then redis.call('HSET', meta, 'b', size) else redis.call('HDEL', meta, 'b') end
