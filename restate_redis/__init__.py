@@ -22,6 +22,7 @@ from .errors import (
     LeaseTimeoutError,
     ReadOnlySessionError,
     ReplicationError,
+    ServerFeatureError,
     SessionClosedError,
     StateDecodeError,
     StateEncodeError,
@@ -66,6 +67,7 @@ __all__ = [
     "ReadOnlySessionError",
     "SessionClosedError",
     "InvalidPatchError",
+    "ServerFeatureError",
     # data: what is stored is not what was expected
     "DataError",
     "StateDecodeError",

@@ -10,7 +10,9 @@ Messages name the service, the object key and, where one is involved, the state 
     │   ├── ValueTooLargeError         set() of a value over max_value_bytes
     │   ├── ReadOnlySessionError       a write in a shared session
     │   ├── SessionClosedError         a session used outside its async with
-    │   └── InvalidPatchError          a JSON Patch that is malformed or does not apply
+    │   ├── InvalidPatchError          a JSON Patch that is malformed or does not apply
+    │   └── ServerFeatureError         the server lacks what the call needs (a state key's
+    │                                  own expiry: Redis 7.4+, Valkey 9+)
     ├── DataError                      what is stored is not what was expected
     │   ├── StateDecodeError           bytes the serde or a codec cannot decode
     │   │   ├── StateTypeError         decoded data that does not fit type_hint
@@ -92,6 +94,11 @@ class SessionClosedError(UsageError):
 
 class InvalidPatchError(UsageError, ValueError):
     """A JSON Patch (RFC 6902) is malformed or does not apply to the object's state."""
+
+
+class ServerFeatureError(UsageError):
+    """The Redis server lacks a feature the call needs: ``set(..., ttl=...)`` needs hash-field
+    expiry (Redis 7.4+, Valkey 9+). The message names the server and its version."""
 
 
 # -- data ---------------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ the one description of the keyspace, and the Lua scripts' headers point here::
                                                  "0" prior values in prev, "r" a clear_all
                                                  whose whole prior state is in old
                                              wf  workflow status: "running" / "completed"
-                                             e   "1" while the object has no state and its
-                                                 bookkeeping expires after the grace period
+                                             e   "1" while the object has no state (or only
+                                                 state keys that expire) and its bookkeeping
+                                                 expires after the grace period
     restate:{Counter:alice}:prev    hash   prior values of the keys the last recorded commit
                                            changed ("+" value, or "-" when absent)
     restate:{Counter:alice}:old     hash   the whole state before the last recorded
@@ -29,9 +30,16 @@ the one description of the keyspace, and the Lua scripts' headers point here::
     restate:{Counter:alice}:wake    list   release signal that wakes one lease waiter (BLPOP)
     restate:{Counter:alice}:commits zset   recent commit ids (hashed), so a retried commit whose
                                            reply was lost is recognised; expires when idle
+    restate:{Counter:alice}:ttls    zset   the state keys that have an expiry of their own
+                                           (hash-field expiry): member "<bytes>:<state key>"
+                                           (bytes: what the key counts in meta b), score = when
+                                           it expires (Unix ms); the scripts take the bytes of
+                                           the keys whose time passed out of b; its key expiry
+                                           follows meta's
 
 An object whose state becomes empty keeps its bookkeeping for ``EMPTY_GRACE`` after its last
-commit (so a replay of that commit is still recognised), then meta, prev and old expire.
+commit (so a replay of that commit is still recognised), then meta, prev, old and ttls expire;
+one whose every state key has an expiry keeps it until ``EMPTY_GRACE`` after the last of them.
 
 Service names and object keys are percent-encoded (RFC 3986 unreserved characters stay as
 they are; everything else, including ``{ } : * ? [ ] \\ %``, spaces and non-ASCII, becomes
@@ -59,6 +67,7 @@ OLD = "old"
 LEASE = "lease"
 WAKE = "wake"
 COMMITS = "commits"
+TTLS = "ttls"
 
 # Fields of the meta hash.
 META_VERSION = "v"
@@ -144,10 +153,20 @@ class ObjectKeys:
     wake: str
     commits: str
     old: str
+    ttls: str
 
     @property
-    def all(self) -> tuple[str, str, str, str, str, str, str]:
-        return (self.state, self.meta, self.prev, self.lease, self.wake, self.commits, self.old)
+    def all(self) -> tuple[str, ...]:
+        return (
+            self.state,
+            self.meta,
+            self.prev,
+            self.lease,
+            self.wake,
+            self.commits,
+            self.old,
+            self.ttls,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +191,7 @@ class Keyspace:
             base + WAKE,
             base + COMMITS,
             base + OLD,
+            base + TTLS,
         )
 
     def object_pattern(self, service: str, prefix: str = "", suffix: str = META) -> str:

@@ -10,6 +10,7 @@ scripts, WAIT for replicas) stays on this side of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,7 +26,7 @@ from . import replies
 from .connection import RedisClient
 from .replication import commit_and_wait
 from .replies import Committed, Opened, Refusal, Status
-from .retry import RetryPolicy, as_state_error, is_transient
+from .retry import RetryPolicy, as_state_error, is_transient, redis_errors
 from .scripts import Scripts
 from .wire import Wire
 
@@ -35,6 +36,26 @@ Cursor = bytes | str | int
 
 
 Mode = Literal["eager", "lazy", "preload"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFeatures:
+    """What the server offers that some calls need (probed once per store)."""
+
+    server: str
+    """Its name and version: "Redis 7.0.15", "Valkey 9.1.2"."""
+    field_expiry: bool
+    """Hash-field expiry (HPEXPIRE, Redis 7.4+ and Valkey 9+): state keys with an expiry of
+    their own."""
+    refusal: str = ""
+    """The server's error when it lacks field expiry."""
+
+    def no_field_expiry(self) -> str:
+        """Why a state key cannot get an expiry of its own here."""
+        return (
+            f"{self.server} has no hash-field expiry, which a state key's own ttl needs "
+            f"(Redis 7.4+ or Valkey 9+; the server said: {self.refusal})"
+        )
 
 
 @dataclass(slots=True, eq=False)
@@ -69,6 +90,7 @@ class RedisBackend:
         "client",
         "eager_state_field_limit",
         "eager_state_size_limit",
+        "features",
         "is_cluster",
         "lease_ttl",
         "lease_ttl_ms",
@@ -110,11 +132,36 @@ class RedisBackend:
         self.wait_slice = wait_slice
         """The longest single BLPOP of a lease wait (shorter than the socket timeout)."""
         self._releases: set[asyncio.Task[None]] = set()
+        self.features: ServerFeatures | None = None
+        """What the server offers; probed after the first exclusive open (one round trip per
+        store), None until then."""
 
     @property
     def replicated(self) -> bool:
         """Commits wait for ``min_replicas`` replicas (WAIT, in the commit's round trip)."""
         return self.min_replicas > 0
+
+    def field_expiry_missing(self) -> str | None:
+        """Why a state key cannot get an expiry of its own on this server (its name and
+        version), or None: it can, or that is not known yet (the commit then checks)."""
+        features = self.features
+        if features is None or features.field_expiry:
+            return None
+        return features.no_field_expiry()
+
+    async def probe(self, key: str) -> ServerFeatures:
+        """What the server holding ``key`` offers (probe.lua), asked once and kept (the
+        first exclusive open asks, right after it opened)."""
+        features = self.features
+        if features is None:
+            script, wire = self.scripts.probe, self.wire
+            async with redis_errors(f"asking the server of {key!r} what it offers"):
+                reply = await self.retry.run("probe", key, lambda: wire.script(script, [key], []))
+            features = ServerFeatures(
+                replies.text(reply[1]), bool(int(reply[0])), replies.text(reply[2])
+            )
+            self.features = features
+        return features
 
     # -- the session's round trips -------------------------------------------------------------
 
@@ -141,12 +188,19 @@ class RedisBackend:
             cached[2] if cached else "",
             *(ref.preload or names),
         ]
-        redis_keys = [keys.state, keys.meta, keys.lease, keys.prev, keys.old]
+        redis_keys = [keys.state, keys.meta, keys.lease, keys.prev, keys.old, keys.ttls]
         script, wire = self.scripts.open, self.wire
+        sent = time.monotonic()
         reply = await self._roundtrip(
             "open", ref.record, lambda: wire.script(script, redis_keys, args)
         )
-        return replies.refusal(reply) or Opened.parse(reply)
+        refused = replies.refusal(reply)
+        if refused is not None:
+            return refused
+        if self.features is None and ref.token:  # a session that may give a key a ttl
+            with contextlib.suppress(StateError):  # unknown then: the commit checks
+                await self.probe(keys.state)
+        return Opened.parse(reply, sent)
 
     async def commit(
         self,
@@ -157,14 +211,14 @@ class RedisBackend:
         blind: bool = False,
         handoff: str = "",
     ) -> Committed | Refusal:
-        """commit.lua: ``writes`` (its tail: the deletes counted, then name, value pairs)
-        applied atomically and the lease released. ``blind``: the session never opened; the
-        script takes the lease for itself when it is free, and is refused BUSY when another
-        session holds it. ``handoff``: the token of a session of this store waiting for the
-        object, which the lease is handed to instead of released. A retry after a lost reply
-        is flagged, so
-        the script recognises a first attempt that applied; a retry that finds the lease gone
-        and the commit not applied is a refusal with ``after_retry`` set."""
+        """commit.lua: ``writes`` (its tail: the deletes counted, the keys given an expiry
+        counted, then name, value pairs) applied atomically and the lease released.
+        ``blind``: the session never opened; the script takes the lease for itself when it is
+        free, and is refused BUSY when another session holds it. ``handoff``: the token of a
+        session of this store waiting for the object, which the lease is handed to instead of
+        released. A retry after a lost reply is flagged, so the script recognises a first
+        attempt that applied; a retry that finds the lease gone and the commit not applied is
+        a refusal with ``after_retry`` set."""
         flags = (
             ("t" if blind else "")
             + ("c" if cleared_all else "")
@@ -201,6 +255,8 @@ class RedisBackend:
             return Committed.parse(reply)
         if refused.status is Status.LEASE_LOST and attempts > 1:
             return Refusal(Status.LEASE_LOST, after_retry=True)
+        if refused.status is Status.NO_FIELD_EXPIRY:  # the probe asked another server
+            self.features = ServerFeatures(refused.found, False, refused.where)
         return refused
 
     async def purge(self, ref: SessionRef) -> Committed | Refusal:
@@ -390,7 +446,16 @@ class RedisBackend:
 
 def _every_key(keys: ObjectKeys) -> list[str]:
     """KEYS of the commit and purge scripts."""
-    return [keys.state, keys.meta, keys.lease, keys.wake, keys.prev, keys.commits, keys.old]
+    return [
+        keys.state,
+        keys.meta,
+        keys.lease,
+        keys.wake,
+        keys.prev,
+        keys.commits,
+        keys.old,
+        keys.ttls,
+    ]
 
 
 def _state_error(exc: Exception, op: str, record: SessionRecord) -> Exception:

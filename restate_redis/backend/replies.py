@@ -7,6 +7,7 @@ checks them: none of them reads a raw reply.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 class Status(IntEnum):
     """The first element of an open, commit or purge reply."""
 
+    NO_FIELD_EXPIRY = -5
+    """A commit gave a state key an expiry on a server without hash-field expiry: (server
+    name and version, its error) follow; nothing was written."""
     CORRUPT = -4
     """A meta field does not parse: (field, value) follow."""
     LEASE_LOST = -3
@@ -58,9 +62,9 @@ class Refusal:
 
     status: Status
     found: str = ""
-    """WRONG_TYPE: the type found; CORRUPT: the meta field."""
+    """WRONG_TYPE: the type found; CORRUPT: the meta field; NO_FIELD_EXPIRY: the server."""
     where: str = ""
-    """WRONG_TYPE: the Redis key; CORRUPT: the value found."""
+    """WRONG_TYPE: the Redis key; CORRUPT: the value found; NO_FIELD_EXPIRY: its error."""
     pttl: int = 0
     """BUSY: milliseconds until the holder's lease expires."""
     after_retry: bool = False
@@ -79,7 +83,7 @@ def refusal(reply: Any) -> Refusal | None:
     if code == 1 or code == 2:  # OK, ALREADY_APPLIED: the common case first
         return None
     status = _STATUS[int(code)]
-    if status in (Status.WRONG_TYPE, Status.CORRUPT):
+    if status in (Status.WRONG_TYPE, Status.CORRUPT, Status.NO_FIELD_EXPIRY):
         return Refusal(status, text(reply[1]), text(reply[2]))
     if status is Status.BUSY:
         return Refusal(status, pttl=int(reply[1]))
@@ -101,17 +105,29 @@ class Opened:
     data: list[Any]
     """eager / WHOLE: field, value pairs; preload, lazy: one value or None per name read;
     OVERLAY: field, "+" value or "-" pairs; otherwise empty."""
+    expires_at: float | None = None
+    """``time.monotonic()`` at which the first state key with an expiry of its own expires
+    (what was read is right until then); None when no key has one."""
 
     @classmethod
-    def parse(cls, reply: Any) -> Opened:
-        status, mode, commit_id = reply[2], reply[3], reply[5]
+    def parse(cls, reply: Any, sent: float | None = None) -> Opened:
+        """``sent``: ``time.monotonic()`` when the open was sent (the expiry counts from then:
+        never later than the server's), else now."""
+        status, mode, commit_id, expires_in = reply[2], reply[3], reply[5], int(reply[6])
+        if expires_in >= 0:
+            expires_at: float | None = (sent if sent is not None else time.monotonic()) + (
+                expires_in / 1000
+            )
+        else:
+            expires_at = None
         return cls(
             int(reply[1]),
             text(status) if status else None,
             _MODES.get(mode) or text(mode),
             _REPLAY[int(reply[4])],
             text(commit_id),
-            reply[6:],
+            reply[7:],
+            expires_at,
         )
 
 

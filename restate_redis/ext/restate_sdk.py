@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 from ..errors import (
     InvalidNameError,
     ReadOnlySessionError,
+    ServerFeatureError,
     StateDecodeError,
     StateEncodeError,
     WorkflowCompletedError,
@@ -69,6 +70,7 @@ _TERMINAL: tuple[tuple[type[Exception], int], ...] = (
     (StateEncodeError, 500),  # ValueTooLargeError included
     (StateDecodeError, 500),  # StateTypeError included
     (WrongTypeError, 500),
+    (ServerFeatureError, 500),  # a state key's ttl on a server without field expiry
 )
 
 _MARK = "__restate_redis_state__"
@@ -315,10 +317,20 @@ class RestateStateContext:
         s, hint = _store_serde(serde, type_hint)
         return await self.session.get(name, s, hint)
 
-    def set(self, name: str, value: Any, serde: Any = None, entry_name: str | None = None) -> None:
-        """Set state key ``name``; committed when the handler returns."""
+    def set(
+        self,
+        name: str,
+        value: Any,
+        serde: Any = None,
+        entry_name: str | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+    ) -> None:
+        """Set state key ``name``; committed when the handler returns. ``ttl`` (seconds or a
+        timedelta, not in the SDK's own ``set``): the key expires on its own this long after
+        the commit (Redis 7.4+, Valkey 9+); a later ``set`` without it ends the expiry."""
         s, _ = _store_serde(serde, None)
-        self.session.set(name, value, s)
+        self.session.set(name, value, s, ttl=ttl)
 
     def clear(self, name: str, entry_name: str | None = None) -> None:
         """Delete state key ``name``."""

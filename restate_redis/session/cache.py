@@ -12,6 +12,7 @@ process go through commits and so invalidate it too. Only writes that bypass the
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -27,6 +28,9 @@ class Snapshot:
     caches a new dict)."""
     size: int
     """What it costs the cache: names and values, in bytes."""
+    expires_at: float | None = None
+    """``time.monotonic()`` when its first state key with an expiry of its own expires: the
+    snapshot is no use from then on."""
 
 
 class SnapshotCache:
@@ -52,16 +56,26 @@ class SnapshotCache:
     def get(self, key: str) -> Snapshot | None:
         snapshot = self._entries.get(key)
         if snapshot is not None:
+            if snapshot.expires_at is not None and time.monotonic() >= snapshot.expires_at:
+                self.drop(key)
+                return None
             self._entries.move_to_end(key)
         return snapshot
 
-    def put(self, key: str, version: int, commit_id: str, data: dict[str, bytes]) -> Snapshot:
+    def put(
+        self,
+        key: str,
+        version: int,
+        commit_id: str,
+        data: dict[str, bytes],
+        expires_at: float | None = None,
+    ) -> Snapshot:
         """Keep ``data`` (which the caller no longer changes) as the state at ``version`` /
-        ``commit_id``; a state larger than the whole cache is not kept. The snapshot, kept
-        or not."""
+        ``commit_id``, good until ``expires_at``; a state larger than the whole cache is not
+        kept. The snapshot, kept or not."""
         self.drop(key)
         size = sum(len(name) + len(value) for name, value in data.items())
-        snapshot = Snapshot(version, commit_id, data, size)
+        snapshot = Snapshot(version, commit_id, data, size, expires_at)
         too_many = self.entry_keys is not None and len(data) > self.entry_keys
         if not commit_id or size > self.entry_bytes or too_many:
             return snapshot

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -23,6 +24,7 @@ from ..errors import (
     InvalidOptionError,
     LeaseTimeoutError,
     ReadOnlySessionError,
+    ServerFeatureError,
     SessionClosedError,
     StateDecodeError,
     StateEncodeError,
@@ -38,7 +40,7 @@ from .handoff import Grant, LocalLeases, Turn, Waiter
 from .lease import Lease
 from .target import MISSING, Kind, SessionHost, StatePreload, Target
 from .view import ReadView
-from .writes import WriteBuffer
+from .writes import WriteBuffer, ttl_ms
 
 T = TypeVar("T")
 
@@ -236,12 +238,26 @@ class Session:
         except (TypeError, ValueError) as exc:
             raise StateTypeError(f"{self._name(name)}: {exc}") from exc
 
-    def set(self, name: str, value: Any, serde: Serde[Any] | None = None) -> None:
+    def set(
+        self,
+        name: str,
+        value: Any,
+        serde: Serde[Any] | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+    ) -> None:
         """Set state key ``name`` to ``value``; encoded now (by ``serde`` or the store's, then
         the store's codecs), so a bad value fails here. ``max_value_bytes`` applies to the
-        bytes stored."""
+        bytes stored.
+
+        ``ttl`` (seconds or a timedelta): the key expires on its own this long after the
+        commit (hash-field expiry: Redis 7.4+ or Valkey 9+, else
+        :class:`~restate_redis.errors.ServerFeatureError`). Commits that do not set the key
+        keep its expiry; a later ``set`` without ``ttl`` ends it.
+        """
         self._check_writable()
         name = self._target.check_name(name)
+        expires = None if ttl is None else self._ttl(name, ttl)
         serde = serde if serde is not None else self.store.serde
         try:
             buf = serde.serialize(value)
@@ -264,7 +280,7 @@ class Session:
                 f"value for {self._name(name)} is {len(buf)} bytes encoded, over "
                 f"max_value_bytes={self.store.max_value_bytes}"
             )
-        self._writes.put(name, buf)
+        self._writes.put(name, buf, expires)
 
     def clear(self, name: str) -> None:
         """Delete state key ``name``."""
@@ -293,11 +309,14 @@ class Session:
         """Every state key and its value (loads whatever is not loaded yet: one round trip up
         to 10,000 keys, then pages)."""
         self._check_usable()
-        if not self._writes.cleared_all:
-            if not self._opened and self._deferred:
-                await self._open_session()
-            await self._view.load_all()
-        return {name: await self.get(name, serde, type_hint) for name in await self.state_keys()}
+        with self._view.holding():
+            if not self._writes.cleared_all:
+                if not self._opened and self._deferred:
+                    await self._open_session()
+                await self._view.load_all()
+            return {
+                name: await self.get(name, serde, type_hint) for name in await self.state_keys()
+            }
 
     @property
     def dirty(self) -> bool:
@@ -387,7 +406,7 @@ class Session:
             if turn.snapshot is not None and target.commit_id != turn.snapshot.commit_id:
                 self._version, self._workflow_status = turn.version, None
                 self._opened = self._meta_read = self.cached = True
-                self._view.load_snapshot(turn.snapshot.data)
+                self._view.load_snapshot(turn.snapshot.data, turn.snapshot.expires_at)
                 if self.mode != "eager":
                     self.record.mode = self.mode
                 self._lease.start_renewal()
@@ -411,13 +430,19 @@ class Session:
         self._workflow_status = opened.workflow_status
         self.replayed = opened.replay is not Replay.NONE
         if snapshot is not None:  # the cached snapshot is still the state
-            self._view.load_snapshot(snapshot.data)
+            self._view.load_snapshot(snapshot.data, opened.expires_at)
             self.cached = True
         else:
             self._view.load(opened, names or target.preload)
             snapshots = self.store.snapshots
             if opened.mode == "eager" and not self.replayed and snapshots is not None:
-                snapshots.put(target.keys.state, opened.version, opened.commit_id, self._view.cache)
+                snapshots.put(
+                    target.keys.state,
+                    opened.version,
+                    opened.commit_id,
+                    self._view.cache,
+                    opened.expires_at,
+                )
         if snapshot is not None or opened.mode == "eager":
             self.mode = "eager" if self.mode == "eager" or self.replayed else self.mode
         elif opened.mode != "preload":
@@ -514,6 +539,9 @@ class Session:
             or not view.complete
             or view.source != key
             or self.replayed
+            or view.expires_at is not None  # keys with an expiry: when the next one goes, the
+            or view.volatile  # commit's reply does not say, so its state is not kept
+            or writes.ttls
         ):
             snapshots.drop(key)
             return None
@@ -536,6 +564,14 @@ class Session:
     def _name(self, name: str) -> str:
         """The phrase error messages use for state key ``name`` of this session."""
         return f"{self.where} state key {name!r}"
+
+    def _ttl(self, name: str, ttl: object) -> int:
+        """``set(name, ..., ttl=ttl)``'s ttl in ms, once the server is known to take it."""
+        ms = ttl_ms(ttl, self._name(name))
+        missing = self.store.backend.field_expiry_missing()
+        if missing is not None:
+            raise ServerFeatureError(f"cannot give {self._name(name)} a ttl: {missing}")
+        return ms
 
     def _check_usable(self) -> None:
         if not self._open:

@@ -4,11 +4,18 @@ and the purge, each one round trip, their results acted on here."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from ..backend.replies import Committed, Opened, Refusal, Status
-from ..errors import CommitError, LeaseTimeoutError, StateError, WorkflowCompletedError
+from ..errors import (
+    CommitError,
+    LeaseTimeoutError,
+    ServerFeatureError,
+    StateError,
+    WorkflowCompletedError,
+)
 from .cache import Snapshot
 from .lease import Lease
 from .target import SessionHost, Target
@@ -29,6 +36,12 @@ def refused_error(target: Target, lease: Lease, refused: Refusal) -> StateError:
         return target.corrupt(refused.found, refused.where)
     if refused.status is Status.LEASE_LOST:
         return lease.lost_error()
+    if refused.status is Status.NO_FIELD_EXPIRY:
+        return ServerFeatureError(
+            f"the commit of {target.where} gave a state key a ttl, and {refused.found} has no "
+            f"hash-field expiry (Redis 7.4+ or Valkey 9+; the server said: {refused.where}); "
+            f"nothing was written"
+        )
     if refused.status is Status.COMPLETED:
         service, key = target.record.service, target.record.key
         return WorkflowCompletedError(
@@ -80,10 +93,15 @@ async def commit(
     target.record.writes = writes.changes()
     args = writes.script_args()
 
-    def attempt() -> Awaitable[Committed | Refusal]:
-        return target.backend.commit(
+    async def attempt() -> Committed | Refusal:
+        committed = await target.backend.commit(
             target, args, cleared_all=writes.cleared_all, blind=blind, handoff=handoff
         )
+        refused = type(committed) is Refusal and committed.status is Status.NO_FIELD_EXPIRY
+        if refused and not blind:  # nothing was written: the lease is given back first
+            with contextlib.suppress(Exception):
+                await lease.release()
+        return committed
 
     committed = await _acquiring(target, lease, host, attempt)
     assert isinstance(committed, Committed)

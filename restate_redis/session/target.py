@@ -40,6 +40,11 @@ class Backend(Protocol):
         """Commits wait for replicas."""
         ...
 
+    def field_expiry_missing(self) -> str | None:
+        """Why a state key cannot get an expiry of its own on this server (naming it and its
+        version), or None: it can, or that is not known yet (then the commit checks)."""
+        ...
+
     def open(
         self, ref: SessionRef, cached: tuple[int, str, int] | None = None, names: Sequence[str] = ()
     ) -> Awaitable[Opened | Refusal]:
@@ -57,10 +62,11 @@ class Backend(Protocol):
         blind: bool = False,
         handoff: str = "",
     ) -> Awaitable[Committed | Refusal]:
-        """Apply ``writes`` (deletes counted, then name, value pairs) atomically and
-        release the lease; ``blind``: the session never opened, and the commit takes the
-        lease for itself (refused BUSY while another session holds it); ``handoff``: hand
-        the lease to that token instead of releasing it."""
+        """Apply ``writes`` (deletes counted, keys given a ttl counted, then name, value
+        pairs: ``WriteBuffer.script_args``) atomically and release the lease; ``blind``: the
+        session never opened, and the commit takes the lease for itself (refused BUSY while
+        another session holds it); ``handoff``: hand the lease to that token instead of
+        releasing it."""
         ...
 
     def purge(self, ref: SessionRef) -> Awaitable[Committed | Refusal]:

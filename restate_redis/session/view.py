@@ -3,10 +3,17 @@
 Eager sessions hold the whole state from the open; preload sessions the named keys; lazy
 sessions read a key with one HGET on first use and cache it. A replay (a session whose commit
 id was already applied) reads the state as it was before that commit.
+
+State keys with an expiry of their own: the open says when the first of them expires. Until
+then what was read is right; from then on the view keeps nothing it read (each read asks
+Redis, which never returns an expired key), except for the length of one ``get_all``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from ..backend.engine import Cursor
@@ -20,7 +27,17 @@ SCAN_PAGE = 1_000  # and a larger one in HSCAN pages of about this many
 class ReadView:
     """State keys read so far (stored bytes, or MISSING when known to be absent)."""
 
-    __slots__ = ("cache", "complete", "overlay", "source", "stored_keys", "target")
+    __slots__ = (
+        "cache",
+        "complete",
+        "expires_at",
+        "held",
+        "overlay",
+        "source",
+        "stored_keys",
+        "target",
+        "volatile",
+    )
 
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -31,6 +48,9 @@ class ReadView:
         # changed (over the state), or the whole prior state read from the old key.
         self.overlay: dict[str, Any] = {}
         self.source = target.keys.state  # the hash lazy reads go to
+        self.expires_at: float | None = None  # monotonic time the first key with a ttl expires
+        self.volatile = False  # past it: nothing read is kept
+        self.held = 0  # > 0: what is read is kept all the same (inside get_all)
 
     def load(self, opened: Opened, preload: tuple[str, ...]) -> None:
         """Take what the open read (``preload``: the names it read values of)."""
@@ -53,14 +73,48 @@ class ReadView:
             self.cache = {
                 n: MISSING if v is None else v for n, v in zip(preload, data, strict=True)
             }
+        if opened.replay is Replay.NONE:  # a replay reads the state recorded before
+            self.expires_at = opened.expires_at
 
-    def load_snapshot(self, data: dict[str, bytes]) -> None:
-        """Take the whole state from a snapshot the open found current (read, never changed)."""
+    def _expire(self) -> None:
+        """Once the first state key with an expiry of its own expired, forget what was read
+        (from then on nothing is kept: the view does not know when the next one expires)."""
+        expires_at = self.expires_at
+        if expires_at is not None and time.monotonic() >= expires_at and not self.held:
+            self.expires_at = None
+            self.volatile = True
+            self._forget()
+
+    def _forget(self) -> None:
+        self.cache = dict(self.overlay)
+        self.complete = False
+        self.stored_keys = None
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """What is read inside the block is kept until it ends, even once keys expire (so a
+        get_all reads the state once, then each key from what it read)."""
+        if self.expires_at is not None:
+            self._expire()
+        self.held += 1
+        try:
+            yield
+        finally:
+            self.held -= 1
+            if not self.held and self.volatile:
+                self._forget()
+
+    def load_snapshot(self, data: dict[str, bytes], expires_at: float | None = None) -> None:
+        """Take the whole state from a snapshot found current (read, never changed), right
+        until ``expires_at`` (see :meth:`_expire`)."""
         self.cache = data
         self.complete = True
+        self.expires_at = expires_at
 
     def known(self, name: str) -> Any:
         """The stored bytes or None when known without a round trip, else MISSING."""
+        if self.expires_at is not None:
+            self._expire()
         cached = self.cache.get(name, MISSING if self.complete else None)
         if cached is None:
             if self.stored_keys is not None and name not in self.stored_keys:
@@ -72,11 +126,14 @@ class ReadView:
         """One read of a state key that is not known yet; the answer is cached."""
         target, source = self.target, self.source
         value = await target.read(source, target.backend.read_field(target, source, name))
-        self.cache[name] = MISSING if value is None else value
+        if not self.volatile or self.held:
+            self.cache[name] = MISSING if value is None else value
         return value
 
     async def names(self) -> set[str]:
         """The names of the stored state keys (read once)."""
+        if self.expires_at is not None:
+            self._expire()
         if self.complete:
             return {k for k, v in self.cache.items() if v is not MISSING}
         if self.stored_keys is None:
@@ -87,7 +144,10 @@ class ReadView:
                     self.stored_keys.discard(name)
                 else:
                     self.stored_keys.add(name)
-        return set(self.stored_keys)
+        names = set(self.stored_keys)
+        if self.volatile and not self.held:
+            self.stored_keys = None
+        return names
 
     async def load_all(self) -> None:
         """Read every stored key not read yet."""

@@ -2,30 +2,65 @@
 
 from __future__ import annotations
 
+import math
+from datetime import timedelta
 from typing import Any
+
+from ..errors import InvalidOptionError
+
+# The longest ttl of a state key: ~2,200 years, far inside the largest field expiry the
+# servers take (2**48 ms of Unix time), so the commit's HPEXPIREAT cannot be refused.
+MAX_TTL_MS = 2**46
+
+
+def ttl_ms(ttl: object, what: str) -> int:
+    """A state key's ttl (seconds or a timedelta) in whole milliseconds, at least 1."""
+    if isinstance(ttl, timedelta):
+        secs = ttl.total_seconds()
+    elif isinstance(ttl, int | float) and not isinstance(ttl, bool):
+        secs = float(ttl)
+    else:
+        raise InvalidOptionError(
+            f"the ttl of {what} must be seconds or a timedelta, got {type(ttl).__name__}"
+        )
+    if not 0 < secs * 1000 <= MAX_TTL_MS:  # NaN fails too
+        raise InvalidOptionError(
+            f"the ttl of {what} must be positive and at most {MAX_TTL_MS // 1000:,} seconds, "
+            f"got {ttl!r}"
+        )
+    return max(1, math.ceil(secs * 1000))
 
 
 class WriteBuffer:
-    """Sets (encoded bytes) and clears (None) by state key, and whether all was cleared."""
+    """Sets (encoded bytes) and clears (None) by state key, whether all was cleared, and the
+    ttl (ms) of the keys set with one."""
 
-    __slots__ = ("cleared_all", "writes")
+    __slots__ = ("cleared_all", "ttls", "writes")
 
     def __init__(self) -> None:
         self.writes: dict[str, bytes | None] = {}
+        self.ttls: dict[str, int] = {}
         self.cleared_all = False
 
     @property
     def dirty(self) -> bool:
         return bool(self.writes) or self.cleared_all
 
-    def put(self, name: str, buf: bytes) -> None:
+    def put(self, name: str, buf: bytes, ttl_ms: int | None = None) -> None:
         self.writes[name] = buf
+        if ttl_ms is not None:
+            self.ttls[name] = ttl_ms
+        elif self.ttls:
+            self.ttls.pop(name, None)
 
     def delete(self, name: str) -> None:
         self.writes[name] = None
+        if self.ttls:
+            self.ttls.pop(name, None)
 
     def clear_all(self) -> None:
         self.writes.clear()
+        self.ttls.clear()
         self.cleared_all = True
 
     def known(self, name: str) -> Any:
@@ -51,9 +86,12 @@ class WriteBuffer:
         return len(self.writes), sum(len(v) for v in self.writes.values() if v is not None)
 
     def script_args(self) -> list[Any]:
-        """commit.lua's tail: the number of deletes, the deleted names, then name, value pairs."""
+        """commit.lua's tail: the number of deletes, the deleted names, the number of keys set
+        with a ttl, their name, ttl ms pairs, then name, value pairs."""
         deletes = [n for n, v in self.writes.items() if v is None]
-        args: list[Any] = [len(deletes), *deletes]
+        args: list[Any] = [len(deletes), *deletes, len(self.ttls)]
+        for name, ms in self.ttls.items():
+            args += (name, ms)
         for name, buf in self.writes.items():
             if buf is not None:
                 args += (name, buf)

@@ -55,6 +55,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from ..backend.inventory import (
@@ -310,6 +311,10 @@ def load_json(text: str) -> Any:
 # -- what reads return ------------------------------------------------------------------------
 
 
+# State keys per HPTTL when reading an object.
+_TTL_BATCH = 1000
+
+
 class ServiceList(list[ServiceInfo]):
     """What :meth:`Admin.services` returns: the services, and the keys it skipped."""
 
@@ -346,6 +351,9 @@ class ObjectState:
     sealed: dict[str, str] = field(default_factory=dict)
     """State key -> why its value is shown as ``{"$encrypted": ...}``: it is encrypted under
     a key the store does not have, or does not decrypt."""
+    expiries: dict[str, int] = field(default_factory=dict)
+    """State key -> milliseconds until it expires, for the keys with an expiry of their own
+    (``set(..., ttl=...)``); the others are not in it."""
 
     @property
     def kind(self) -> str:
@@ -685,12 +693,17 @@ class Admin:
                 f"the bookkeeping of {where(service, key)} does not parse (restate-redis did "
                 f"not write it): {exc}"
             ) from exc
-        meta = session.keys.meta
+        keys = session.keys
         async with redis_errors(f"reading {where(service, key)}"):
             pipe = self.client.pipeline(transaction=False)
-            pipe.exists(meta)
-            pipe.pttl(meta)
-            exists, pttl = await pipe.execute()
+            pipe.exists(keys.meta)
+            pipe.pttl(keys.meta)
+            pipe.hexists(keys.meta, META_GRACE)
+            pipe.exists(keys.ttls)
+            exists, pttl, grace, timed = await pipe.execute()
+            expiries = await self._expiries(keys, list(raw)) if timed else {}
+        if grace:  # the bookkeeping's grace period (after the state, or its last expiring
+            pttl = -1  # key, is gone): no expiry of the state
         raw = dict(sorted(raw.items()))
         values: dict[str, Any] = {}
         sealed: dict[str, str] = {}
@@ -711,7 +724,20 @@ class Admin:
             raw,
             values,
             sealed,
+            expiries,
         )
+
+    async def _expiries(self, keys: ObjectKeys, names: list[str]) -> dict[str, int]:
+        """State key -> ms until it expires (HPTTL), for those of ``names`` that have an
+        expiry of their own (none where the server has no field expiry)."""
+        if not names or not (await self.store.backend.probe(keys.state)).field_expiry:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for i in range(0, len(names), _TTL_BATCH):
+            batch = names[i : i + _TTL_BATCH]
+            pipe.execute_command("HPTTL", keys.state, "FIELDS", len(batch), *batch)
+        remaining = [ms for reply in await pipe.execute() for ms in reply]
+        return {name: int(ms) for name, ms in zip(names, remaining, strict=True) if int(ms) >= 0}
 
     async def read_value(self, service: str, key: str, name: str) -> Any:
         """One state key's value as JSON data; UnknownObjectError when it is not stored."""
@@ -755,14 +781,17 @@ class Admin:
         *,
         expected_version: int | None = None,
         must_exist: bool = False,
+        ttl: float | timedelta | None = None,
     ) -> int:
         """Set one state key to JSON data ``value``; creates the object when needed.
 
-        Only that key is read and written, and not even it when it already holds ``value``.
+        Only that key is read and written, and not even it when it already holds ``value``
+        (unless ``ttl`` is given: the key then expires this long after the commit; without
+        it a key that had an expiry keeps it only when its value is unchanged).
         """
 
         async def change(session: Session) -> None:
-            await self._put(session, name, value)
+            await self._put(session, name, value, ttl)
 
         return await self._edit(service, key, expected_version, must_exist, change, eager=False)
 
@@ -1000,7 +1029,12 @@ class Admin:
             if not self._unchanged(session, name, current.get(name), value):
                 session.set(name, self._encode(session, name, value), serde=_RAW)
 
-    async def _put(self, session: Session, name: str, value: Any) -> None:
+    async def _put(
+        self, session: Session, name: str, value: Any, ttl: float | timedelta | None = None
+    ) -> None:
+        if ttl is not None:  # a new expiry is a change even for an equal value
+            session.set(name, self._encode(session, name, value), serde=_RAW, ttl=ttl)
+            return
         stored = await session.get(self._name(session, name), serde=_STORED)
         if not self._unchanged(session, name, stored, value):
             session.set(name, self._encode(session, name, value), serde=_RAW)

@@ -30,6 +30,7 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -294,6 +295,40 @@ def duration(ms: int) -> str:
     return " ".join(parts)
 
 
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"10m"``, ``"1h30m"``, ``"2d"``, ``"500ms"``, ``"1.5h"`` or plain seconds (``"90"``)
+    as a timedelta; ValueError saying what a duration looks like."""
+    spec = text.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", spec):
+        return timedelta(seconds=float(spec))
+    parts = _DURATION_PART.findall(spec)
+    if not spec or "".join(n + u for n, u in parts) != spec:
+        raise ValueError(
+            f"{text!r} is not a duration: write a number with a unit (ms, s, m, h, d), such "
+            f"as 30s, 10m, 1h, 2d or 1h30m, or plain seconds"
+        )
+    return timedelta(seconds=sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
+
+
+def duration_option(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> timedelta | None:
+    """The callback of an option that takes :func:`parse_duration`'s durations."""
+    if value is None:
+        return None
+    try:
+        parsed = parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    if parsed <= timedelta(0):
+        raise click.BadParameter(f"{value!r} is not a positive duration", ctx, param)
+    return parsed
+
+
 def describe(state: ObjectState) -> str:
     """One line about an object: version, kind, workflow status and remaining retention."""
     text = f"{state.service}/{state.key}: version {state.version}"
@@ -472,6 +507,8 @@ def kv_get(service: str, key: str, plain: bool, conn: Connection) -> None:
     table.add_column("value", overflow="fold")
     table.add_column("bytes", justify="right")
     key_ids = state.key_ids
+    if state.expiries:  # keys with an expiry of their own: the time each has left
+        table.add_column("expires in", justify="right")
     for name, value in state.values.items():
         size = str(state.sizes[name])
         if name in key_ids:
@@ -479,7 +516,11 @@ def kv_get(service: str, key: str, plain: bool, conn: Connection) -> None:
         shown = dumps(value, indent=2)  # JSON text, already safe for a terminal
         if name in state.sealed:
             shown = printable(f"(encrypted under key {key_ids[name]}: not readable here)")
-        table.add_row(Text(printable(name)), Text(shown), Text(printable(size)))
+        row = [Text(printable(name)), Text(shown), Text(printable(size))]
+        if state.expiries:
+            left = state.expiries.get(name)
+            row.append(Text("" if left is None else duration(left)))
+        table.add_row(*row)
     if state.values:
         console.print(table)
 
@@ -596,9 +637,23 @@ def kv_patch(
 @click.option(
     "--expect-version", type=int, default=None, help="Refuse unless the object is at this version."
 )
+@click.option(
+    "--ttl",
+    metavar="DURATION",
+    callback=duration_option,
+    default=None,
+    help="The key expires this long after the set: 30s, 10m, 1h, 2d, 1h30m "
+    "(Redis 7.4+ or Valkey 9+). Without it the key's expiry, if any, ends when its value changes.",
+)
 @connection_options
 def kv_set(
-    service: str, key: str, name: str, value: str, expect_version: int | None, conn: Connection
+    service: str,
+    key: str,
+    name: str,
+    value: str,
+    expect_version: int | None,
+    ttl: timedelta | None,
+    conn: Connection,
 ) -> None:
     """Set state key NAME of SERVICE/KEY to the JSON value JSON (creates the object)."""
     hint = ""
@@ -607,9 +662,11 @@ def kv_set(
         hint = f" (the value is JSON: to store the string {value!r}, quote it as {quoted})"
     data = parse_json(value, f"state key {name!r}", hint)
     version = run(
-        conn, lambda admin: admin.set(service, key, name, data, expected_version=expect_version)
+        conn,
+        lambda admin: admin.set(service, key, name, data, expected_version=expect_version, ttl=ttl),
     )
-    done(f"set {service}/{key} {name}: version {version}")
+    expiry = "" if ttl is None else f", expires in {duration(int(ttl.total_seconds() * 1000))}"
+    done(f"set {service}/{key} {name}: version {version}{expiry}")
 
 
 @kv.command("clear")

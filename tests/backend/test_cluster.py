@@ -77,6 +77,47 @@ async def test_every_operation_on_a_cluster(cstore: RedisStateStore) -> None:
     assert await asyncio.wait_for(task, 10) == 1
 
 
+async def test_a_state_key_ttl_on_a_cluster(cluster: Cluster, cstore: RedisStateStore) -> None:
+    """Valkey 9: keys expire on their own on every master, the stored size follows, the
+    admin read shows the time left. Redis 7.0 has no hash-field expiry: the call says so."""
+    from restate_redis import ServerFeatureError
+    from restate_redis.tools.admin import Admin
+
+    keys = object_keys(6)  # objects on every master
+    if cluster.masters[0].flavour == "redis":
+        for key in keys:
+            async with cstore.object(SERVICE, key) as s:
+                with pytest.raises(ServerFeatureError, match=r"Redis 7\.0\.\d+ has no hash-field"):
+                    s.set("token", "abc", ttl=60)
+                s.set("n", 1)
+            async with cstore.object(SERVICE, key, shared=True) as s:
+                assert await s.state_keys() == ["n"]
+        return
+    for key in keys:
+        async with cstore.object(SERVICE, key) as s:
+            s.set("token", "abc", ttl=0.3)
+            s.set("coupon", "x", ttl=3600)
+            s.set("n", 1)
+        state = await Admin(cstore).read(SERVICE, key)
+        assert 0 < state.expiries["token"] <= 300
+        assert 3_590_000 < state.expiries["coupon"] <= 3_600_000
+        assert "n" not in state.expiries
+    deadline = asyncio.get_running_loop().time() + 10
+    for key in keys:
+        state_key = cstore.keyspace.object_keys(SERVICE, key).state
+        while await cstore.client.hexists(state_key, "token"):
+            assert asyncio.get_running_loop().time() < deadline, "the token did not expire"
+            await asyncio.sleep(0.02)
+        async with cstore.object(SERVICE, key) as s:
+            assert await s.state_keys() == ["coupon", "n"]
+        okeys = cstore.keyspace.object_keys(SERVICE, key)
+        live = await cstore.client.hgetall(okeys.state)
+        assert int(await cstore.client.hget(okeys.meta, "b")) == sum(
+            len(f) + len(v) for f, v in live.items()
+        )
+        assert await cstore.client.zcard(okeys.ttls) == 1
+
+
 async def test_min_replicas_waits_on_the_slot_master(cluster: Cluster) -> None:
     """WAIT goes to the master of the object's slot, on the connection of the commit."""
     async with RedisStateStore.from_url(cluster.url, min_replicas=1, replica_timeout=0.05) as store:

@@ -56,7 +56,16 @@ async def committed_n_1(store: RedisStateStore, key: str) -> tuple[ObjectKeys, l
     """Commit n=1 on ``key``: its keys, commit.lua's KEYS, and the (closed) session, whose
     token and commit id a test sends again by hand."""
     keys = store.keyspace.object_keys(SERVICE, key)
-    redis_keys = [keys.state, keys.meta, keys.lease, keys.wake, keys.prev, keys.commits, keys.old]
+    redis_keys = [
+        keys.state,
+        keys.meta,
+        keys.lease,
+        keys.wake,
+        keys.prev,
+        keys.commits,
+        keys.old,
+        keys.ttls,
+    ]
     async with store.object(SERVICE, key) as first:
         first.set("n", 1)
     return keys, redis_keys, first
@@ -102,7 +111,7 @@ async def test_retried_commit_recognised_after_other_commits(direct: RedisStateS
     a fencing rejection, never a second application."""
     keys, redis_keys, first = await committed_n_1(direct, "hot")
     # token, commit id, flags, expire ms, lease ttl ms, field limit, grace ms, next token,
-    # deletes, sets
+    # deletes, ttls, sets
     args = [
         first._target.token,
         first._target.commit_tag,
@@ -112,6 +121,7 @@ async def test_retried_commit_recognised_after_other_commits(direct: RedisStateS
         20_000,
         60_000,
         "",
+        0,
         0,
         "n",
         b"\x01",
@@ -156,13 +166,14 @@ async def test_a_commit_sent_again_below_the_store_is_recognised(direct: RedisSt
         60_000,
         "",
         0,
+        0,
         "n",
         b"\x05",
     ]
     assert [int(x) for x in await direct.backend.scripts.commit(redis_keys, args)] == [2, 2]
     assert await direct.client.get(keys.lease) == second._target.token.encode()  # untouched
     unknown = [first._target.token, "never-committed", "", 0, 2000, 20_000, 60_000, ""]
-    unknown += [0, "n", b"\x05"]
+    unknown += [0, 0, "n", b"\x05"]
     assert [int(x) for x in await direct.backend.scripts.commit(redis_keys, unknown)] == [-3]
     await second.__aexit__(None, None, None)
     async with direct.object(SERVICE, "resent", shared=True) as s:

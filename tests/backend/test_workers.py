@@ -75,8 +75,8 @@ def test_commit_cut_off_mid_send_applies_nothing(server: Server) -> None:
         r.hset(keys.state, mapping={"a": b"old", "b": b"old"})
         sha = r.script_load(source("commit"))
         # token, commit id, flags, expire ms, lease ttl ms, field limit, grace ms, next token,
-        # deletes, sets
-        args = ["", "", "c", 0, 1000, 20_000, 60_000, "", 0, "a", b"new" * 10_000, "b", b"new"]
+        # deletes, ttls, sets
+        args = ["", "", "c", 0, 1000, 20_000, 60_000, "", 0, 0, "a", b"new" * 10_000, "b", b"new"]
         redis_keys = [
             keys.state,
             keys.meta,
@@ -85,8 +85,9 @@ def test_commit_cut_off_mid_send_applies_nothing(server: Server) -> None:
             keys.prev,
             keys.commits,
             keys.old,
+            keys.ttls,
         ]
-        packed = b"".join(Connection().pack_command("EVALSHA", sha, 7, *redis_keys, *args))
+        packed = b"".join(Connection().pack_command("EVALSHA", sha, 8, *redis_keys, *args))
         with socket.create_connection(("127.0.0.1", server.port)) as s:
             s.sendall(packed[: len(packed) // 2])
         assert r.hgetall(keys.state) == {b"a": b"old", b"b": b"old"}

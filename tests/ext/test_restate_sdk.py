@@ -255,6 +255,38 @@ async def test_set_clear_clear_all_and_state_keys(
     assert await call(ingress, f"/{service}/{key}/get") == 0
 
 
+async def test_a_state_key_ttl_reaches_the_server_and_redis_7_0_refuses_it_terminally(
+    ingress: httpx.AsyncClient, r: aioredis.Redis
+) -> None:
+    """The integration's ctx.set passes ttl= on; Redis 7.0 (the stack's server) has no
+    hash-field expiry: the invocation ends at once (a retry cannot cure it), nothing stored."""
+    service, key = "Counter_eager", new_key()
+    resp = await ingress.post(f"/{service}/{key}/edit", json=[["set", "a", 1], ["set", "t", 2, 60]])
+    assert resp.status_code == 500
+    message = resp.json()["message"]
+    assert f"exclusive handler {service}/edit" in message
+    assert "Redis 7.0." in message and "no hash-field expiry" in message
+    assert await stored(r, service, key) == {}
+
+
+@pytest.mark.parametrize("server", ["valkey"], indirect=True)  # (Redis 7.0: the test above)
+async def test_the_integration_context_gives_a_state_key_its_ttl(server: Server) -> None:
+    """On Valkey 9 the key set through the integration's context gets its own expiry."""
+    from restate_redis.ext.restate_sdk import RestateStateContext
+
+    async with RedisStateStore.from_url(server.url, namespace=NAMESPACE) as store:
+        async with store.object("Cart", "ttl") as session:
+            ctx = RestateStateContext(None, session)
+            ctx.set("token", "abc", ttl=60)
+            ctx.set("plain", 1)
+        keys = keyspace.object_keys("Cart", "ttl")
+        left = await store.client.execute_command(
+            "HPTTL", keys.state, "FIELDS", 2, "token", "plain"
+        )
+        assert 0 < left[0] <= 60_000 and left[1] == -1
+        await store.purge("Cart", "ttl")
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_workflow_state_is_per_id_and_expires_after_retention(
     mode: str, ingress: httpx.AsyncClient, r: aioredis.Redis

@@ -165,9 +165,12 @@ def make_counter(mode: str) -> restate.VirtualObject:
     @counter.handler()
     @state
     async def edit(ctx: ObjectContext, ops: list[list[Any]]) -> list[str]:
-        """Apply [["set", k, v] | ["clear", k] | ["clear_all"]] then list the keys."""
+        """Apply [["set", k, v (, ttl seconds)] | ["clear", k] | ["clear_all"]] then list the
+        keys."""
         for op in ops:
-            if op[0] == "set":
+            if op[0] == "set" and len(op) > 3:  # the integration's ctx.set takes a ttl
+                ctx.set(op[1], op[2], ttl=op[3])  # type: ignore[call-arg]
+            elif op[0] == "set":
                 ctx.set(op[1], op[2])
             elif op[0] == "clear":
                 ctx.clear(op[1])

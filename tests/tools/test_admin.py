@@ -582,3 +582,37 @@ def test_sorting_objects_puts_unknown_values_last_and_ties_by_key() -> None:
     assert order("version", True) == ["d", "a", "b", "c"]
     with pytest.raises(ValueError, match="cannot sort by 'colour'"):
         sort_objects(rows, "colour")
+
+
+async def test_read_shows_each_keys_time_left_and_set_gives_one(
+    store: RedisStateStore, client: aioredis.Redis, server: Any
+) -> None:
+    """Valkey 9: HPTTL of the keys that have an expiry of their own; a plain edit ends it.
+    Redis 7.0: none is shown, and a ttl is refused naming the server."""
+    from restate_redis import ServerFeatureError
+
+    admin = Admin(store)
+    await put(store, "Cart", "tim", a=1)
+    if server.flavour == "redis":
+        assert (await admin.read("Cart", "tim")).expiries == {}
+        with pytest.raises(ServerFeatureError, match=r"Redis 7\.0\.\d+ has no hash-field"):
+            await admin.set("Cart", "tim", "token", "abc", ttl=60)
+        assert await stored(client, store, "Cart", "tim") == {"a": 1}
+        return
+    await admin.set("Cart", "tim", "token", "abc", ttl=600)
+    await admin.set("Cart", "tim", "b", 2)
+    state = await admin.read("Cart", "tim")
+    assert set(state.expiries) == {"token"}
+    assert 590_000 < state.expiries["token"] <= 600_000
+    await admin.set("Cart", "tim", "token", "abc", ttl=60)  # same value, new expiry
+    assert 50_000 < (await admin.read("Cart", "tim")).expiries["token"] <= 60_000
+    await admin.set("Cart", "tim", "token", "abc")  # unchanged value: nothing written
+    assert "token" in (await admin.read("Cart", "tim")).expiries
+    await admin.replace("Cart", "tim", {"a": 1, "b": 2, "token": "new"})  # a changed value
+    assert (await admin.read("Cart", "tim")).expiries == {}
+    # every key expiring: the bookkeeping follows the last one, and is no expiry of the state
+    await admin.set("Cart", "tom", "token", "abc", ttl=600)
+    meta = store.keyspace.object_keys("Cart", "tom").meta
+    assert await client.pttl(meta) > 600_000
+    state = await admin.read("Cart", "tom")
+    assert state.retention_ms is None and 0 < state.expiries["token"] <= 600_000

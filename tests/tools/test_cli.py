@@ -94,6 +94,50 @@ def test_set_then_get_plain_and_table(cli: Cli, rc: redis.Redis) -> None:
     assert "[bold]<b>not markup</b>" in table and '"n": 2' in table
 
 
+def test_set_with_a_ttl_and_get_shows_the_time_left(cli: Cli, rc: redis.Redis) -> None:
+    assert "expires in 10m" in ok(cli("kv", "set", "Cart", "tia", "token", '"abc"', "--ttl", "10m"))
+    ok(cli("kv", "set", "Cart", "tia", "plain", "1"))
+    ok(cli("kv", "set", "Cart/tia", "day", "2", "--ttl", "1d2h"))
+    left = rc.execute_command(
+        "HPTTL", "restate:{Cart:tia}:state", "FIELDS", 3, "token", "plain", "day"
+    )
+    assert 590_000 < left[0] <= 600_000 and left[1] == -1
+    assert 26 * 3600_000 - 10_000 < left[2] <= 26 * 3600_000
+    table = ok(cli("kv", "get", "Cart", "tia"))
+    assert "expires in" in table
+    lines = {line.split("│")[1].strip(): line for line in table.splitlines() if line.count("│") > 3}
+    assert "9m 5" in lines["token"] or "10m 0s" in lines["token"]
+    assert "1d 1h 59m" in lines["day"] or "1d 2h 0m" in lines["day"]
+    assert "m " not in lines["plain"].split("│")[4]  # no expiry of its own: an empty cell
+    assert json.loads(ok(cli("kv", "get", "Cart", "tia", "--plain"))) == {
+        "day": 2,
+        "plain": 1,
+        "token": "abc",
+    }
+    from restate_redis.tools.kv import parse_duration
+
+    for text, seconds in [
+        ("30s", 30),
+        ("10m", 600),
+        ("1h", 3600),
+        ("2d", 172800),
+        ("1h30m", 5400),
+        ("1.5h", 5400),
+        ("500ms", 0.5),
+        ("90", 90),
+        (" 2D ", 172800),
+    ]:
+        assert parse_duration(text).total_seconds() == seconds, text
+    for bad in ("10x", "m", "-5s", "0s", ""):
+        proc = cli("kv", "set", "Cart", "tia", "token", '"abc"', "--ttl", bad)
+        assert proc.returncode == 2, (bad, proc.stderr)
+        assert "--ttl" in proc.stderr
+    assert (
+        "such as 30s, 10m, 1h, 2d or 1h30m"
+        in cli("kv", "set", "C", "k", "n", "1", "--ttl", "10x").stderr
+    )
+
+
 def test_get_plain_of_an_object_without_state(cli: Cli, rc: redis.Redis) -> None:
     proc = cli("kv", "get", "Cart", "nobody", "--plain")
     assert (proc.returncode, proc.stdout) == (0, "{}\n")  # stdout: exactly one JSON object

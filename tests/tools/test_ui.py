@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -365,6 +366,38 @@ def test_workflow_status_and_retention_are_shown(
     page.goto(object_url(ui, "Signup", "wf-7"))
     assert page.locator("#workflow-status").text_content() == "workflow completed"
     assert page.locator("#retention").text_content().startswith(" · state expires in 23h 59m")
+
+
+def test_the_object_page_shows_the_time_each_expiring_key_has_left(
+    ui: UI, page: Any, rc: redis.Redis, server: Server
+) -> None:
+    async def write() -> None:
+        async with RedisStateStore.from_url(server.url) as store:
+            async with store.object("Cart", "lea") as s:
+                s.set("token", "abc", ttl=timedelta(hours=1))
+                s.set("items", [1])
+            async with store.object("Cart", "lou") as s:
+                s.set("basket", [2])
+
+    run_async(write)
+    answer = api_get(ui.base, "/api/state", service="Cart", key="lea")
+    assert answer["expiring"] is True
+    ttls = {k["name"]: k["ttl_ms"] for k in answer["keys"]}
+    assert ttls["items"] is None and 3_590_000 < ttls["token"] <= 3_600_000
+    page.goto(object_url(ui, "Cart", "lea"))
+    page.wait_for_selector('tr[data-key="token"]')
+    assert page.locator("#state th").all_text_contents()[3] == "expires in"
+    left = page.locator('tr[data-key="token"] td.expires').text_content()
+    assert left.startswith(("59m 5", "1h 0m 0s")), left
+    assert page.locator('tr[data-key="items"] td.expires').text_content() == ""
+    edit(page, "items", "[1, 2]")  # the rest of the row works as before
+    page.wait_for_selector("#message.ok")
+    assert state(rc, "Cart", "lea")["items"] == [1, 2]
+    # an object without expiring keys has no such column
+    page.goto(object_url(ui, "Cart", "lou"))
+    page.wait_for_selector('tr[data-key="basket"]')  # (the same page: only its hash changed)
+    assert "expires in" not in page.locator("#state th").all_text_contents()
+    assert page.locator("td.expires").count() == 0
 
 
 def test_token_login_in_the_browser(page: Any, rc: redis.Redis, server: Server) -> None:

@@ -7,7 +7,7 @@
 -- keyspace.py.
 --
 -- KEYS[1] state  KEYS[2] meta  KEYS[3] lease  KEYS[4] wake  KEYS[5] prev  KEYS[6] commits
--- KEYS[7] old
+-- KEYS[7] old  KEYS[8] ttls
 -- ARGV[1] token        the session's lease token; "" for an unfenced commit
 -- ARGV[2] commit id    "" or a unique id; a second commit with the same id is not applied
 --                      while it is the last commit (meta c) or, for a retry or when the lease
@@ -28,23 +28,30 @@
 --                      no release signal) instead of released
 -- ARGV[9] n            number of state keys to delete, which follow
 -- ARGV[10 .. 9+n]      state keys to delete
--- ARGV[10+n ..]        state key, value pairs to set
+-- ARGV[10+n] t         number of the state keys set below that get an expiry of their own
+-- ARGV[11+n .. 10+n+2t] state key, ttl ms pairs: that key expires this long after the commit
+--                      (hash-field expiry); every other key set loses the expiry it had
+-- ARGV[11+n+2t ..]     state key, value pairs to set
 --
 -- Reply: {1, version} applied; {2, version} this commit id was already applied (the lease
 --        is released all the same; a {2} reply always writes something, so that a WAIT sent
 --        after it on the same connection covers the earlier, applied attempt too);
 --        {0, lease pttl} (flag t) another session holds the lease;
 --        {-3} the lease is no longer held by token; {-1, type, key} a key of the wrong type;
---        {-4, field, value} a meta field that does not parse
+--        {-4, field, value} a meta field that does not parse; {-5, server, error} an expiry
+--        asked of a server without hash-field expiry (nothing written)
+--#include expiry.lua
 
 local state, meta, lease, wake, prev = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local commits, old = KEYS[6], KEYS[7]
+local commits, old, ttls = KEYS[6], KEYS[7], KEYS[8]
 local token, commit_id, flags = ARGV[1], ARGV[2], ARGV[3]
 local clear_all, record = string.find(flags, 'c', 1, true), string.find(flags, 'r', 1, true)
 local expire_ms, wake_ttl = tonumber(ARGV[4]), ARGV[5]
 local field_limit, grace_ms = tonumber(ARGV[6]), tonumber(ARGV[7])
 local next_token = ARGV[8]
-local first_set = 10 + tonumber(ARGV[9])
+local last_delete = 9 + tonumber(ARGV[9])
+local first_ttl = last_delete + 2
+local first_set = first_ttl + 2 * tonumber(ARGV[last_delete + 1])
 local RECENT = 1000
 
 local function wrong(key)
@@ -65,6 +72,15 @@ local holder = token ~= '' and redis.pcall('GET', lease)
 if type(holder) == 'table' and holder.err then return wrong(lease) end
 if foreign(state, 'hash') then return wrong(state) end
 if foreign(wake, 'list') then return wrong(wake) end
+local ttls_type = redis.call('TYPE', ttls)['ok']
+if ttls_type ~= 'zset' and ttls_type ~= 'none' then return wrong(ttls) end
+local timed = ttls_type == 'zset'  -- some state keys have an expiry of their own
+local expiring = {}  -- state key -> ttl ms
+for i = first_ttl, first_set - 1, 2 do expiring[ARGV[i]] = tonumber(ARGV[i + 1]) end
+if first_set > first_ttl then
+  local refused = field_expiry_refused(state)
+  if refused then return {-5, server_name(), refused} end
+end
 if record or m[4] then
   if foreign(prev, 'hash') then return wrong(prev) end
   if foreign(old, 'hash') then return wrong(old) end
@@ -113,8 +129,9 @@ if tag then
 end
 
 -- The stored size, nil while unknown (state written by something else and too large to
--- count here; the next eager open within the limits counts it).
+-- count here; the next eager open within the limits counts it), less the keys that expired.
 local size = tonumber(m[3])
+if timed and not clear_all then size = expire_due(state, ttls, size) end
 if size == nil and not clear_all and redis.call('HLEN', state) <= field_limit then
   size = 0
   for _, f in ipairs(redis.call('HKEYS', state)) do
@@ -133,7 +150,7 @@ if record then
     end
   else
     for i = 10, #ARGV do
-      if i < first_set or (i - first_set) % 2 == 0 then
+      if i <= last_delete or (i >= first_set and (i - first_set) % 2 == 0) then
         local f = ARGV[i]
         local prior = redis.call('HGET', state, f)
         redis.call('HSET', prev, f, prior and ('+' .. prior) or '-')
@@ -147,20 +164,33 @@ end
 
 if clear_all then
   if not record then redis.call('UNLINK', state) end
+  if timed then redis.call('UNLINK', ttls) end
+  timed = false
   size = 0
 end
-for i = 10, first_set - 1 do
+for i = 10, last_delete do
   local f = ARGV[i]
   local len = redis.call('HSTRLEN', state, f)
-  if redis.call('HDEL', state, f) == 1 and size then size = size - #f - len end
+  if redis.call('HDEL', state, f) == 1 then
+    if size then size = size - #f - len end
+    if timed then redis.call('ZREM', ttls, ttl_member(f, len)) end
+  end
 end
 for i = first_set, #ARGV, 2 do
   local f, v = ARGV[i], ARGV[i + 1]
   local len = redis.call('HSTRLEN', state, f)
+  if timed then redis.call('ZREM', ttls, ttl_member(f, len)) end  -- HSET ends its expiry
   local added = redis.call('HSET', state, f, v)
   if size then
     if added == 1 then size = size + #f end
     size = size + #v - len
+  end
+  local ttl = expiring[f]
+  if ttl then
+    local at = now_ms() + ttl
+    redis.call('HPEXPIREAT', state, string.format('%.0f', at), 'FIELDS', 1, f)
+    redis.call('ZADD', ttls, string.format('%.0f', at), ttl_member(f, #v))
+    timed = true
   end
 end
 
@@ -176,17 +206,29 @@ if string.find(flags, 'w', 1, true) then
   fields[#fields + 1] = 'wf'; fields[#fields + 1] = 'completed'
 end
 redis.call('HSET', meta, unpack(fields))
+if not size and m[3] then redis.call('HDEL', meta, 'b') end  -- unknown now (see expire_due)
 if tag then
   if version % 64 == 0 then redis.call('ZREMRANGEBYSCORE', commits, '-inf', version - RECENT) end
   redis.call('PEXPIRE', commits, 60000)
 end
 
 local empty = redis.call('EXISTS', state) == 0  -- right even after another tool wrote
+-- When every state key left has an expiry, the state ends with the last of them (HLEN counts
+-- a field Redis has not reclaimed yet: then this is found by a later commit).
+local last_expiry
+if timed and not empty then
+  local n_timed = redis.call('ZCARD', ttls)
+  if n_timed > 0 and redis.call('HLEN', state) == n_timed then
+    last_expiry = tonumber(redis.call('ZRANGE', ttls, -1, -1, 'WITHSCORES')[2])
+  end
+end
+local fading = last_expiry and not m[5] and (m[6] or redis.call('PTTL', meta) == -1)
 if expire_ms > 0 then
   redis.call('PEXPIRE', state, expire_ms)
   redis.call('PEXPIRE', meta, expire_ms)
   redis.call('PEXPIRE', prev, expire_ms)
   redis.call('PEXPIRE', old, expire_ms)
+  redis.call('PEXPIRE', ttls, expire_ms)
   if m[6] then redis.call('HDEL', meta, 'e') end
 elseif empty and not m[5] and (m[6] or redis.call('PTTL', meta) == -1) then
   -- An object left with no state keeps its bookkeeping (version, last commit id and prior
@@ -196,12 +238,22 @@ elseif empty and not m[5] and (m[6] or redis.call('PTTL', meta) == -1) then
   redis.call('PEXPIRE', meta, grace_ms)
   redis.call('PEXPIRE', prev, grace_ms)
   redis.call('PEXPIRE', old, grace_ms)
+  redis.call('PEXPIRE', ttls, grace_ms)
+elseif fading then
+  -- the same, after the state's last key expires
+  local at = string.format('%.0f', last_expiry + grace_ms)
+  redis.call('HSET', meta, 'e', '1')
+  redis.call('PEXPIREAT', meta, at)
+  redis.call('PEXPIREAT', prev, at)
+  redis.call('PEXPIREAT', old, at)
+  redis.call('PEXPIREAT', ttls, at)
 elseif m[6] and not empty then
   -- state again after a grace period: the bookkeeping is kept as long as the state
   redis.call('HDEL', meta, 'e')
   redis.call('PERSIST', meta)
   redis.call('PERSIST', prev)
   redis.call('PERSIST', old)
+  redis.call('PERSIST', ttls)
 elseif state_pttl > 0 then
   redis.call('PEXPIRE', state, state_pttl)  -- the expiry the renamed state had
 end

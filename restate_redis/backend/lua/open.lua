@@ -4,7 +4,7 @@
 -- a state over the eager limits (fields or bytes) is not loaded, and is never counted.
 -- The keyspace (every key and meta field) is described in keyspace.py.
 --
--- KEYS[1] state  KEYS[2] meta  KEYS[3] lease  KEYS[4] prev  KEYS[5] old
+-- KEYS[1] state  KEYS[2] meta  KEYS[3] lease  KEYS[4] prev  KEYS[5] old  KEYS[6] ttls
 -- ARGV[1] token         "" for a shared (read-only) session: no lease
 -- ARGV[2] lease ttl ms
 -- ARGV[3] mode          "eager" | "lazy" | "preload"
@@ -21,19 +21,26 @@
 --        {-1, type, key}                 key holds a type this library never writes there
 --        {-2}                            the workflow's run already completed
 --        {-4, field, value}              a meta field that does not parse
---        {1, version, wf, mode, replay, last commit id, ...data}
+--        {1, version, wf, mode, replay, last commit id, expires in, ...data}
+--          expires in: ms until the earliest expiry of a state key (-1: none has one); what
+--                    the reply holds is right until then
 --          replay 0: data: eager -> field, value, ...; preload, lazy -> one value or false
 --                    per name; mode "cached": nothing, the caller's snapshot is the state
 --                    (same version and last commit id: each commit's id is unique, so a
---                    recreated object or a failover that lost a commit cannot match; and
---                    the same number of keys, so keys another tool added or removed show)
+--                    recreated object or a failover that lost a commit cannot match; the
+--                    same number of keys, so keys another tool added or removed show; and
+--                    no key expired since)
 --          replay 1: a replay, data: the whole state before the replayed commit (pairs)
 --          replay 2: a replay too large to load: data: the prior values of the keys the
 --                    replayed commit changed (field, "+" .. value or "-"); the rest reads
 --                    from state
 --          replay 3: a replay too large to load: the state before the commit reads from old
+--
+-- State keys whose expiry passed leave the stored size here (expiry.lua), before the eager
+-- size limit is checked.
+--#include expiry.lua
 
-local state, meta, lease, prev, old = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local state, meta, lease, prev, old, ttls = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local token, mode, commit_id = ARGV[1], ARGV[3], ARGV[6]
 local byte_limit, field_limit = tonumber(ARGV[4]), tonumber(ARGV[7])
 
@@ -45,6 +52,8 @@ local function foreign(key, want)
   return t ~= want and t ~= 'none'
 end
 if foreign(state, 'hash') then return wrong(state) end
+local timed = redis.call('TYPE', ttls)['ok']  -- "zset" while some keys have an expiry
+if timed ~= 'zset' and timed ~= 'none' then return wrong(ttls) end
 
 -- Reads before any write: a key of the wrong type fails them (pcall), and nothing is written.
 local m = redis.pcall('HMGET', meta, 'v', 'b', 'c', 'wf', 'pf')
@@ -78,20 +87,32 @@ if token ~= '' then
   end
 end
 
+-- Keys that expired on their own leave the stored size.
+local ahead, expired = -1, false
+if timed == 'zset' then
+  expired = redis.call('ZCOUNT', ttls, '-inf', string.format('%.0f', now_ms())) > 0
+  local size = expire_due(state, ttls, tonumber(bytes))
+  if size ~= tonumber(bytes) then
+    if size then redis.call('HSET', meta, 'b', size) else redis.call('HDEL', meta, 'b') end
+    bytes = size and tostring(size) or nil
+  end
+  ahead = next_expiry(ttls)
+end
+
 -- A replay of a commit that already applied sees the state as it was before that commit.
 if replay then
   if pf == 'r' then  -- a clear_all: the whole state before it was renamed to old
     if redis.call('HLEN', old) > field_limit then
-      return {1, version, wf, 'lazy', 3, commit_reply}
+      return {1, version, wf, 'lazy', 3, commit_reply, ahead}
     end
-    local reply = {1, version, wf, 'eager', 1, commit_reply}
+    local reply = {1, version, wf, 'eager', 1, commit_reply, ahead}
     local all = redis.call('HGETALL', old)
     for i = 1, #all do reply[#reply + 1] = all[i] end
     return reply
   end
   local p = redis.call('HGETALL', prev)
   if pf ~= '1' and redis.call('HLEN', state) > field_limit then
-    local reply = {1, version, wf, 'lazy', 2, commit_reply}
+    local reply = {1, version, wf, 'lazy', 2, commit_reply, ahead}
     for i = 1, #p do reply[#reply + 1] = p[i] end
     return reply
   end
@@ -104,7 +125,7 @@ if replay then
     local v = p[i + 1]
     if string.sub(v, 1, 1) == '+' then view[p[i]] = string.sub(v, 2) else view[p[i]] = nil end
   end
-  local reply = {1, version, wf, 'eager', 1, commit_reply}
+  local reply = {1, version, wf, 'eager', 1, commit_reply, ahead}
   for f, v in pairs(view) do
     reply[#reply + 1] = f
     reply[#reply + 1] = v
@@ -113,12 +134,12 @@ if replay then
 end
 
 -- The caller's snapshot is still the state: nothing to send.
-if last_commit and ARGV[8] == version and ARGV[9] == last_commit
+if last_commit and not expired and ARGV[8] == version and ARGV[9] == last_commit
     and redis.call('HLEN', state) == tonumber(ARGV[10]) then
-  return {1, version, wf, 'cached', 0, commit_reply}
+  return {1, version, wf, 'cached', 0, commit_reply, ahead}
 end
 
-local reply = {1, version, wf, mode, 0, commit_reply}
+local reply = {1, version, wf, mode, 0, commit_reply, ahead}
 if mode == 'eager' then
   -- HLEN (O(1), and right even after another tool wrote the hash) and the stored size decide
   local n = redis.call('HLEN', state)

@@ -3,11 +3,11 @@
 -- The keyspace (every key and meta field) is described in keyspace.py.
 --
 -- KEYS[1] state  KEYS[2] meta  KEYS[3] lease  KEYS[4] wake  KEYS[5] prev  KEYS[6] commits
--- KEYS[7] old
+-- KEYS[7] old  KEYS[8] ttls
 -- ARGV[1] token        the session's lease token
 -- ARGV[2] wake ttl ms  how long an unclaimed release signal is kept
 --
--- Reply: {1, n} purged, n = how many of state, meta, prev, commits, old existed;
+-- Reply: {1, n} purged, n = how many of state, meta, prev, commits, old, ttls existed;
 --        {-3} the lease is no longer held by token; {-1, type, key} a key of the wrong type
 
 local lease, wake = KEYS[3], KEYS[4]
@@ -19,7 +19,7 @@ if redis.call('GET', lease) ~= ARGV[1] then
   return {-3}
 end
 -- UNLINK: a large state is freed in the background, not inside this script
-local n = redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[5], KEYS[6], KEYS[7])
+local n = redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
 redis.call('DEL', lease, wake)
 redis.call('RPUSH', wake, '1')
 redis.call('PEXPIRE', wake, ARGV[2])

@@ -30,10 +30,11 @@ pages and sorts of the same table for 30 s; ``fresh=1`` sweeps again.
     GET    /api/state?service=S&key=K&offset=N      {"namespace", "service", "key", "exists",
                                                      "version",
                                                      "kind", "workflow_status", "retention_ms",
-                                                     "keys": [{"name", "size", "value" |
-                                                       "preview" + "truncated": true,
+                                                     "keys": [{"name", "size", "ttl_ms",
+                                                       "value" | "preview" + "truncated": true,
                                                        "encrypted": key id, "sealed": why}],
-                                                     "total_keys", "offset", "next_offset"}
+                                                     "expiring", "total_keys", "offset",
+                                                     "next_offset"}
     GET    /api/value?service=S&key=K&name=N        one value as a JSON file (attachment)
     PUT    /api/value   {"service", "key", "name", "value", "version"}   set one state key
     DELETE /api/value   {"service", "key", "name", "version"}            clear one state key
@@ -52,7 +53,9 @@ its value is ``{"$encrypted": key id}``, and a change to it answers 403 with cod
 ``encrypted``. One
 ``/api/state`` answer stays under ``max_response_bytes`` (default 4 MiB): when the keys do
 not all fit, it holds the first ones from ``offset`` and ``next_offset`` continues (null on
-the last page). Listings leave out keys restate-redis did not write: ``"skipped"`` counts
+the last page). ``ttl_ms`` is the time a state key has left when it has an expiry of its
+own (``set(..., ttl=...)``), else null; ``expiring`` is true when any key of the object has
+one. Listings leave out keys restate-redis did not write: ``"skipped"`` counts
 them and ``"skipped_keys"`` names a few (both absent when none was skipped).
 Security (token, cross-site and DNS-rebinding checks) is in :mod:`restate_redis.tools.ui.security`.
 """
@@ -347,11 +350,19 @@ async def table(request: Request) -> Response:
     )
 
 
-def _entry(name: str, size: int, value: Any, limit: int = PREVIEW_LIMIT) -> dict[str, Any]:
+def _entry(
+    name: str, size: int, ttl_ms: int | None, value: Any, limit: int = PREVIEW_LIMIT
+) -> dict[str, Any]:
     text = json.dumps(value, ensure_ascii=False)
     if len(text) <= limit:
-        return {"name": name, "size": size, "value": value}
-    return {"name": name, "size": size, "preview": text[:PREVIEW_CHARS], "truncated": True}
+        return {"name": name, "size": size, "ttl_ms": ttl_ms, "value": value}
+    return {
+        "name": name,
+        "size": size,
+        "ttl_ms": ttl_ms,
+        "preview": text[:PREVIEW_CHARS],
+        "truncated": True,
+    }
 
 
 def _cost(entry: dict[str, Any]) -> int:
@@ -381,7 +392,8 @@ async def state(request: Request) -> Response:
 
     for index in range(offset, len(names)):
         name = names[index]
-        entry = _entry(name, sizes[name], found.values[name], min(PREVIEW_LIMIT, budget))
+        ttl_ms = found.expiries.get(name)
+        entry = _entry(name, sizes[name], ttl_ms, found.values[name], min(PREVIEW_LIMIT, budget))
         entry.update(codec_fields(name))
         cost = _cost(entry)
         if used + cost > budget:
@@ -389,7 +401,7 @@ async def state(request: Request) -> Response:
                 next_offset = index
                 break
             if "value" in entry:  # alone over the budget: its preview, then
-                entry = _entry(name, sizes[name], found.values[name], 0)
+                entry = _entry(name, sizes[name], ttl_ms, found.values[name], 0)
                 entry.update(codec_fields(name))
                 cost = _cost(entry)
         entries.append(entry)
@@ -405,6 +417,7 @@ async def state(request: Request) -> Response:
             "workflow_status": found.workflow_status,
             "retention_ms": found.retention_ms,
             "keys": entries,
+            "expiring": bool(found.expiries),
             "total_keys": len(names),
             "offset": offset,
             "next_offset": next_offset,

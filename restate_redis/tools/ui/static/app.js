@@ -382,7 +382,9 @@ async function stateView(service, key) {
     });
     const size = el("td", { className: "size" }, bytes(entry.size),
       entry.encrypted && !entry.sealed ? el("div", { className: "muted key-id" }, `encrypted, key ${entry.encrypted}`) : null);
-    row.append(el("td", { className: "name" }, entry.name), size, cell, el("td", { className: "actions" }, edit, del));
+    row.append(el("td", { className: "name" }, entry.name), size, cell,
+      data.expiring ? el("td", { className: "expires" }, entry.ttl_ms === null ? "" : duration(entry.ttl_ms)) : null,
+      el("td", { className: "actions" }, edit, del));
     return row;
   }
   const rows = data.keys.map(rowFor);
@@ -441,7 +443,8 @@ async function stateView(service, key) {
     el("button", { className: "danger", id: "clear-all", onclick: clearAll, disabled: !data.keys.length }, "Clear all"));
 
   const table = el("table", { id: "state" },
-    el("thead", {}, el("tr", {}, el("th", {}, "key"), el("th", {}, "size"), el("th", {}, "value"), el("th", {}, ""))),
+    el("thead", {}, el("tr", {}, el("th", {}, "key"), el("th", {}, "size"), el("th", {}, "value"),
+      data.expiring ? el("th", { title: "time left until the key expires on its own" }, "expires in") : null, el("th", {}, ""))),
     el("tbody", {}, rows));
   const note = el("div", { className: "muted note" },
     "Changes take the object's lease: they wait for a running handler to finish, and are refused if the object changed since this page loaded it.");
