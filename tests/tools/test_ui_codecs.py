@@ -85,7 +85,7 @@ def test_without_keys_an_encrypted_value_is_shown_as_encrypted_and_cannot_be_edi
     found = entries(ui_without_keys.base)
     assert found["token"]["value"] == {"$encrypted": NEW}
     assert found["token"]["encrypted"] == NEW and "no Encryption" in found["token"]["sealed"]
-    assert found["count"] == {"name": "count", "size": 1, "value": 1}
+    assert found["count"] == {"name": "count", "size": 1, "ttl_ms": None, "value": 1}
     refused = put_value(ui_without_keys.base, "token", "other")
     assert refused.status_code == 403 and refused.json()["code"] == "encrypted"
     assert "'Cart'/'alice' state key 'token' is encrypted" in refused.json()["error"]
