@@ -20,6 +20,7 @@ from .kv import (
     EXIT_CODES_HELP,
     Connection,
     connection_options,
+    count_option,
     dumps,
     eager_limit_options,
     note,
@@ -158,14 +159,7 @@ def _print_tables(found: Usage, rows: list[ServiceInfo], top: int, conn: Connect
     "du", context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP
 )
 @click.argument("services", nargs=-1, metavar="[SERVICE ...]")
-@click.option(
-    "--top",
-    type=click.IntRange(min=0),
-    default=DEFAULT_TOP,
-    show_default=True,
-    metavar="N",
-    help="How many of the largest objects to show (0: none).",
-)
+@count_option("--top", DEFAULT_TOP, "How many of the largest objects to show (0: none).", least=0)
 @click.option("--plain", is_flag=True, help="Print one JSON object only.")
 @connection_options
 @eager_limit_options

@@ -184,25 +184,40 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def count_option(
+    name: str,
+    default: int,
+    help: str,
+    *,
+    metavar: str = "N",
+    least: int = 1,
+    most: int | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An option taking a whole number from ``least`` (to ``most``), its default shown."""
+    return click.option(
+        name,
+        type=click.IntRange(min=least, max=most),
+        default=default,
+        show_default=True,
+        metavar=metavar,
+        help=help,
+    )
+
+
 def eager_limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--eager-size-limit`` and ``--eager-field-limit``: the limits the workers' stores use,
     against which objects are flagged (they replace ``conn`` with one that has them)."""
 
-    @click.option(
+    @count_option(
         "--eager-size-limit",
-        type=click.IntRange(min=1),
-        default=DEFAULT_SIZE_LIMIT,
-        show_default=True,
+        DEFAULT_SIZE_LIMIT,
+        "The workers' eager_state_size_limit: a larger state loads lazily.",
         metavar="BYTES",
-        help="The workers' eager_state_size_limit: a larger state loads lazily.",
     )
-    @click.option(
+    @count_option(
         "--eager-field-limit",
-        type=click.IntRange(min=1),
-        default=DEFAULT_FIELD_LIMIT,
-        show_default=True,
-        metavar="N",
-        help="The workers' eager_state_field_limit: a state with more keys loads lazily.",
+        DEFAULT_FIELD_LIMIT,
+        "The workers' eager_state_field_limit: a state with more keys loads lazily.",
     )
     @functools.wraps(command)
     def wrapper(

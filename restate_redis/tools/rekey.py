@@ -22,6 +22,7 @@ from .kv import (
     EXIT_CODES_HELP,
     Connection,
     connection_options,
+    count_option,
     done,
     fail,
     note,
@@ -56,13 +57,7 @@ class Tally:
 )
 @click.argument("services", nargs=-1, metavar="[SERVICE ...]")
 @click.option("--dry-run", is_flag=True, help="Only count the values not under the current key.")
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 256),
-    default=4,
-    show_default=True,
-    help="Objects rekeyed at a time, each in its own session.",
-)
+@count_option("--concurrency", 4, "Objects rekeyed at a time, each in its own session.", most=256)
 @connection_options
 def rekey_command(
     services: tuple[str, ...], dry_run: bool, concurrency: int, conn: Connection

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from ...backend.connection import redact
 from ...errors import StateError
 from ...store import RedisStateStore
+from ..kv import count_option
 from .meter import METER, CountingConnection, CountingLoop
 from .workloads import CODEC_SIZES, NAMESPACE, Case, Workloads
 
@@ -419,19 +420,12 @@ async def run_bench(
     default=None,
     help="Repetitions of every case [default: 5, --quick: 1].",
 )
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 1024),
-    default=64,
-    show_default=True,
-    help="Concurrent objects in the concurrent cases.",
-)
-@click.option(
+@count_option("--concurrency", 64, "Concurrent objects in the concurrent cases.", most=1024)
+@count_option(
     "--hot-concurrency",
-    type=click.IntRange(1, 1024),
-    default=16,
-    show_default=True,
-    help="Concurrent sessions on the one object of the hot-key case.",
+    16,
+    "Concurrent sessions on the one object of the hot-key case.",
+    most=1024,
 )
 @click.option(
     "--markdown",

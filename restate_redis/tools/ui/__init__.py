@@ -23,6 +23,7 @@ from ..kv import (
     EXIT_CANNOT_LISTEN,
     Connection,
     connection_options,
+    count_option,
     eager_limit_options,
     fail,
     run,
@@ -90,19 +91,16 @@ def listen(host: str, port: int) -> socket.socket:
     help=f"Secret every API request must carry (printable ASCII, at least 8 characters); "
     f"required off loopback; env {ENV_TOKEN}.",
 )
-@click.option(
+@count_option(
     "--max-response-bytes",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_RESPONSE_BYTES,
-    show_default=True,
-    help="Largest answer for one object's page; beyond it the keys come page by page.",
+    DEFAULT_MAX_RESPONSE_BYTES,
+    "Largest answer for one object's page; beyond it the keys come page by page.",
+    metavar="BYTES",
 )
-@click.option(
+@count_option(
     "--max-table-objects",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_TABLE_OBJECTS,
-    show_default=True,
-    help="The most objects of a service one table sorts; narrow larger ones by key prefix.",
+    DEFAULT_MAX_TABLE_OBJECTS,
+    "The most objects of a service one table sorts; narrow larger ones by key prefix.",
 )
 @connection_options
 @eager_limit_options
