@@ -82,6 +82,23 @@ class SessionRef:
     """Seconds after the commit until the object's keys expire (ttl, retention)."""
 
 
+@dataclass(frozen=True, slots=True)
+class CommitRequest:
+    """What one commit applies, and how."""
+
+    writes: Sequence[Any]
+    """commit.lua's tail: the deletes counted, the keys given an expiry counted, then name,
+    value pairs."""
+    cleared_all: bool
+    """Every stored key is cleared first."""
+    blind: bool = False
+    """The session never opened: the script takes the lease for itself when it is free, and
+    is refused BUSY while another session holds it."""
+    handoff: str = ""
+    """The token of a session of this store waiting for the object: the lease is handed to
+    it instead of released."""
+
+
 class RedisBackend:
     """The round trips of the sessions of one store, on one client."""
 
@@ -202,23 +219,12 @@ class RedisBackend:
                 await self.probe(keys.state)
         return Opened.parse(reply, sent)
 
-    async def commit(
-        self,
-        ref: SessionRef,
-        writes: Sequence[Any],
-        *,
-        cleared_all: bool,
-        blind: bool = False,
-        handoff: str = "",
-    ) -> Committed | Refusal:
-        """commit.lua: ``writes`` (its tail: the deletes counted, the keys given an expiry
-        counted, then name, value pairs) applied atomically and the lease released.
-        ``blind``: the session never opened; the script takes the lease for itself when it is
-        free, and is refused BUSY when another session holds it. ``handoff``: the token of a
-        session of this store waiting for the object, which the lease is handed to instead of
-        released. A retry after a lost reply is flagged, so the script recognises a first
+    async def commit(self, ref: SessionRef, request: CommitRequest) -> Committed | Refusal:
+        """commit.lua: the request's writes applied atomically and the lease released (or
+        handed over). A retry after a lost reply is flagged, so the script recognises a first
         attempt that applied; a retry that finds the lease gone and the commit not applied is
         a refusal with ``after_retry`` set."""
+        blind, cleared_all, handoff = request.blind, request.cleared_all, request.handoff
         flags = (
             ("t" if blind else "")
             + ("c" if cleared_all else "")
@@ -235,7 +241,7 @@ class RedisBackend:
             self.eager_state_field_limit,
             EMPTY_GRACE_SECONDS * 1000,
             handoff,
-            *writes,
+            *request.writes,
         ]
         redis_keys = _every_key(ref.keys)
         attempts = 0

@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from ..backend.engine import CommitRequest
 from ..backend.replies import Committed, Opened, Refusal, Status
 from ..errors import (
     CommitError,
@@ -91,12 +92,10 @@ async def commit(
     if lease.lost:
         raise lease.lost_error()
     target.record.writes = writes.changes()
-    args = writes.script_args()
+    request = CommitRequest(writes.script_args(), writes.cleared_all, blind, handoff)
 
     async def attempt() -> Committed | Refusal:
-        committed = await target.backend.commit(
-            target, args, cleared_all=writes.cleared_all, blind=blind, handoff=handoff
-        )
+        committed = await target.backend.commit(target, request)
         refused = type(committed) is Refusal and committed.status is Status.NO_FIELD_EXPIRY
         if refused and not blind:  # nothing was written: the lease is given back first
             with contextlib.suppress(Exception):

@@ -9,7 +9,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from redis.exceptions import ResponseError
 
-from ..backend.engine import Cursor, SessionRef
+from ..backend.engine import CommitRequest, Cursor, SessionRef
 from ..backend.replies import Committed, Opened, Refusal
 from ..codecs import CodecChain
 from ..errors import CorruptStateError, InvalidNameError, StateDecodeError, WrongTypeError, where
@@ -53,20 +53,8 @@ class Backend(Protocol):
         keys a lazy session reads with its open."""
         ...
 
-    def commit(
-        self,
-        ref: SessionRef,
-        writes: Sequence[Any],
-        *,
-        cleared_all: bool,
-        blind: bool = False,
-        handoff: str = "",
-    ) -> Awaitable[Committed | Refusal]:
-        """Apply ``writes`` (deletes counted, keys given a ttl counted, then name, value
-        pairs: ``WriteBuffer.script_args``) atomically and release the lease; ``blind``: the
-        session never opened, and the commit takes the lease for itself (refused BUSY while
-        another session holds it); ``handoff``: hand the lease to that token instead of
-        releasing it."""
+    def commit(self, ref: SessionRef, request: CommitRequest) -> Awaitable[Committed | Refusal]:
+        """Apply the request's writes atomically and release (or hand over) the lease."""
         ...
 
     def purge(self, ref: SessionRef) -> Awaitable[Committed | Refusal]:
