@@ -243,7 +243,7 @@ class RedisBackend:
             handoff,
             *request.writes,
         ]
-        redis_keys = _every_key(ref.keys)
+        redis_keys = commit_keys(ref.keys)
         attempts = 0
 
         def attempt() -> Awaitable[Any]:
@@ -267,7 +267,7 @@ class RedisBackend:
 
     async def purge(self, ref: SessionRef) -> Committed | Refusal:
         """purge.lua: the object's every key removed, under the lease."""
-        redis_keys = _every_key(ref.keys)
+        redis_keys = commit_keys(ref.keys)
         args: list[Any] = [ref.token, self.lease_ttl_ms]
         script, wire = self.scripts.purge, self.wire
         reply = await self._roundtrip(
@@ -450,8 +450,8 @@ class RedisBackend:
         await self.wire.aclose()
 
 
-def _every_key(keys: ObjectKeys) -> list[str]:
-    """KEYS of the commit and purge scripts."""
+def commit_keys(keys: ObjectKeys) -> list[str]:
+    """KEYS of the commit and purge scripts, in their order."""
     return [
         keys.state,
         keys.meta,

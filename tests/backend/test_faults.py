@@ -20,6 +20,7 @@ from restate_redis import (
     RedisStateStore,
     StoreUnavailableError,
 )
+from restate_redis.backend.engine import commit_keys
 from restate_redis.backend.retry import is_transient
 from restate_redis.keyspace import ObjectKeys
 from restate_redis.session import Session
@@ -56,16 +57,7 @@ async def committed_n_1(store: RedisStateStore, key: str) -> tuple[ObjectKeys, l
     """Commit n=1 on ``key``: its keys, commit.lua's KEYS, and the (closed) session, whose
     token and commit id a test sends again by hand."""
     keys = store.keyspace.object_keys(SERVICE, key)
-    redis_keys = [
-        keys.state,
-        keys.meta,
-        keys.lease,
-        keys.wake,
-        keys.prev,
-        keys.commits,
-        keys.old,
-        keys.ttls,
-    ]
+    redis_keys = commit_keys(keys)
     async with store.object(SERVICE, key) as first:
         first.set("n", 1)
     return keys, redis_keys, first

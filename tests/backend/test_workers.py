@@ -9,6 +9,7 @@ import time
 
 import redis
 
+from restate_redis.backend.engine import commit_keys
 from restate_redis.keyspace import Keyspace
 from restate_redis.serde import MsgPackSerde
 from tests.support.servers import Server
@@ -77,16 +78,7 @@ def test_commit_cut_off_mid_send_applies_nothing(server: Server) -> None:
         # token, commit id, flags, expire ms, lease ttl ms, field limit, grace ms, next token,
         # deletes, ttls, sets
         args = ["", "", "c", 0, 1000, 20_000, 60_000, "", 0, 0, "a", b"new" * 10_000, "b", b"new"]
-        redis_keys = [
-            keys.state,
-            keys.meta,
-            keys.lease,
-            keys.wake,
-            keys.prev,
-            keys.commits,
-            keys.old,
-            keys.ttls,
-        ]
+        redis_keys = commit_keys(keys)
         packed = b"".join(Connection().pack_command("EVALSHA", sha, 8, *redis_keys, *args))
         with socket.create_connection(("127.0.0.1", server.port)) as s:
             s.sendall(packed[: len(packed) // 2])
