@@ -12,6 +12,7 @@ from .backend.connection import RedisClient, connect, socket_timeout_of
 from .backend.engine import RedisBackend
 from .backend.retry import RetryPolicy
 from .codecs import CodecChain, Compression, Encryption
+from .durations import Duration, seconds
 from .errors import InvalidOptionError
 from .keyspace import DEFAULT_NAMESPACE, Keyspace, check_key, check_service
 from .serde import MsgPackSerde, Serde
@@ -26,27 +27,11 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 _H = TypeVar("_H")  # a restate-sdk handler, VirtualObject or Workflow
 RESTATE_INTEGRATION = "restate_redis.ext.restate_sdk:RestateState"
-Duration = float | int | timedelta
 
 MiB = 1024 * 1024
 DEFAULT_FIELD_LIMIT = 20_000
 DEFAULT_SNAPSHOT_CACHE = 64 * MiB
 DEFAULT_RETENTION = timedelta(days=1)
-
-
-def seconds(value: Duration, what: str, *, allow_zero: bool = False) -> float:
-    """A duration option as float seconds; a timedelta or a number of seconds."""
-    if isinstance(value, timedelta):
-        secs = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        secs = float(value)
-    else:
-        raise InvalidOptionError(
-            f"{what} must be seconds or a timedelta, got {type(value).__name__}"
-        )
-    if secs < 0 or (secs == 0 and not allow_zero) or secs != secs:
-        raise InvalidOptionError(f"{what} must be positive, got {value!r}")
-    return secs
 
 
 def _positive_int(value: int, what: str) -> int:

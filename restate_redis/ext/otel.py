@@ -49,9 +49,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from ..backend import replies
 from ..backend.connection import RedisClient
 from ..backend.inventory import Usage, measure
+from ..durations import seconds
 from ..errors import InvalidOptionError
 from ..observe import ROUNDTRIP, ObjectKeyMode, register
-from ..store import seconds
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider

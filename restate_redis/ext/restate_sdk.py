@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
+from ..durations import Duration, seconds
 from ..errors import (
     InvalidNameError,
     ReadOnlySessionError,
@@ -35,7 +36,6 @@ from ..errors import (
     WrongTypeError,
 )
 from ..session import StatePreload
-from ..store import Duration, seconds
 
 try:
     from restate.exceptions import TerminalError

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from datetime import timedelta
 from typing import Any
 
+from ..durations import seconds
 from ..errors import InvalidOptionError
 
 # The longest ttl of a state key: ~2,200 years, far inside the largest field expiry the
@@ -15,15 +15,8 @@ MAX_TTL_MS = 2**46
 
 def ttl_ms(ttl: object, what: str) -> int:
     """A state key's ttl (seconds or a timedelta) in whole milliseconds, at least 1."""
-    if isinstance(ttl, timedelta):
-        secs = ttl.total_seconds()
-    elif isinstance(ttl, int | float) and not isinstance(ttl, bool):
-        secs = float(ttl)
-    else:
-        raise InvalidOptionError(
-            f"the ttl of {what} must be seconds or a timedelta, got {type(ttl).__name__}"
-        )
-    if not 0 < secs * 1000 <= MAX_TTL_MS:  # NaN fails too
+    secs = seconds(ttl, f"the ttl of {what}")  # type: ignore[arg-type]
+    if secs * 1000 > MAX_TTL_MS:
         raise InvalidOptionError(
             f"the ttl of {what} must be positive and at most {MAX_TTL_MS // 1000:,} seconds, "
             f"got {ttl!r}"
