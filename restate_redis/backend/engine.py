@@ -103,6 +103,7 @@ class RedisBackend:
     """The round trips of the sessions of one store, on one client."""
 
     __slots__ = (
+        "_probed",
         "_releases",
         "client",
         "eager_state_field_limit",
@@ -149,6 +150,7 @@ class RedisBackend:
         self.wait_slice = wait_slice
         """The longest single BLPOP of a lease wait (shorter than the socket timeout)."""
         self._releases: set[asyncio.Task[None]] = set()
+        self._probed = False
         self.features: ServerFeatures | None = None
         """What the server offers; probed after the first exclusive open (one round trip per
         store), None until then."""
@@ -214,7 +216,8 @@ class RedisBackend:
         refused = replies.refusal(reply)
         if refused is not None:
             return refused
-        if self.features is None and ref.token:  # a session that may give a key a ttl
+        if not self._probed and ref.token:  # a session that may give a key a ttl
+            self._probed = True  # asked once: a failed probe is not a round trip per open
             with contextlib.suppress(StateError):  # unknown then: the commit checks
                 await self.probe(keys.state)
         return Opened.parse(reply, sent)

@@ -407,8 +407,6 @@ class Session:
                 self._version, self._workflow_status = turn.version, None
                 self._opened = self._meta_read = self.cached = True
                 self._view.load_snapshot(turn.snapshot.data, turn.snapshot.expires_at)
-                if self.mode != "eager":
-                    self.record.mode = self.mode
                 self._lease.start_renewal()
                 return True
         elif turn == Turn.YIELD:  # other processes waited: their turn first
