@@ -101,7 +101,8 @@ class Opened:
     "cached": nothing, the snapshot the open named is still the state."""
     replay: Replay
     commit_id: str
-    """The id of the object's last commit ("" when none is recorded)."""
+    """The last commit of the object: ``keyspace.commit_tag`` of its id ("" when none is
+    recorded)."""
     data: list[Any]
     """eager / WHOLE: field, value pairs; preload, lazy: one value or None per name read;
     OVERLAY: field, "+" value or "-" pairs; otherwise empty."""

@@ -32,6 +32,7 @@ from ..errors import (
     StateTypeError,
     ValueTooLargeError,
 )
+from ..keyspace import commit_tag
 from ..observe import SessionRecord
 from ..serde import Serde, convert
 from . import protocol
@@ -403,10 +404,13 @@ class Session:
             self._lease.maybe_taken = True  # the lease is this session's token's now
             # Taken without an open, unless the open could find this session a replay (its
             # commit id the last commit's): then it opens, and the lease is its already.
-            if turn.snapshot is not None and target.commit_id != turn.snapshot.commit_id:
+            snapshot = turn.snapshot
+            if snapshot is not None and (
+                target.commit_id is None or commit_tag(target.commit_id) != snapshot.commit_id
+            ):
                 self._version, self._workflow_status = turn.version, None
                 self._opened = self._meta_read = self.cached = True
-                self._view.load_snapshot(turn.snapshot.data, turn.snapshot.expires_at)
+                self._view.load_snapshot(snapshot.data, snapshot.expires_at)
                 self._lease.start_renewal()
                 return True
         elif turn == Turn.YIELD:  # other processes waited: their turn first
@@ -551,7 +555,8 @@ class Session:
                 data.pop(name, None)
             else:
                 data[name] = buf
-        return snapshots.put(key, committed.version, self._target.commit_tag, data)
+        tag = commit_tag(self._target.commit_tag)
+        return snapshots.put(key, committed.version, tag, data)
 
     def _forget_snapshot(self) -> None:
         if self.store.snapshots is not None:

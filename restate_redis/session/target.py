@@ -172,7 +172,7 @@ class Target(SessionRef):
 
     def wrong_type(self, found: bytes | str, redis_key: bytes | str) -> WrongTypeError:
         key = _text(redis_key)
-        want = {"lease": "string", "wake": "list", "commits": "sorted set"}.get(
+        want = {"lease": "string", "wait": "string", "wake": "list", "commits": "sorted set"}.get(
             key.rpartition(":")[2], "hash"
         )
         return WrongTypeError(
@@ -183,7 +183,7 @@ class Target(SessionRef):
     def corrupt(self, field: bytes | str, value: bytes | str) -> CorruptStateError:
         return CorruptStateError(
             f"the bookkeeping of {self.where} does not parse: field {_text(field)!r} of "
-            f"{self.keys.meta!r} holds {value!r}; it was not written by restate-redis, and "
+            f"{self.keys.state!r} holds {value!r}; it was not written by restate-redis, and "
             f"nothing was written"
         )
 
