@@ -7,20 +7,21 @@ the one description of the keyspace, and the Lua scripts' headers point here::
                                            value; and two reserved fields, whose names start
                                            with a byte no UTF-8 text contains (so no state
                                            key can take them), left out of every read:
-                                             "\xff"  the bookkeeping, one text value
-                                                     "<v> <b> <t> <c> <flags>":
+                                             "\xff"  the bookkeeping, a MessagePack array
+                                                     [v, b, t, c, flags] (about 24 bytes):
                                                v  version: commits so far
                                                b  stored bytes of the state (names + values),
-                                                  "-" while unknown (state written by
+                                                  -1 while unknown (state written by
                                                   something else, counted by the next eager
                                                   open within the limits)
                                                t  time of the last applied commit (the
                                                   version's last change): ms since the Unix
-                                                  epoch by the server's clock (TIME); "-"
+                                                  epoch by the server's clock (TIME); 0
                                                   before the first commit
-                                               c  the last commit: the first 16 hex digits of
-                                                  the SHA-1 of its id; "-" for none
-                                               flags  "-" or letters: p prior values in
+                                               c  the last commit: the first 8 bytes of the
+                                                  SHA-1 of its id ("" for none); replies
+                                                  name it in hex (:func:`commit_tag`)
+                                               flags  "" or letters: p prior values in
                                                   "\xfe", r the whole state before the last
                                                   (recorded) clear_all in old, R workflow
                                                   running, C workflow completed, e the object
@@ -70,6 +71,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
+
+import msgpack
 
 from .errors import InvalidNameError
 
@@ -122,25 +125,26 @@ class Meta:
         return "e" in self.flags
 
     @classmethod
-    def parse(cls, raw: bytes | str | None) -> Meta:
-        """The bookkeeping from its stored text; ``Meta()`` for none. ``ValueError`` names
+    def parse(cls, raw: bytes | None) -> Meta:
+        """The bookkeeping from its stored form; ``Meta()`` for none. ``ValueError`` names
         what does not parse."""
         if raw is None:
             return cls()
-        text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
-        parts = text.split(" ")
-        if len(parts) != 5 or not parts[0].isdigit():
-            raise ValueError(f"bookkeeping {text!r} is not '<v> <b> <t> <c> <flags>'")
-        for part in parts[1:3]:
-            if part != "-" and not part.isdigit():
-                raise ValueError(f"bookkeeping {text!r}: {part!r} is not a number")
-        b, t, c, flags = parts[1:]
+        try:
+            v, b, t, c, flags = msgpack.unpackb(raw, raw=True)
+            ints = all(type(x) is int for x in (v, b, t)) and v >= 0
+            if not (ints and isinstance(c, bytes) and isinstance(flags, bytes)):
+                raise ValueError
+        except Exception:
+            raise ValueError(
+                f"bookkeeping {raw!r} is not a MessagePack array [v, b, t, c, flags]"
+            ) from None
         return cls(
-            int(parts[0]),
-            None if b == "-" else int(b),
-            None if t == "-" else int(t),
-            None if c == "-" else c,
-            "" if flags == "-" else flags,
+            v,
+            b if b >= 0 else None,
+            t or None,
+            c.hex() or None,
+            flags.decode("ascii", "replace"),
         )
 
 

@@ -25,7 +25,7 @@ from ..observe import ROUNDTRIP, Observer, Op, SessionRecord
 from . import replies
 from .connection import RedisClient
 from .replication import commit_and_wait
-from .replies import Committed, Opened, Refusal, Status
+from .replies import Committed, Opened, Refusal, Released, Status
 from .retry import RetryPolicy, as_state_error, is_transient, redis_errors
 from .scripts import Scripts
 from .wire import Wire
@@ -286,10 +286,10 @@ class RedisBackend:
         )
         return replies.refusal(reply) or Committed.parse(reply)
 
-    async def release(self, ref: SessionRef, handoff: str = "") -> bool | Refusal:
+    async def release(self, ref: SessionRef, handoff: str = "") -> Released | Refusal:
         """release.lua: give the lease up without writing, waking one waiter (``handoff``: or
         hand it to that token); a refusal only for a key of the wrong type (a lease no longer
-        held is nothing to release: False)."""
+        held is nothing to release: ``Released.NOT_HELD``, which is falsy)."""
         redis_keys = release_keys(ref.keys)
         args: list[Any] = [ref.token, self.lease_ttl_ms, handoff]
         script, wire = self.scripts.release, self.wire
@@ -298,7 +298,7 @@ class RedisBackend:
         )
         if isinstance(reply, list):
             return replies.refusal(reply) or Refusal(Status.WRONG_TYPE)
-        return bool(reply)
+        return Released(int(reply))
 
     def release_soon(self, ref: SessionRef) -> asyncio.Task[None] | None:
         """release.lua, sent now but not waited for: a session that wrote nothing gives its
@@ -326,7 +326,7 @@ class RedisBackend:
         if isinstance(released, Refusal):
             log.warning("releasing the lease of %s: %s", what, released)
 
-    async def _sent_release(self, ref: SessionRef, sent: asyncio.Future[Any]) -> bool | Refusal:
+    async def _sent_release(self, ref: SessionRef, sent: asyncio.Future[Any]) -> Released | Refusal:
         """The reply of a release already queued on the link (a retry sends it again)."""
         keys, args = release_keys(ref.keys), [ref.token, self.lease_ttl_ms, ""]
         first: list[asyncio.Future[Any]] = [sent]
@@ -345,7 +345,7 @@ class RedisBackend:
         reply = await self._roundtrip("release", ref.record, call)
         if isinstance(reply, list):
             return replies.refusal(reply) or Refusal(Status.WRONG_TYPE)
-        return bool(reply)
+        return Released(int(reply))
 
     async def settle(self) -> None:
         """Wait until the releases sent without waiting have their replies."""

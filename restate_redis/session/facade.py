@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from ..backend.engine import Mode
-from ..backend.replies import Committed, Opened, Replay, Status
+from ..backend.replies import Committed, Opened, Released, Replay, Status
 from ..codecs import MAGIC, StoredBytes
 from ..errors import (
     InvalidNameError,
@@ -418,10 +418,10 @@ class Session:
             await backend.wait(self._target, min(backend.wait_slice, self.store.acquire_timeout))
         return False
 
-    def _leave_local(self, waiter: Waiter | None = None) -> None:
+    def _leave_local(self, waiter: Waiter | None = None, signalled: bool = False) -> None:
         """Give this object's local turn to the next session of this store (it opens)."""
         if self._local is not None:
-            self._local.leave(self._target.keys.state, waiter)
+            self._local.leave(self._target.keys.state, waiter, signalled)
             self._local = None
 
     def _take(self, opened: Opened, snapshot: Snapshot | None, names: tuple[str, ...]) -> None:
@@ -494,6 +494,7 @@ class Session:
         key = target.keys.state
         waiter = self._local.next_waiter(key) if self._local is not None else None
         handoff = waiter.token if waiter is not None else ""
+        signalled = False  # the release woke a session waiting in Redis
         if self._purge:
             self.purged = await protocol.purge(target, lease)
             self._forget_snapshot()
@@ -508,6 +509,7 @@ class Session:
             if committed.status is Status.ALREADY_APPLIED:
                 self.replayed = True
             snapshot = self._keep_snapshot(committed)
+            signalled = committed.signalled
             ok = committed.status is Status.OK
             handed = Grant(committed.version, snapshot) if ok and waiter is not None else None
         elif waiter is not None:  # wrote nothing: the lease goes to the next session here
@@ -516,6 +518,11 @@ class Session:
             if current is not None and current.version != self._version:
                 current = None
             handed = Grant(self._version, current) if await lease.release(handoff) else None
+        elif self._local is not None and self._local.waiting(key):
+            # wrote nothing, and the hand-offs in a row reached their limit: whether the
+            # release woke a session of another process decides who goes next
+            signalled = await lease.release() is Released.SIGNALLED
+            handed = None
         else:  # wrote nothing: the caller does not wait for the reply
             pending = lease.release_soon()
             if pending is not None and self._local is not None:
@@ -528,7 +535,7 @@ class Session:
             self._local.handed(key, waiter, handed)
             self._local = None
         else:
-            self._leave_local(waiter)
+            self._leave_local(waiter, signalled)
 
     def _keep_snapshot(self, committed: Committed) -> Snapshot | None:
         """After a commit: the state it left, for the next session's open to name."""

@@ -25,3 +25,13 @@ def meta_of(fields: dict[Any, Any]) -> Meta:
 
 def has_prior(fields: dict[Any, Any]) -> bool:
     return PRIOR_FIELD in fields
+
+
+async def read_meta(client: Any, state_key: str) -> Meta:
+    """The bookkeeping of the object whose state hash is ``state_key``."""
+    return Meta.parse(await client.hget(state_key, META_FIELD))
+
+
+async def read_state(client: Any, state_key: str) -> dict[Any, Any]:
+    """The state keys and values stored in hash ``state_key``."""
+    return state_fields(await client.hgetall(state_key))

@@ -34,7 +34,8 @@
 --                      (hash-field expiry); every other key set loses the expiry it had
 -- ARGV[11+n+2t ..]     state key, value pairs to set
 --
--- Reply: {1, version} applied; {2, version} this commit id was already applied (the lease
+-- Reply: {1, version, signalled} applied (signalled: 1 when the release woke a waiting
+--        session, see meta.lua); {2, version, signalled} this commit id was already applied (the lease
 --        is released all the same; a {2} reply always writes something, so that a WAIT sent
 --        after it on the same connection covers the earlier, applied attempt too);
 --        {0, lease pttl} (flag t) another session holds the lease;
@@ -101,12 +102,13 @@ if tag then
     seen = score ~= false
   end
   if seen then
+    local signalled = 0
     if token ~= '' and held and not free then
-      release_lease(lease, wait, wake, wake_ttl)
+      signalled = release_lease(lease, wait, wake, wake_ttl)
     elseif m.stored then  -- a write, so that a WAIT after it covers the applied attempt too
       write_meta(state, m)
     end
-    return {2, m.v}
+    return {2, m.v, signalled}
   end
 end
 if not held then
@@ -253,9 +255,10 @@ elseif state_pttl > 0 then
   redis.call('PEXPIRE', state, state_pttl)  -- the expiry the state had before the clear_all
 end
 
+local signalled = 0
 if next_token ~= '' and token ~= '' then
   redis.call('SET', lease, next_token, 'PX', wake_ttl)  -- handed over: never free in between
 elseif token ~= '' and not free then
-  release_lease(lease, wait, wake, wake_ttl)
+  signalled = release_lease(lease, wait, wake, wake_ttl)
 end
-return {1, m.v}
+return {1, m.v, signalled}

@@ -10,18 +10,26 @@ local function reserved(field)
   return b == 255 or b == 254
 end
 
+-- The stored form is a MessagePack array [v, b, t, c, flags] (b -1 while unknown, t 0 and
+-- c "" for none; c the 8 bytes of the last commit's tag): about 24 bytes, so an idle object
+-- costs little more than its state.
+
+local function integer(x)
+  return type(x) == 'number' and x >= -1 and x == math.floor(x)
+end
+
 -- The bookkeeping of a state hash: a table {v, b, t, c, f} (b, t, c nil when unknown or
--- none; f the flags, "" for none), or nil and the error reply for a value that does not parse
--- or a key of the wrong type. The caller has checked that state is a hash or nothing.
+-- none; f the flags, "" for none), or nil and the error reply for a value that does not
+-- parse. The caller has checked that state is a hash or nothing.
 local function parse_meta(raw)
   if not raw then return {v = 0, f = ''} end
-  local v, b, t, c, f = string.match(raw, '^(%d+) ([%d-]+) ([%d-]+) (%S+) (%S+)$')
-  if not v or (b ~= '-' and not string.match(b, '^%d+$'))
-      or (t ~= '-' and not string.match(t, '^%d+$')) then
-    return nil, {-4, META, raw}
+  local ok, a = pcall(cmsgpack.unpack, raw)
+  if not ok or type(a) ~= 'table' or not integer(a[1]) or a[1] < 0 or not integer(a[2])
+      or not integer(a[3]) or type(a[4]) ~= 'string' or type(a[5]) ~= 'string' then
+    return nil, {-4, '\\xff', raw}  -- the field, named as printed
   end
-  return {v = tonumber(v), b = tonumber(b), t = tonumber(t), c = c ~= '-' and c or nil,
-          f = f ~= '-' and f or ''}
+  return {v = a[1], b = a[2] >= 0 and a[2] or nil, t = a[3] > 0 and a[3] or nil,
+          c = a[4] ~= '' and a[4] or nil, f = a[5]}
 end
 
 local function has_flag(m, letter)
@@ -35,8 +43,7 @@ local function set_flag(m, letter, on)
 end
 
 local function format_meta(m)
-  return string.format('%d %s %s %s %s', m.v, m.b and string.format('%d', m.b) or '-',
-    m.t and string.format('%.0f', m.t) or '-', m.c or '-', m.f ~= '' and m.f or '-')
+  return cmsgpack.pack({m.v, m.b or -1, m.t or 0, m.c or '', m.f})
 end
 
 local function write_meta(state, m)
@@ -52,9 +59,16 @@ local function user_fields(state, m)
   return n
 end
 
--- The last-commit form of a commit id: what c holds.
+-- The last-commit form of a commit id: what c (and the commits zset) holds, the first 8
+-- bytes of its SHA-1; hex() is how replies and arguments name it (keyspace.commit_tag).
 local function commit_tag(id)
-  return string.sub(redis.sha1hex(id), 1, 16)
+  return (string.gsub(string.sub(redis.sha1hex(id), 1, 16), '..', function(h)
+    return string.char(tonumber(h, 16))
+  end))
+end
+
+local function hex(bytes)
+  return (string.gsub(bytes, '.', function(c) return string.format('%02x', string.byte(c)) end))
 end
 
 -- A version 1 object keeps its bookkeeping in hashes of its own (meta, prev): move them into
@@ -113,14 +127,15 @@ local function workflow_status(m)
 end
 
 -- Release the lease and, when a session waits for it, signal the release (wait is set by a
--- waiter while it waits, so an uncontended object keeps no wake list).
+-- waiter while it waits, so an uncontended object keeps no wake list). Returns 1 when it
+-- signalled, else 0.
 local function release_lease(lease, wait, wake, wake_ttl)
   redis.call('DEL', lease)
-  if redis.call('EXISTS', wait) == 1 then
-    redis.call('DEL', wake)
-    redis.call('RPUSH', wake, '1')
-    redis.call('PEXPIRE', wake, wake_ttl)
-  end
+  if redis.call('EXISTS', wait) == 0 then return 0 end
+  redis.call('DEL', wake)
+  redis.call('RPUSH', wake, '1')
+  redis.call('PEXPIRE', wake, wake_ttl)
+  return 1
 end
 
 -- A session found the lease busy and will wait for its release.

@@ -62,7 +62,7 @@ if token ~= '' and foreign(wait, 'string') then return wrong(wait) end
 local m, bad = read_meta(state, KEYS[6], KEYS[7])
 if not m then return bad end
 local version, bytes, last_commit, wf = tostring(m.v), m.b, m.c, workflow_status(m)
-local commit_reply = last_commit or ''
+local commit_reply = last_commit and hex(last_commit) or ''
 local replay = commit_id ~= '' and last_commit == commit_tag(commit_id)
 if replay and has_flag(m, 'r') and foreign(old, 'hash') then return wrong(old) end
 
@@ -145,7 +145,7 @@ if replay then
 end
 
 -- The caller's snapshot is still the state: nothing to send.
-if last_commit and not expired and ARGV[8] == version and ARGV[9] == last_commit
+if last_commit and not expired and ARGV[8] == version and ARGV[9] == commit_reply
     and user_fields(state, m) == tonumber(ARGV[10]) then
   return {1, version, wf, 'cached', 0, commit_reply, ahead}
 end
