@@ -18,6 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from restate_redis import Keyspace, RedisStateStore
+from restate_redis.keyspace import EMPTY_GRACE_SECONDS, commit_tag
+from tests.support.keys import meta_of, state_fields
 from tests.support.restate_server import RestateStack, start_stack
 from tests.support.servers import Server
 
@@ -84,7 +86,7 @@ async def call(ingress: httpx.AsyncClient, path: str, body: Any = None) -> Any:
 async def stored(r: aioredis.Redis, service: str, key: str) -> dict[str, Any]:
     """What Redis holds for one object, decoded with the store's default serde."""
     raw = await r.hgetall(keyspace.object_keys(service, key).state)
-    return {f.decode(): msgpack.unpackb(v) for f, v in raw.items()}
+    return {f.decode(): msgpack.unpackb(v) for f, v in state_fields(raw).items()}
 
 
 async def attempts(r: aioredis.Redis, tag: str, invocation_id: str) -> int:
@@ -152,8 +154,8 @@ async def test_failing_after_the_commit_twice_applies_once_and_returns_the_same(
     # from before the first commit, and the repeated commits were not applied.
     assert await r.lrange(f"rrtest:results:{inv}", 0, -1) == [b"15", b"15"]
     assert await stored(r, service, key) == {"count": 15, "last": 5}
-    meta = await r.hgetall(keyspace.object_keys(service, key).meta)
-    assert meta[b"c"] == inv.encode() and meta[b"v"] == b"2"  # two commits: add, add_then_fail
+    meta = meta_of(await r.hgetall(keyspace.object_keys(service, key).state))
+    assert meta.commit == commit_tag(inv) and meta.version == 2  # two commits: add, add_then_fail
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -189,7 +191,7 @@ async def test_a_workflow_run_cut_after_its_commit_completes_once(
     assert await r.lrange(f"rrtest:results:{inv}", 0, -1) == [b"'ann run 1'"]
     assert await stored(r, "FlowCrash", wf_id) == {"name": "ann", "runs": 1}
     keys = keyspace.object_keys("FlowCrash", wf_id)
-    assert await r.hget(keys.meta, "wf") == b"completed"
+    assert meta_of(await r.hgetall(keys.state)).workflow == "completed"
     assert 0 < await r.pttl(keys.state) <= 300_000
 
 
@@ -216,11 +218,11 @@ async def test_terminal_error_writes_nothing(
 ) -> None:
     service, key = f"Counter_{mode}", new_key()
     await call(ingress, f"/{service}/{key}/add", 10)
-    before = await r.hgetall(keyspace.object_keys(service, key).meta)
+    before = await r.hgetall(keyspace.object_keys(service, key).state)  # with its bookkeeping
     resp = await ingress.post(f"/{service}/{key}/add_then_terminal", json=5)
     assert resp.status_code == 422 and resp.json()["message"] == "refused"
     assert await stored(r, service, key) == {"count": 10, "last": 10}
-    assert await r.hgetall(keyspace.object_keys(service, key).meta) == before
+    assert await r.hgetall(keyspace.object_keys(service, key).state) == before
     assert not await r.exists(keyspace.object_keys(service, key).lease)
 
 
@@ -298,10 +300,10 @@ async def test_workflow_state_is_per_id_and_expires_after_retention(
     assert await call(ingress, f"/{service}/{other}/status") is None
     keys = keyspace.object_keys(service, wf_id)
     assert await stored(r, service, wf_id) == {"name": "ann", "status": "done"}
-    assert (await r.hget(keys.meta, "wf")) == b"completed"
-    assert 0 < await r.pttl(keys.state) <= 1500 and 0 < await r.pttl(keys.meta) <= 1500
+    assert meta_of(await r.hgetall(keys.state)).workflow == "completed"
+    assert 0 < await r.pttl(keys.state) <= 1500  # the state and its bookkeeping, one hash
     deadline = time.monotonic() + 20
-    while await r.exists(keys.state, keys.meta, keys.prev):
+    while await r.exists(keys.state, keys.old):
         assert time.monotonic() < deadline, "the workflow's keys did not expire"
         await asyncio.sleep(0.1)
     assert await call(ingress, f"/{service}/{wf_id}/status") is None
@@ -373,7 +375,11 @@ async def test_the_example_service_answers_through_restate(
             await call(c, f"/Counter/{key}/reset")
             assert await call(c, f"/Counter/{key}/get") == 0
         example_keys = Keyspace("example")
-        assert not await r.exists(example_keys.object_keys("Counter", key).state)
+        # reset left no state: only the bookkeeping, which ends after the grace period
+        counter = example_keys.object_keys("Counter", key).state
+        fields = await r.hgetall(counter)
+        assert state_fields(fields) == {} and meta_of(fields).fading
+        assert 0 < await r.pttl(counter) <= EMPTY_GRACE_SECONDS * 1000
         assert await r.exists(example_keys.object_keys("Signup", email).state)
         assert not await r.exists(example_keys.object_keys("NativeCounter", key).state)
     finally:

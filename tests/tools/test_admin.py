@@ -20,8 +20,11 @@ from restate_redis import (
     UnknownObjectError,
     VersionConflictError,
 )
+from restate_redis.keyspace import META_FIELD
 from restate_redis.serde import JsonSerde, MsgPackSerde
 from restate_redis.tools.admin import Admin, decode_value, encode_value, load_json
+from tests.support.bookkeeping import packed_meta
+from tests.support.keys import meta_of, state_fields, state_names
 
 
 async def put(store: RedisStateStore, service: str, key: str, **values: object) -> int:
@@ -36,7 +39,7 @@ async def stored(
 ) -> dict[str, Any]:
     state_key = store.keyspace.object_keys(service, key).state
     raw: dict[bytes, bytes] = await client.hgetall(state_key)  # type: ignore[assignment]
-    return {k.decode(): msgpack.unpackb(v, raw=False) for k, v in raw.items()}
+    return {k.decode(): msgpack.unpackb(v, raw=False) for k, v in state_fields(raw).items()}
 
 
 async def test_read_unknown_object_is_empty(store: RedisStateStore) -> None:
@@ -95,7 +98,7 @@ async def test_replace_is_one_commit_and_keeps_undecodable_values(
     version = await admin.replace("Cart", "bob", doc, expected_version=before.version)
     assert version == before.version + 1
     assert await client.hget(keys.state, "raw") == b"\xc1"
-    assert sorted(await client.hkeys(keys.state)) == [b"b", b"c", b"raw"]
+    assert sorted(state_names(await client.hkeys(keys.state))) == [b"b", b"c", b"raw"]
     assert msgpack.unpackb(await client.hget(keys.state, "c")) == {"x": [1, 2]}
     # the same state again changes nothing, not even the version
     assert await admin.replace("Cart", "bob", doc, expected_version=version) == version
@@ -259,9 +262,9 @@ async def test_workflow_status_retention_survives_edit(
     await admin.replace("Signup", "wf-1", {"step": "fixed"}, expected_version=done.version)
     await admin.clear("Signup", "wf-1", "step")
     await admin.set("Signup", "wf-1", "again", 1)
-    keys = store.keyspace.object_keys("Signup", "wf-1")
-    for redis_key in (keys.state, keys.meta):
-        assert 0 < await client.pttl(redis_key) <= day_ms
+    keys = store.keyspace.object_keys("Signup", "wf-1")  # the bookkeeping is in the state hash
+    assert meta_of(await client.hgetall(keys.state)).workflow == "completed"
+    assert 0 < await client.pttl(keys.state) <= day_ms
     assert (await admin.read("Signup", "wf-1")).workflow_status == "completed"
 
 
@@ -321,7 +324,7 @@ async def raw_state(
     client: aioredis.Redis, store: RedisStateStore, service: str, key: str
 ) -> dict[str, bytes]:
     got: dict[bytes, bytes] = await client.hgetall(store.keyspace.object_keys(service, key).state)  # type: ignore[assignment]
-    return {k.decode(): v for k, v in got.items()}
+    return {k.decode(): v for k, v in state_fields(got).items()}
 
 
 @pytest.mark.parametrize("serde", [MsgPackSerde(), JsonSerde()], ids=["msgpack", "json"])
@@ -446,7 +449,7 @@ async def test_misused_markers_are_refused(
     with pytest.raises(StateEncodeError, match=r"\$\$"):
         await admin.replace("Marks", "bad", {"v": value}, must_exist=False)
     keys = store.keyspace.object_keys("Marks", "bad")
-    assert await client.exists(keys.state, keys.meta) == 0  # nothing was written
+    assert await client.exists(keys.state) == 0  # nothing was written, not even bookkeeping
 
 
 # -- numbers JSON cannot carry ------------------------------------------------------------------
@@ -499,18 +502,18 @@ async def test_stray_keys_are_skipped_and_counted(
     admin = Admin(store)
     await put(store, "Cart", "alice", n=1)
     await put(store, "Cart", "bob", n=2)
-    await client.hset(b"restate:{Cart:%C3}:meta", "v", "1")  # half a UTF-8 sequence
-    await client.hset(b"restate:{Cart:%}:state", "a", b"\x01")  # no hex digits
-    await client.hset(b"restate:{Cart:%41}:meta", "v", "1")  # "A", which is never encoded
-    await client.hset(b"restate:{%fe:x}:meta", "v", "1")  # a service that does not decode
-    await client.set("restate:{Cart:s}:meta", "1")
+    meta = {"a": b"\x01", META_FIELD: packed_meta(1, 2)}  # bookkeeping as a session writes it
+    await client.hset(b"restate:{Cart:%C3}:state", mapping=meta)  # half a UTF-8 sequence
+    await client.hset(b"restate:{Cart:%}:state", mapping=meta)  # no hex digits
+    await client.hset(b"restate:{Cart:%41}:state", mapping=meta)  # "A", which is never encoded
+    await client.hset(b"restate:{%fe:x}:state", mapping=meta)  # a service that does not decode
+    await client.set("restate:{Cart:s}:state", "1")
     await client.rpush("restate:{Cart:l}:state", "x")
-    await client.hset("restate:{Cart:l}:meta", "v", "1")
     await client.hset("restate:{Cart:nometa}:state", "a", b"\x01")
-    await client.hset("restate:{Cart:v}:meta", mapping={"v": "x1"})
-    await client.hset("restate:{Cart:v}:state", "a", b"\x01")
-    await client.hset("restate:{Cart:b}:meta", mapping={"v": "1", "b": "-3"})
-    await client.hset("restate:{Cart:b}:state", "a", b"\x01")
+    bad_version = msgpack.packb(["x1", -1, 0, "", ""])
+    await client.hset("restate:{Cart:v}:state", mapping={"a": b"\x01", META_FIELD: bad_version})
+    bad_size = msgpack.packb([1, "-3", 0, "", ""])
+    await client.hset("restate:{Cart:b}:state", mapping={"a": b"\x01", META_FIELD: bad_size})
     found = await admin.services()
     assert found == [ServiceInfo("Cart", 2, keys=2, bytes=4, eager=2)]  # "n", msgpack 1; twice
     assert found.skipped.count == 9 and len(found.skipped.examples) == 5
@@ -518,7 +521,9 @@ async def test_stray_keys_are_skipped_and_counted(
     assert [o.key for o in page.objects] == ["alice", "bob"] and page.skipped.count == 8
     page = await admin.list_objects("Cart", prefix="b")
     assert [o.key for o in page.objects] == ["bob"]
-    assert page.skipped.examples == ["restate:{Cart:b}:meta (its size is not a number)"]
+    (example,) = page.skipped.examples
+    assert example.startswith("restate:{Cart:b}:state (bookkeeping ")
+    assert "[v, b, t, c, flags]" in example  # says what it should have been
     skipped = SkippedKeys()
     assert sorted([k async for k in admin.iter_objects("Cart", skipped=skipped)]) == [
         "alice",
@@ -610,9 +615,11 @@ async def test_read_shows_each_keys_time_left_and_set_gives_one(
     assert "token" in (await admin.read("Cart", "tim")).expiries
     await admin.replace("Cart", "tim", {"a": 1, "b": 2, "token": "new"})  # a changed value
     assert (await admin.read("Cart", "tim")).expiries == {}
-    # every key expiring: the bookkeeping follows the last one, and is no expiry of the state
+    # every key expiring: the hash (its bookkeeping) outlives the last one by the grace
+    # period, and that is no expiry of the state
     await admin.set("Cart", "tom", "token", "abc", ttl=600)
-    meta = store.keyspace.object_keys("Cart", "tom").meta
-    assert await client.pttl(meta) > 600_000
+    tom = store.keyspace.object_keys("Cart", "tom").state
+    assert await client.pttl(tom) > 600_000
+    assert meta_of(await client.hgetall(tom)).fading
     state = await admin.read("Cart", "tom")
     assert state.retention_ms is None and 0 < state.expiries["token"] <= 600_000

@@ -16,6 +16,9 @@ import pytest
 import redis
 
 from restate_redis import RedisStateStore, WorkflowCompletedError
+from restate_redis.keyspace import META_FIELD, Meta
+from tests.support.bookkeeping import packed_meta
+from tests.support.keys import state_fields
 from tests.support.servers import Server, free_port
 
 # One flavour is enough here: both are covered by test_admin.py, under the same calls.
@@ -62,7 +65,7 @@ def seed(server: Server, service: str, key: str, **values: object) -> None:
 
 def state(rc: redis.Redis, service: str, key: str, namespace: str = "restate") -> dict[str, Any]:
     raw: dict[bytes, bytes] = rc.hgetall(f"{namespace}:{{{service}:{key}}}:state")  # type: ignore[assignment]
-    return {k.decode(): msgpack.unpackb(v, raw=False) for k, v in raw.items()}
+    return {k.decode(): msgpack.unpackb(v, raw=False) for k, v in state_fields(raw).items()}
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], code: int = 1) -> str:
@@ -282,8 +285,8 @@ def test_unknown_objects_and_state_keys(cli: Cli, rc: redis.Redis) -> None:
         assert "'Cart'/'nobody' does not exist" in one_line_error(cli(*args)), args
     ok(cli("kv", "set", "Cart", "erin", "a", "1"))
     assert "state key 'zz' does not exist" in one_line_error(cli("kv", "clear", "Cart/erin", "zz"))
-    # refusing left no object behind (only the release signal of the lease, which expires)
-    assert rc.exists("restate:{Cart:nobody}:state", "restate:{Cart:nobody}:meta") == 0
+    # refusing left no object behind: no state, no bookkeeping, no lease nor wake signal
+    assert rc.keys("restate:{Cart:nobody}:*") == []
 
 
 def test_bad_json_and_version_conflict(cli: Cli, rc: redis.Redis) -> None:
@@ -348,7 +351,7 @@ FOREIGN = {
 
 def raw(rc: redis.Redis, service: str, key: str) -> dict[str, bytes]:
     got: dict[bytes, bytes] = rc.hgetall(f"restate:{{{service}:{key}}}:state")  # type: ignore[assignment]
-    return {k.decode(): v for k, v in got.items()}
+    return {k.decode(): v for k, v in state_fields(got).items()}
 
 
 def test_edit_patch_and_set_leave_other_values_byte_for_byte(
@@ -437,7 +440,7 @@ def test_set_of_text_that_is_not_json_shows_how_to_quote_it(
     err = one_line_error(cli("kv", "set", "Cart", "quote", "name", text))
     assert "bad JSON for state key 'name'" in err and "JSON" in err
     assert shlex.quote(json.dumps(text)) in err
-    assert rc.exists("restate:{Cart:quote}:state", "restate:{Cart:quote}:meta") == 0
+    assert rc.exists("restate:{Cart:quote}:state") == 0  # nor its bookkeeping, kept in it
     ok(cli("kv", "set", "Cart", "quote", "name", json.dumps(text)))
     assert state(rc, "Cart", "quote") == {"name": text}
 
@@ -581,14 +584,15 @@ def test_set_takes_negative_numbers_as_the_value(cli: Cli, rc: redis.Redis) -> N
 
 def stray_keys(rc: redis.Redis) -> list[str]:
     """Keys in the namespace that restate-redis did not write, one of each kind."""
-    rc.hset(b"restate:{Cart:%FF}:meta", "v", "1")  # percent-encodes invalid UTF-8
-    rc.hset(b"restate:{Cart:%ZZ}:state", "a", b"\x01")  # not percent-encoding at all
-    rc.hset(b"restate:{Cart:\xff}:meta", "v", "1")  # the key name itself is not UTF-8
-    rc.set("restate:{Cart:carl}:meta", "a string, not a hash")
-    rc.hset("restate:{Cart:carl}:state", "a", b"\x01")
-    rc.hset("restate:{Cart:dan}:state", "a", b"\x01")  # state without meta
-    rc.hset("restate:{Cart:eve}:meta", "v", "seven")  # a version that is not a number
-    rc.hset("restate:{Cart:eve}:state", "a", b"\x01")
+    meta = {"a": b"\x01", META_FIELD: packed_meta(1, 2)}  # bookkeeping as a session writes it
+    rc.hset(b"restate:{Cart:%FF}:state", mapping=meta)  # percent-encodes invalid UTF-8
+    rc.hset(b"restate:{Cart:%ZZ}:state", mapping=meta)  # not percent-encoding at all
+    rc.hset(b"restate:{Cart:\xff}:state", mapping=meta)  # the key name itself is not UTF-8
+    rc.set("restate:{Cart:carl}:state", "a string, not a hash")
+    rc.hset("restate:{Cart:dan}:state", "a", b"\x01")  # state without bookkeeping
+    # a version that is not a number
+    seven = msgpack.packb(["seven", -1, 0, "", ""])
+    rc.hset("restate:{Cart:eve}:state", mapping={"a": b"\x01", META_FIELD: seven})
     return ["%FF", "%ZZ", "carl", "dan", "eve"]
 
 
@@ -782,9 +786,10 @@ def test_purge_lets_a_completed_workflow_run_again(
     with pytest.raises(WorkflowCompletedError, match="kv purge Signup wf-1"):
         asyncio.run(run_workflow())
     assert ok(cli("kv", "purge", "Signup", "wf-1")).strip() == "purged Signup/wf-1"
-    assert rc.keys("restate:{Signup:wf-1}:*") == [b"restate:{Signup:wf-1}:wake"]
+    assert rc.keys("restate:{Signup:wf-1}:*") == []  # no session waited: no wake signal either
     asyncio.run(run_workflow())  # runs again
-    assert rc.hget("restate:{Signup:wf-1}:meta", "wf") == b"completed"
+    meta = Meta.parse(rc.hget("restate:{Signup:wf-1}:state", META_FIELD))  # type: ignore[arg-type]
+    assert meta.workflow == "completed"
     assert ok(cli("kv", "purge", "Signup/wf-1")).strip() == "purged Signup/wf-1"
     assert "nothing purged" in ok(cli("kv", "purge", "Signup", "wf-1"))
     assert cli("kv", "purge", "Signup").returncode == 2

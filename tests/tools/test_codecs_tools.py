@@ -25,7 +25,10 @@ from restate_redis import (
     StateEncodeError,
 )
 from restate_redis.codecs import inspect_stored
+from restate_redis.keyspace import META_FIELD, Meta
 from restate_redis.tools.admin import Admin
+from tests.support.bookkeeping import packed_meta
+from tests.support.keys import meta_of, state_fields
 from tests.support.servers import Server
 
 OLD, NEW = "2026-05", "2026-11"
@@ -128,8 +131,9 @@ async def test_admin_marks_a_value_that_does_not_authenticate(
         ctx.set("token", "abc")
     raw = await hget(client, "Cart", "alice", "token")
     assert raw is not None
-    await client.hset("restate:{Cart:bob}:state", "token", raw)  # copied to another object
-    await client.hset("restate:{Cart:bob}:meta", "v", 1)
+    # copied to another object (with bookkeeping, so it is one)
+    bob = {"token": raw, META_FIELD: packed_meta(1)}
+    await client.hset("restate:{Cart:bob}:state", mapping=bob)  # type: ignore[arg-type]
     state = await Admin(RedisStateStore(client, codecs=[ring()])).read("Cart", "bob")
     assert state.values == {"token": {"$encrypted": NEW}}
     assert "does not authenticate" in state.sealed["token"]
@@ -155,10 +159,11 @@ async def test_rekey_of_one_object_keeps_compression_and_skips_current_values(
         assert key_id(await hget(client, "Cart", "alice", name)) == NEW
     # The compressed value stays compressed: the same size under the new key.
     assert len(await hget(client, "Cart", "alice", "doc") or b"") == compressed_size
-    version = int(await client.hget("restate:{Cart:alice}:meta", "v") or 0)
+    version = Meta.parse(await client.hget("restate:{Cart:alice}:state", META_FIELD)).version
     again = await admin.rekey("Cart", "alice")
     assert (again.rewritten, again.current) == (0, 3)
-    assert int(await client.hget("restate:{Cart:alice}:meta", "v") or 0) == version  # no write
+    meta = Meta.parse(await client.hget("restate:{Cart:alice}:state", META_FIELD))
+    assert meta.version == version  # no write
     only_new = RedisStateStore(client, codecs=[ring(NEW, NEW)])
     async with only_new.object("Cart", "alice", shared=True) as ctx:
         assert await ctx.get_all() == {"doc": doc, "small": 1, "plain": "before encryption"}
@@ -332,17 +337,24 @@ def test_rotation_with_rekey_under_concurrent_writers_loses_nothing(
     assert all(n > 0 for n in increments.values())
     # Every value is under the new key; the old key can go.
     for key in [*objects, "plain-one"]:
-        for name, raw in rc.hgetall(f"restate:{{Counter:{key}}}:state").items():  # type: ignore[union-attr]
+        stored = state_fields(rc.hgetall(f"restate:{{Counter:{key}}}:state"))  # type: ignore[arg-type]
+        for name, raw in stored.items():
             assert key_id(raw) == NEW, (key, name)
 
     # Idempotent: a second run writes nothing (no version moves) and says so.
-    versions = {k: rc.hget(f"restate:{{Counter:{k}}}:meta", "v") for k in objects}
+    def versions_now() -> dict[str, int]:
+        return {
+            k: meta_of(rc.hgetall(f"restate:{{Counter:{k}}}:state")).version  # type: ignore[arg-type]
+            for k in objects
+        }
+
+    versions = versions_now()
     env = {**os.environ, "RESTATE_REDIS_KEYS": env_keys(NEW), "RESTATE_REDIS_URL": server.url}
     again = subprocess.run(
         [SCRIPT, "rekey"], capture_output=True, text=True, env=env, timeout=120, check=True
     )
     assert f"rekeyed 0 values in 0 objects to key {NEW}" in again.stdout
-    assert {k: rc.hget(f"restate:{{Counter:{k}}}:meta", "v") for k in objects} == versions
+    assert versions_now() == versions
     dry = subprocess.run(
         [SCRIPT, "rekey", "--dry-run"], capture_output=True, text=True, env=env, check=True
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
@@ -19,10 +21,12 @@ import redis
 import redis.asyncio as aioredis
 
 from restate_redis import RedisStateStore
+from restate_redis.keyspace import commit_tag
 from restate_redis.tools.demo.examples import cart, fulfilment
 from restate_redis.tools.demo.restate import RESTATE_VERSION
 from restate_redis.tools.demo.run import WorkerReport, check, make_plan
 from tests.support.clirun import console_script, run_cli
+from tests.support.keys import meta_of
 from tests.support.restate_server import restate_binaries
 from tests.support.servers import Server
 
@@ -215,14 +219,41 @@ def _assert_stack_gone(out: str) -> None:
     assert _processes_using(restate[4]) == []
 
 
+INVOCATION_ID = re.compile(r"inv_[0-9A-Za-z]+")
+
+
+async def _watch_invocation_ids(url: str, seen: set[str], watching: asyncio.Event) -> None:
+    """Collect every Restate invocation id in the commands the server receives (MONITOR),
+    until cancelled; ``watching`` is set once MONITOR is on."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        async with client.monitor() as monitor:
+            watching.set()
+            while True:
+                command = await monitor.next_command()
+                seen.update(INVOCATION_ID.findall(command["command"]))
+    finally:
+        await client.aclose()
+
+
 async def test_demo_restate_runs_the_services_under_a_real_restate_server(server: Server) -> None:
     restate_binaries()  # installed from npm where missing (a failure in CI when impossible)
     invocations, objects, seed = 240, 3, 11
-    done = run_cli(
-        "demo", "--restate", "--url", server.url, "--workers", "2", "--concurrency", "6",
-        "--invocations", str(invocations), "--objects", str(objects), "--seed", str(seed),
-        "--retention", "600", timeout=240,
-    )  # fmt: skip
+    invocation_ids: set[str] = set()
+    watching = asyncio.Event()
+    watcher = asyncio.create_task(_watch_invocation_ids(server.url, invocation_ids, watching))
+    await asyncio.wait_for(watching.wait(), 30)
+    try:
+        done = await asyncio.to_thread(
+            run_cli,
+            "demo", "--restate", "--url", server.url, "--workers", "2", "--concurrency", "6",
+            "--invocations", str(invocations), "--objects", str(objects), "--seed", str(seed),
+            "--retention", "600", timeout=240,
+        )  # fmt: skip
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "Check passed" in out and f"{invocations} invocations in" in out and "p99 ms" in out
@@ -238,10 +269,13 @@ async def test_demo_restate_runs_the_services_under_a_real_restate_server(server
         server.url, make_plan(run_id[1], invocations, objects, seed), retention_ms=600_000
     )
     # Each cart's last commit carries a Restate invocation id: it ran as a restate-sdk handler.
+    # The bookkeeping keeps a hash of the id (its tag): one of the ids the handlers sent.
+    tags = {commit_tag(i) for i in invocation_ids}
+    assert len(invocation_ids) >= sum(exclusive.values())  # each exclusive handler sends its id
     async with RedisStateStore.from_url(server.url) as store:
         for key in exclusive:
-            meta = store.keyspace.object_keys(cart.SERVICE, key).meta
-            assert (await store.client.hget(meta, "c") or b"").startswith(b"inv_"), key
+            state = store.keyspace.object_keys(cart.SERVICE, key).state
+            assert meta_of(await store.client.hgetall(state)).commit in tags, key
     # Redis is the user's, so it is still up: the commands to look at the state are printed.
     assert re.search(rf"restate-redis kv get Cart cart-\S+ --url {re.escape(server.url)}\n", out)
     _assert_stack_gone(out)

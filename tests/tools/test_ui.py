@@ -28,6 +28,9 @@ import pytest
 import redis
 
 from restate_redis import RedisStateStore
+from restate_redis.keyspace import META_FIELD
+from tests.support.bookkeeping import packed_meta
+from tests.support.keys import meta_of, state_fields
 from tests.support.servers import Server, free_port, unavailable
 
 T = TypeVar("T")
@@ -157,7 +160,7 @@ def seed(server: Server, service: str, key: str, **values: object) -> int:
 
 def state(rc: redis.Redis, service: str, key: str) -> dict[str, Any]:
     raw: dict[bytes, bytes] = rc.hgetall(f"restate:{{{service}:{key}}}:state")  # type: ignore[assignment]
-    return {k.decode(): msgpack.unpackb(v, raw=False) for k, v in raw.items()}
+    return {k.decode(): msgpack.unpackb(v, raw=False) for k, v in state_fields(raw).items()}
 
 
 def object_url(ui: UI, service: str, key: str) -> str:
@@ -472,7 +475,8 @@ def test_api_errors_are_clear(ui: UI, rc: redis.Redis, server: Server) -> None:
     assert state(rc, "Cart", "ivy") == {"a": 1}
     listing = httpx.get(ui.base + "/api/objects", params={"service": "Cart"}, timeout=10).json()
     changed = listing["objects"][0].pop("changed_ms")
-    assert isinstance(changed, int) and changed == int(rc.hget("restate:{Cart:ivy}:meta", "t"))
+    ivy = meta_of(rc.hgetall("restate:{Cart:ivy}:state"))  # type: ignore[arg-type]
+    assert isinstance(changed, int) and changed == ivy.changed_ms
     assert listing == {
         "namespace": "restate",
         "objects": [
@@ -548,7 +552,7 @@ FOREIGN = {
 
 def raw(rc: redis.Redis, service: str, key: str) -> dict[str, bytes]:
     got: dict[bytes, bytes] = rc.hgetall(f"restate:{{{service}:{key}}}:state")  # type: ignore[assignment]
-    return {k.decode(): v for k, v in got.items()}
+    return {k.decode(): v for k, v in state_fields(got).items()}
 
 
 def seed_foreign(rc: redis.Redis, server: Server, key: str) -> None:
@@ -676,11 +680,12 @@ def test_listings_skip_stray_keys_and_objects_without_state(
     seed(server, "Cart", "alice", n=1)
     seed(server, "Cart", "gone", n=1)
     run_async(lambda: clear_all(server, "Cart", "gone"))
-    rc.hset(b"restate:{Cart:%E2%82}:meta", "v", "1")  # a truncated UTF-8 sequence
-    rc.set("restate:{Cart:str}:meta", "not a hash")
-    rc.hset("restate:{Cart:nometa}:state", "a", b"\x01")
-    rc.hset("restate:{Other:v}:meta", mapping={"v": "1.5"})
-    rc.hset("restate:{Other:v}:state", "a", b"\x01")
+    meta = {"a": b"\x01", META_FIELD: packed_meta(1, 2)}  # bookkeeping as a session writes it
+    rc.hset(b"restate:{Cart:%E2%82}:state", mapping=meta)  # a truncated UTF-8 sequence
+    rc.set("restate:{Cart:str}:state", "not a hash")
+    rc.hset("restate:{Cart:nometa}:state", "a", b"\x01")  # state without bookkeeping
+    version = msgpack.packb([1.5, -1, 0, "", ""])  # a version that is not an integer
+    rc.hset("restate:{Other:v}:state", mapping={"a": b"\x01", META_FIELD: version})
     services = api_get(ui.base, "/api/services")
     assert services["services"] == [
         {"name": "Cart", "objects": 1, "keys": 1, "bytes": 2, "unsized": 0, "lazy": 0, "near": 0}
@@ -799,13 +804,13 @@ def rows_shown(page: Any) -> list[str]:
 
 
 def bookkeeping(rc: redis.Redis, service: str, key: str) -> dict[str, int | None]:
-    meta = rc.hmget(f"restate:{{{service}:{key}}}:meta", ["v", "b", "t"])
-    version, size, changed = (None if v is None else int(v) for v in meta)  # type: ignore[union-attr]
+    fields: dict[bytes, bytes] = rc.hgetall(f"restate:{{{service}:{key}}}:state")  # type: ignore[assignment]
+    meta = meta_of(fields)
     return {
-        "version": version,
-        "size": size,
-        "keys": int(rc.hlen(f"restate:{{{service}:{key}}}:state")),  # type: ignore[arg-type]
-        "changed": changed,
+        "version": meta.version,
+        "size": meta.size,
+        "keys": len(state_fields(fields)),
+        "changed": meta.changed_ms,
     }
 
 

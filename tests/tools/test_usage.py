@@ -12,8 +12,11 @@ import redis.asyncio as aioredis
 
 from restate_redis import RedisStateStore
 from restate_redis.backend.inventory import ServiceInfo
+from restate_redis.keyspace import META_FIELD
 from restate_redis.tools.admin import Admin
+from tests.support.bookkeeping import packed_meta
 from tests.support.clirun import run_cli
+from tests.support.keys import state_fields
 from tests.support.servers import Cluster, Server, start_cluster
 from tests.support.stores import empty_store
 
@@ -28,9 +31,9 @@ async def put(store: RedisStateStore, service: str, key: str, **values: object) 
 
 
 async def stored_bytes(client: Any, store: RedisStateStore, service: str, key: str) -> int:
-    """What the state hash holds, counted here from its fields: names and values."""
+    """What the state hash holds, counted here from its state keys: names and values."""
     raw: dict[bytes, bytes] = await client.hgetall(store.keyspace.object_keys(service, key).state)
-    return sum(len(name) + len(value) for name, value in raw.items())
+    return sum(len(name) + len(value) for name, value in state_fields(raw).items())
 
 
 async def command_calls(client: aioredis.Redis) -> dict[str, int]:
@@ -61,8 +64,8 @@ async def test_usage_counts_bytes_and_keys_without_reading_a_value(
     await client.config_resetstat()
     found = await Admin(store).usage(top=5)
     calls = await command_calls(client)
-    assert not {name: calls[name] for name in VALUE_READS if name in calls and name != "hmget"}
-    assert calls["hmget"] == 14  # one per object, of its meta: v, wf, b, t
+    assert not {name: calls[name] for name in VALUE_READS if name in calls and name != "hget"}
+    assert calls["hget"] == 14  # one per object, of its bookkeeping field: v, b, t, flags
     assert found.complete and found.skipped.count == 0 and found.unsized == []
     assert [info.name for info in found.services] == ["Cart", "Signup", "Visits"]
     cart = found.services[0]
@@ -87,7 +90,7 @@ async def test_a_size_written_by_another_tool_is_unknown_until_an_eager_open_cou
     await put(store, "Cart", "ours", n=1)
     keys = store.keyspace.object_keys("Cart", "theirs")
     await client.hset(keys.state, mapping={"a": "1", "b": "22", "c": "333"})
-    await client.hset(keys.meta, "v", "4")  # bookkeeping without a size
+    await client.hset(keys.state, META_FIELD, packed_meta(4))  # bookkeeping without a size
     found = await Admin(store).usage(top=5)
     (cart,) = found.services
     assert (cart.objects, cart.keys, cart.unsized) == (2, 4, 1)
@@ -154,8 +157,8 @@ async def test_du_plain_json_and_table(
     await put(store, "Cart", "alice", items=["x" * 500])
     await put(store, "Cart", "bob", items=["x" * 50])
     await put(store, "Ev\x1b[31mil", "k", n=1)
-    await client.hset(store.keyspace.object_keys("Cart", "ext").state, "a", "1")
-    await client.hset(store.keyspace.object_keys("Cart", "ext").meta, "v", "1")
+    ext = store.keyspace.object_keys("Cart", "ext").state
+    await client.hset(ext, mapping={"a": "1", META_FIELD: packed_meta(1)})  # no size
     doc = json.loads(du(server.url, "--plain", "--top", "1", "--eager-size-limit", "560").stdout)
     assert doc["limits"] == {"eager_state_size_limit": 560, "eager_state_field_limit": 20000}
     alice = await stored_bytes(client, store, "Cart", "alice")
