@@ -135,7 +135,8 @@ class Meta:
             return cls()
         try:
             v, b, t, c, flags, *_ = msgpack.unpackb(raw, raw=True)
-            ints = all(type(x) is int for x in (v, b, t)) and v >= 0
+            # the scripts' rule (meta.lua): whole numbers, b from -1 (unknown), t from 0
+            ints = all(type(x) is int for x in (v, b, t)) and v >= 0 and b >= -1 and t >= 0
             if not (ints and isinstance(c, bytes) and isinstance(flags, bytes)):
                 raise ValueError
         except Exception:

@@ -62,9 +62,11 @@ class Refusal:
 
     status: Status
     found: str = ""
-    """WRONG_TYPE: the type found; CORRUPT: the meta field; NO_FIELD_EXPIRY: the server."""
+    """WRONG_TYPE: the type found; CORRUPT: the bookkeeping field; NO_FIELD_EXPIRY: the
+    server."""
     where: str = ""
-    """WRONG_TYPE: the Redis key; CORRUPT: the value found; NO_FIELD_EXPIRY: its error."""
+    """WRONG_TYPE: the Redis key; CORRUPT: the value found, quoted for a message;
+    NO_FIELD_EXPIRY: its error."""
     pttl: int = 0
     """BUSY: milliseconds until the holder's lease expires."""
     after_retry: bool = False
@@ -83,11 +85,24 @@ def refusal(reply: Any) -> Refusal | None:
     if code == 1 or code == 2:  # OK, ALREADY_APPLIED: the common case first
         return None
     status = _STATUS[int(code)]
-    if status in (Status.WRONG_TYPE, Status.CORRUPT, Status.NO_FIELD_EXPIRY):
+    if status is Status.CORRUPT:  # the value as found: bytes, shown as such when not text
+        raw = reply[2]
+        shown = repr(raw) if isinstance(raw, str) else _shown(raw)
+        return Refusal(status, text(reply[1]), shown)
+    if status in (Status.WRONG_TYPE, Status.NO_FIELD_EXPIRY):
         return Refusal(status, text(reply[1]), text(reply[2]))
     if status is Status.BUSY:
         return Refusal(status, pttl=int(reply[1]))
     return Refusal(status)
+
+
+def _shown(raw: bytes) -> str:
+    """Bytes as quoted text when they are printable UTF-8, else their Python repr."""
+    try:
+        decoded = raw.decode()
+    except UnicodeDecodeError:
+        return repr(raw)
+    return repr(decoded) if decoded.isprintable() else repr(raw)
 
 
 @dataclass(frozen=True, slots=True)

@@ -183,7 +183,7 @@ class Target(SessionRef):
     def corrupt(self, field: bytes | str, value: bytes | str) -> CorruptStateError:
         return CorruptStateError(
             f"the bookkeeping of {self.where} does not parse: field {_text(field)!r} of "
-            f"{self.keys.state!r} holds {value!r}; it was not written by restate-redis, and "
+            f"{self.keys.state!r} holds {_text(value)}; it was not written by restate-redis, and "
             f"nothing was written"
         )
 

@@ -168,10 +168,10 @@ async def test_a_foreign_value_under_any_key_is_refused_before_any_write(
     assert await client.type(redis_key) == (b"hash" if suffix in ("lease", "wait") else b"string")
 
 
-@pytest.mark.parametrize("meta", ["not-a-number", "1 x - - -", "1 2 3"])
+@pytest.mark.parametrize("meta", ["not-a-number", "1 x - - -", b"\x95\x01\xc1\xff"])
 @pytest.mark.parametrize("preload", [True, False])
 async def test_bookkeeping_that_does_not_parse_is_a_state_error(
-    store: RedisStateStore, client: aioredis.Redis, meta: str, preload: bool
+    store: RedisStateStore, client: aioredis.Redis, meta: str | bytes, preload: bool
 ) -> None:
     keys = store.keyspace.object_keys("Svc", "o")
     async with store.object("Svc", "o") as ctx:

@@ -14,6 +14,7 @@ from restate_redis import InvalidNameError, Keyspace, RedisStateStore, WrongType
 from restate_redis.keyspace import (
     META_FIELD,
     PRIOR_FIELD,
+    Meta,
     commit_tag,
     decode_name,
     encode_name,
@@ -205,3 +206,15 @@ async def test_small_prior_values_live_in_the_bookkeeping_and_large_ones_beside_
         ctx.set("n", 4)
     assert await client.hget(keys.state, PRIOR_FIELD) is None
     assert not set((await read_meta(client, keys.state)).flags) & {"p", "q"}
+
+
+@pytest.mark.parametrize(
+    ("stored", "wrong"),
+    [([1, -3, 0, b"", b""], "b below -1"), ([1, 2, -5, b"", b""], "t below 0")],
+)
+def test_bookkeeping_the_scripts_refuse_does_not_parse_here_either(
+    stored: list[object], wrong: str
+) -> None:
+    """Meta.parse (the tools' listings) and meta.lua (every session) hold the same rule."""
+    with pytest.raises(ValueError, match="MessagePack array"):
+        Meta.parse(msgpack.packb(stored, use_bin_type=False))
