@@ -15,6 +15,7 @@ from .errors import (
     DataError,
     EmbeddedServerError,
     EncryptedValueError,
+    ImportConflictError,
     InvalidNameError,
     InvalidOptionError,
     InvalidPatchError,
@@ -39,6 +40,14 @@ from .errors import (
 )
 from .ext.otel import Telemetry as _Telemetry  # noqa: F401 (registers the OpenTelemetry observer)
 from .keyspace import Keyspace
+from .records import (
+    Imported,
+    ImportOutcome,
+    ImportReport,
+    ObjectRecord,
+    OnConflict,
+    RecordFormatError,
+)
 from .serde import BytesSerde, JsonSerde, MsgPackSerde, Serde
 from .session import Session
 from .store import RedisStateStore
@@ -48,6 +57,13 @@ __all__ = [
     "RedisStateStore",
     "Session",
     "Keyspace",
+    # whole objects: export and import
+    "ObjectRecord",
+    "Imported",
+    "ImportReport",
+    "ImportOutcome",
+    "OnConflict",
+    "RecordFormatError",
     # values
     "Serde",
     "MsgPackSerde",
@@ -82,6 +98,7 @@ __all__ = [
     "LeaseLostError",
     "VersionConflictError",
     "WorkflowCompletedError",
+    "ImportConflictError",
     # availability: Redis is not there, or would not do it
     "AvailabilityError",
     "StoreUnavailableError",

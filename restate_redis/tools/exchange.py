@@ -1,0 +1,378 @@
+"""``restate-redis export`` and ``restate-redis import``: whole objects to and from a file.
+
+``export [SERVICE ...] -o FILE`` writes every object of the namespace (or of the services
+named) as JSON Lines (:mod:`restate_redis.records`: a versioned header line, then one record
+per object with its state bytes in base64), with a progress bar on stderr. The file appears
+under its name only when the export is complete (it is written beside it first, then
+renamed). ``import FILE`` applies each record with
+:meth:`~restate_redis.RedisStateStore.import_object`: whole, atomically, under the object's
+lease, idempotently. The file is read through once first, so that a bad line (reported with
+its number, exit 5) stops the import before anything is written.
+
+Exit codes, beside the common ones (:mod:`restate_redis.tools.kv`): 3 an import with
+``--on-conflict fail`` (the default) met an object the target holds otherwise (nothing of it
+was written; the objects before it were); 5 the file is not a valid export (its line named).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from ..errors import ImportConflictError
+from ..records import (
+    ON_CONFLICT,
+    Imported,
+    ImportReport,
+    ObjectRecord,
+    RecordFormatError,
+    header_line,
+    read_lines,
+    record_line,
+)
+from .admin import Admin, SkippedKeys
+from .kv import (
+    EXIT_CONFLICT,
+    Connection,
+    connection_options,
+    count_option,
+    done,
+    fail,
+    note,
+    plural,
+    report_skipped,
+    run,
+)
+
+EXIT_BAD_FILE = 5
+
+EXCHANGE_EXIT_CODES = (
+    "Exit codes: 0 ok; 1 failure (one line on stderr); 2 usage error; 3 an object the target "
+    "holds otherwise, with --on-conflict fail (that object not written); 5 a bad file (its "
+    "line named; nothing written)."
+)
+SHOWN = 5
+"""Objects a summary names per outcome."""
+STEP = 100
+"""Objects between two updates of the progress bar (an update per object would cost more
+than the object)."""
+
+
+def _progress(total: int | None) -> Any:
+    """A progress bar on stderr: objects done (of ``total``), rate, time."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    rate = TextColumn("{task.fields[rate]}")
+    if total is None:
+        columns: tuple[Any, ...] = (
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TextColumn("{task.completed:,} objects"),
+            rate,
+            TimeElapsedColumn(),
+        )
+    else:
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("objects"),
+            rate,
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+    return Progress(*columns, console=Console(stderr=True), transient=False)
+
+
+class _Meter:
+    """Objects per second for the progress bar and the summary."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.count = 0
+
+    def tick(self, n: int = 1) -> str:
+        self.count += n
+        return self.rate()
+
+    def rate(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        return f"{self.count / elapsed:,.0f}/s"
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _output(path: str) -> Iterator[IO[str]]:
+    """``path`` for writing, appearing under its name only when the block ends well ("-":
+    standard output)."""
+    if path == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    target = Path(path)
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        with partial.open("w", encoding="utf-8", newline="\n") as out:
+            yield out
+        os.replace(partial, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+
+
+async def export_to(
+    admin: Admin,
+    out: IO[str],
+    services: list[str] | None,
+    concurrency: int,
+    progress: Any,
+    skipped: SkippedKeys,
+) -> _Meter:
+    """Write the header and every record of ``services`` to ``out``."""
+    store = admin.store
+    meter = _Meter()
+    out.write(header_line(store.keyspace.namespace, int(time.time() * 1000), services) + "\n")
+    task = progress.add_task("exporting", total=None, rate="")
+    export = store.export_objects(services, concurrency=concurrency)
+    async for record in export:
+        out.write(record_line(record) + "\n")
+        meter.tick()
+        if meter.count % STEP == 0:
+            progress.update(task, completed=meter.count, rate=meter.rate())
+    progress.update(task, completed=meter.count, rate=meter.rate())
+    skipped.merge(export.skipped)
+    return meter
+
+
+@click.command(
+    "export", context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXCHANGE_EXIT_CODES
+)
+@click.argument("services", nargs=-1, metavar="[SERVICE ...]")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    metavar="FILE",
+    help="The file to write (JSON Lines); - for standard output.",
+)
+@count_option("--concurrency", 64, "Objects read at a time.", most=1024)
+@connection_options
+def export_command(
+    services: tuple[str, ...], output: str | None, concurrency: int, conn: Connection
+) -> None:
+    """Write every object and workflow (of the services named, else all) to FILE, losslessly:
+    the state bytes as stored, the version, the workflow status, the time left until the
+    object expires and that of each state key with an expiry of its own.
+
+    Each object is read at one instant (one script), so a record is never half a commit.
+    The file is JSON Lines: a header line, then one object per line (see the docs' "Export
+    and import" page); it appears under its name only once complete.
+    """
+    if output is None:
+        raise click.UsageError("missing -o FILE: where to write the export (- for stdout)")
+    wanted = list(dict.fromkeys(services)) or None
+    skipped = SkippedKeys()
+
+    async def go(admin: Admin) -> _Meter:
+        with _output(output) as out, _progress(None) as progress:
+            return await export_to(admin, out, wanted, concurrency, progress, skipped)
+
+    meter = run(conn, go)
+    report_skipped(skipped, conn)
+    where = "standard output" if output == "-" else output
+    note(
+        f"exported {plural(meter.count, 'object')} to {where} in {meter.seconds():.1f}s "
+        f"({meter.rate()})",
+        conn,
+    )
+
+
+# -- import ---------------------------------------------------------------------------------------
+
+
+def _lines(path: str) -> Iterator[str]:
+    """The lines of ``path`` as text; a line that is not UTF-8 is a bad file (its number)."""
+    stream = sys.stdin.buffer if path == "-" else Path(path).open("rb")  # noqa: SIM115
+    try:
+        for number, raw in enumerate(stream, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RecordFormatError(f"not UTF-8 text: {exc.reason}", number) from None
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def check_file(path: str) -> int:
+    """Read the whole file once: the number of its records, or a RecordFormatError at the
+    first bad line."""
+    return sum(1 for _ in read_lines(_lines(path)))
+
+
+def summary(report: ImportReport, names: dict[str, list[str]]) -> str:
+    parts = [
+        f"{n} {label}"
+        for n, label in (
+            (report.created, "created"),
+            (report.overwritten, "overwritten"),
+            (report.unchanged, "unchanged"),
+            (report.skipped, "skipped"),
+            (report.conflict, "in conflict"),
+        )
+        if n
+    ]
+    head = (
+        f"dry run, nothing written: of {plural(report.total, 'object')} would be "
+        if report.dry_run
+        else f"imported {plural(report.total, 'object')}: "
+    )
+    text = head + (", ".join(parts) or "none")
+    for outcome in ("overwritten", "skipped", "conflict"):
+        listed = names.get(outcome)
+        if listed:
+            text += f"\n  {outcome}: " + ", ".join(listed)
+    return text
+
+
+async def import_records(
+    admin: Admin,
+    records: Any,
+    total: int | None,
+    on_conflict: str,
+    dry_run: bool,
+    concurrency: int,
+    names: dict[str, list[str]],
+) -> tuple[ImportReport, _Meter]:
+    """``records`` imported with a progress bar; ``names`` gets a few objects per outcome."""
+    meter = _Meter()
+    with _progress(total) as progress:
+        task = progress.add_task("checking" if dry_run else "importing", total=total, rate="")
+
+        def landed(result: Imported) -> None:
+            listed = names.setdefault(result.outcome, [])
+            if len(listed) < SHOWN:
+                listed.append(f"{result.service}/{result.key}")
+            meter.tick()
+            if meter.count % STEP == 0:
+                progress.update(task, completed=meter.count, rate=meter.rate())
+
+        try:
+            report = await admin.store.import_objects(
+                records,
+                on_conflict=on_conflict,  # type: ignore[arg-type]
+                dry_run=dry_run,
+                concurrency=concurrency,
+                on_imported=landed,
+            )
+        finally:
+            progress.update(task, completed=meter.count, rate=meter.rate())
+    return report, meter
+
+
+def _file_records(path: str) -> Iterator[ObjectRecord]:
+    for _, record in read_lines(_lines(path)):
+        yield record
+
+
+def conflict_options(command: Any) -> Any:
+    command = click.option(
+        "--dry-run", is_flag=True, help="Write nothing; say what the import would do."
+    )(command)
+    command = click.option(
+        "--on-conflict",
+        type=click.Choice(ON_CONFLICT),
+        default="fail",
+        show_default=True,
+        help="For an object the target holds otherwise: leave it, replace it, or stop.",
+    )(command)
+    return command
+
+
+@click.command(
+    "import", context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXCHANGE_EXIT_CODES
+)
+@click.argument("file", metavar="FILE")
+@conflict_options
+@count_option("--concurrency", 64, "Objects written at a time.", most=1024)
+@connection_options
+def import_command(
+    file: str, on_conflict: str, dry_run: bool, concurrency: int, conn: Connection
+) -> None:
+    """Apply an export FILE: each object whole, atomically, under its lease (a running
+    handler finishes first), keeping its state bytes, version, workflow status and expiries.
+
+    Idempotent: an object the target already holds the same (version, workflow status and
+    state bytes) is left as it is, so running it again writes nothing. For an object the
+    target holds otherwise, --on-conflict says what to do (fail: stop there, exit 3). The
+    file is read through once before anything is written: a bad line stops it (exit 5).
+    """
+    try:
+        total = check_file(file)
+    except RecordFormatError as exc:
+        fail(f"{file}: {exc}; nothing was written", conn, EXIT_BAD_FILE)
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror or exc}", conn)
+    names: dict[str, list[str]] = {}
+
+    async def go(admin: Admin) -> tuple[ImportReport, _Meter]:
+        return await import_records(
+            admin, _file_records(file), total, on_conflict, dry_run, concurrency, names
+        )
+
+    finish(conn, go, names)
+
+
+def finish(conn: Connection, go: Any, names: dict[str, list[str]]) -> None:
+    """Run an import and print its summary; a conflict exits 3 after saying what was done."""
+    try:
+        report, meter = run_conflicts(conn, go)
+    except ImportConflictError as exc:
+        fail(str(exc), conn, EXIT_CONFLICT)
+    done(summary(report, names))
+    note(f"{plural(meter.count, 'object')} in {meter.seconds():.1f}s ({meter.rate()})", conn)
+    if report.conflict:
+        fail(
+            f"{plural(report.conflict, 'object')} in conflict: an import with --on-conflict "
+            f"fail would stop at the first",
+            conn,
+            EXIT_CONFLICT,
+        )
+
+
+def run_conflicts(conn: Connection, go: Any) -> Any:
+    """:func:`restate_redis.tools.kv.run`, an ImportConflictError passed on to the caller."""
+    caught: list[ImportConflictError] = []
+
+    async def guarded(admin: Admin) -> Any:
+        try:
+            return await go(admin)
+        except ImportConflictError as exc:
+            caught.append(exc)
+            return None
+
+    result = run(conn, guarded)
+    if caught:
+        raise caught[0]
+    return result
