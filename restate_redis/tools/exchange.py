@@ -176,10 +176,27 @@ async def export_to(
     metavar="FILE",
     help="The file to write (JSON Lines); - for standard output.",
 )
+@click.option(
+    "--to-restate",
+    "to_restate",
+    metavar="ADMIN_URL",
+    help="Write the state into Restate's own (its admin API, e.g. http://127.0.0.1:9070) "
+    "instead of a file.",
+)
+@click.option(
+    "--keep-bytes",
+    is_flag=True,
+    help="With --to-restate: move the stored bytes as they are, not re-encoded as the SDK's JSON.",
+)
 @count_option("--concurrency", 64, "Objects read at a time.", most=1024)
 @connection_options
 def export_command(
-    services: tuple[str, ...], output: str | None, concurrency: int, conn: Connection
+    services: tuple[str, ...],
+    output: str | None,
+    to_restate: str | None,
+    keep_bytes: bool,
+    concurrency: int,
+    conn: Connection,
 ) -> None:
     """Write every object and workflow (of the services named, else all) to FILE, losslessly:
     the state bytes as stored, the version, the workflow status, the time left until the
@@ -189,10 +206,19 @@ def export_command(
     The file is JSON Lines: a header line, then one object per line (see the docs' "Export
     and import" page); it appears under its name only once complete.
     """
-    if output is None:
-        raise click.UsageError("missing -o FILE: where to write the export (- for stdout)")
     wanted = list(dict.fromkeys(services)) or None
     skipped = SkippedKeys()
+    if to_restate is not None:
+        if output is not None:
+            raise click.UsageError("-o FILE and --to-restate exclude each other")
+        from .migrate import export_to_restate
+
+        export_to_restate(conn, to_restate, wanted, keep_bytes, concurrency)
+        return
+    if keep_bytes:
+        raise click.UsageError("--keep-bytes goes with --to-restate (a file keeps the bytes)")
+    if output is None:
+        raise click.UsageError("missing -o FILE: where to write the export (- for stdout)")
 
     async def go(admin: Admin) -> _Meter:
         with _output(output) as out, _progress(None) as progress:
@@ -313,21 +339,61 @@ def conflict_options(command: Any) -> Any:
 @click.command(
     "import", context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXCHANGE_EXIT_CODES
 )
-@click.argument("file", metavar="FILE")
+@click.argument("args", nargs=-1, metavar="FILE | --from-restate ADMIN_URL [SERVICE ...]")
+@click.option(
+    "--from-restate",
+    "from_restate",
+    metavar="ADMIN_URL",
+    help="Read the state from Restate's own (its admin API, e.g. http://127.0.0.1:9070) "
+    "instead of a file: every Virtual Object and Workflow, or the SERVICEs named.",
+)
+@click.option(
+    "--keep-bytes",
+    is_flag=True,
+    help="With --from-restate: keep Restate's bytes as they are, not re-encoded from the "
+    "SDK's JSON into the store's serde.",
+)
 @conflict_options
 @count_option("--concurrency", 64, "Objects written at a time.", most=1024)
 @connection_options
 def import_command(
-    file: str, on_conflict: str, dry_run: bool, concurrency: int, conn: Connection
+    args: tuple[str, ...],
+    from_restate: str | None,
+    keep_bytes: bool,
+    on_conflict: str,
+    dry_run: bool,
+    concurrency: int,
+    conn: Connection,
 ) -> None:
-    """Apply an export FILE: each object whole, atomically, under its lease (a running
-    handler finishes first), keeping its state bytes, version, workflow status and expiries.
+    """Apply an export FILE (or Restate's own state): each object whole, atomically, under
+    its lease (a running handler finishes first), keeping its state bytes, version,
+    workflow status and expiries.
 
     Idempotent: an object the target already holds the same (version, workflow status and
     state bytes) is left as it is, so running it again writes nothing. For an object the
     target holds otherwise, --on-conflict says what to do (fail: stop there, exit 3). The
     file is read through once before anything is written: a bad line stops it (exit 5).
+
+    With --from-restate ADMIN_URL [SERVICE ...], the objects come from Restate's own state
+    (its admin API's SQL endpoint), values re-encoded from the SDK's JSON into --serde
+    (--keep-bytes: as they are), each at version 1.
     """
+    if from_restate is not None:
+        from .migrate import import_from_restate
+
+        services = list(dict.fromkeys(args)) or None
+        import_from_restate(
+            conn, from_restate, services, keep_bytes, on_conflict, dry_run, concurrency
+        )
+        return
+    if keep_bytes:
+        raise click.UsageError("--keep-bytes goes with --from-restate (a file keeps the bytes)")
+    if len(args) != 1:
+        raise click.UsageError(
+            f"expected one FILE (or --from-restate ADMIN_URL [SERVICE ...]), got {len(args)} "
+            f"arguments"
+        )
+    file = args[0]
     try:
         total = check_file(file)
     except RecordFormatError as exc:
