@@ -50,7 +50,7 @@ from .records import (
 )
 from .serde import BytesSerde, JsonSerde, MsgPackSerde, Serde
 from .session import Session
-from .store import RedisStateStore
+from .store import ObjectExport, RedisStateStore
 
 __all__ = [
     # the store and its sessions
@@ -59,6 +59,7 @@ __all__ = [
     "Keyspace",
     # whole objects: export and import
     "ObjectRecord",
+    "ObjectExport",
     "Imported",
     "ImportReport",
     "ImportOutcome",

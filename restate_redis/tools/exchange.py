@@ -26,10 +26,8 @@ from typing import IO, Any
 
 import click
 
-from ..errors import ImportConflictError
 from ..records import (
     ON_CONFLICT,
-    Imported,
     ImportReport,
     ObjectRecord,
     RecordFormatError,
@@ -39,17 +37,16 @@ from ..records import (
 )
 from .admin import Admin, SkippedKeys
 from .kv import (
-    EXIT_CONFLICT,
     Connection,
     connection_options,
     count_option,
-    done,
     fail,
     note,
     plural,
     report_skipped,
     run,
 )
+from .transfer import STEP, Meter, finish, import_records, progress_bar
 
 EXIT_BAD_FILE = 5
 
@@ -58,67 +55,6 @@ EXCHANGE_EXIT_CODES = (
     "holds otherwise, with --on-conflict fail (that object not written); 5 a bad file (its "
     "line named; nothing written)."
 )
-SHOWN = 5
-"""Objects a summary names per outcome."""
-STEP = 100
-"""Objects between two updates of the progress bar (an update per object would cost more
-than the object)."""
-
-
-def _progress(total: int | None) -> Any:
-    """A progress bar on stderr: objects done (of ``total``), rate, time."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    rate = TextColumn("{task.fields[rate]}")
-    if total is None:
-        columns: tuple[Any, ...] = (
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            TextColumn("{task.completed:,} objects"),
-            rate,
-            TimeElapsedColumn(),
-        )
-    else:
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("objects"),
-            rate,
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-    return Progress(*columns, console=Console(stderr=True), transient=False)
-
-
-class _Meter:
-    """Objects per second for the progress bar and the summary."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.count = 0
-
-    def tick(self, n: int = 1) -> str:
-        self.count += n
-        return self.rate()
-
-    def rate(self) -> str:
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        return f"{self.count / elapsed:,.0f}/s"
-
-    def seconds(self) -> float:
-        return time.monotonic() - self.started
-
-
 # -- export ---------------------------------------------------------------------------------------
 
 
@@ -148,10 +84,10 @@ async def export_to(
     concurrency: int,
     progress: Any,
     skipped: SkippedKeys,
-) -> _Meter:
+) -> Meter:
     """Write the header and every record of ``services`` to ``out``."""
     store = admin.store
-    meter = _Meter()
+    meter = Meter()
     out.write(header_line(store.keyspace.namespace, int(time.time() * 1000), services) + "\n")
     task = progress.add_task("exporting", total=None, rate="")
     export = store.export_objects(services, concurrency=concurrency)
@@ -220,8 +156,8 @@ def export_command(
     if output is None:
         raise click.UsageError("missing -o FILE: where to write the export (- for stdout)")
 
-    async def go(admin: Admin) -> _Meter:
-        with _output(output) as out, _progress(None) as progress:
+    async def go(admin: Admin) -> Meter:
+        with _output(output) as out, progress_bar(None) as progress:
             return await export_to(admin, out, wanted, concurrency, progress, skipped)
 
     meter = run(conn, go)
@@ -255,66 +191,6 @@ def check_file(path: str) -> int:
     """Read the whole file once: the number of its records, or a RecordFormatError at the
     first bad line."""
     return sum(1 for _ in read_lines(_lines(path)))
-
-
-def summary(report: ImportReport, names: dict[str, list[str]]) -> str:
-    parts = [
-        f"{n} {label}"
-        for n, label in (
-            (report.created, "created"),
-            (report.overwritten, "overwritten"),
-            (report.unchanged, "unchanged"),
-            (report.skipped, "skipped"),
-            (report.conflict, "in conflict"),
-        )
-        if n
-    ]
-    head = (
-        f"dry run, nothing written: of {plural(report.total, 'object')} would be "
-        if report.dry_run
-        else f"imported {plural(report.total, 'object')}: "
-    )
-    text = head + (", ".join(parts) or "none")
-    for outcome in ("overwritten", "skipped", "conflict"):
-        listed = names.get(outcome)
-        if listed:
-            text += f"\n  {outcome}: " + ", ".join(listed)
-    return text
-
-
-async def import_records(
-    admin: Admin,
-    records: Any,
-    total: int | None,
-    on_conflict: str,
-    dry_run: bool,
-    concurrency: int,
-    names: dict[str, list[str]],
-) -> tuple[ImportReport, _Meter]:
-    """``records`` imported with a progress bar; ``names`` gets a few objects per outcome."""
-    meter = _Meter()
-    with _progress(total) as progress:
-        task = progress.add_task("checking" if dry_run else "importing", total=total, rate="")
-
-        def landed(result: Imported) -> None:
-            listed = names.setdefault(result.outcome, [])
-            if len(listed) < SHOWN:
-                listed.append(f"{result.service}/{result.key}")
-            meter.tick()
-            if meter.count % STEP == 0:
-                progress.update(task, completed=meter.count, rate=meter.rate())
-
-        try:
-            report = await admin.store.import_objects(
-                records,
-                on_conflict=on_conflict,  # type: ignore[arg-type]
-                dry_run=dry_run,
-                concurrency=concurrency,
-                on_imported=landed,
-            )
-        finally:
-            progress.update(task, completed=meter.count, rate=meter.rate())
-    return report, meter
 
 
 def _file_records(path: str) -> Iterator[ObjectRecord]:
@@ -402,43 +278,9 @@ def import_command(
         fail(f"cannot read {file}: {exc.strerror or exc}", conn)
     names: dict[str, list[str]] = {}
 
-    async def go(admin: Admin) -> tuple[ImportReport, _Meter]:
+    async def go(admin: Admin) -> tuple[ImportReport, Meter]:
         return await import_records(
             admin, _file_records(file), total, on_conflict, dry_run, concurrency, names
         )
 
     finish(conn, go, names)
-
-
-def finish(conn: Connection, go: Any, names: dict[str, list[str]]) -> None:
-    """Run an import and print its summary; a conflict exits 3 after saying what was done."""
-    try:
-        report, meter = run_conflicts(conn, go)
-    except ImportConflictError as exc:
-        fail(str(exc), conn, EXIT_CONFLICT)
-    done(summary(report, names))
-    note(f"{plural(meter.count, 'object')} in {meter.seconds():.1f}s ({meter.rate()})", conn)
-    if report.conflict:
-        fail(
-            f"{plural(report.conflict, 'object')} in conflict: an import with --on-conflict "
-            f"fail would stop at the first",
-            conn,
-            EXIT_CONFLICT,
-        )
-
-
-def run_conflicts(conn: Connection, go: Any) -> Any:
-    """:func:`restate_redis.tools.kv.run`, an ImportConflictError passed on to the caller."""
-    caught: list[ImportConflictError] = []
-
-    async def guarded(admin: Admin) -> Any:
-        try:
-            return await go(admin)
-        except ImportConflictError as exc:
-            caught.append(exc)
-            return None
-
-    result = run(conn, guarded)
-    if caught:
-        raise caught[0]
-    return result

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from ..records import ObjectRecord
 from ..store import _bounded
 from .admin import Admin, SkippedKeys
-from .exchange import STEP, _Meter, _progress, finish, import_records
 from .kv import Connection, note, plural, report_skipped, run
 from .restate_admin import RestateAdmin, RestateAdminError, restate_records, to_restate_value
+from .transfer import STEP, Meter, finish, import_records, progress_bar
 
 CONFIRM_SECONDS = 30.0
 """How long an export waits for Restate to show what it wrote (it applies edits through its
@@ -34,7 +34,7 @@ def import_from_restate(
     restate = RestateAdmin(admin_url)
     names: dict[str, list[str]] = {}
 
-    async def go(admin: Admin) -> tuple[object, _Meter]:
+    async def go(admin: Admin) -> tuple[object, Meter]:
         store = admin.store
         records = restate_records(
             restate,
@@ -87,11 +87,11 @@ def export_to_restate(
     restate = RestateAdmin(admin_url)
     skipped = SkippedKeys()
 
-    async def go(admin: Admin) -> tuple[_Meter, int]:
+    async def go(admin: Admin) -> tuple[Meter, int]:
         store = admin.store
         kinds = await restate.keyed_services()
         sent: dict[tuple[str, str], bytes] = {}
-        meter = _Meter()
+        meter = Meter()
         export = store.export_objects(services, concurrency=concurrency)
 
         async def one(record: ObjectRecord) -> None:
@@ -110,7 +110,7 @@ def export_to_restate(
             await restate.set_state(service, key, state)
             sent[(service, key)] = _digest(state)
 
-        with _progress(None) as progress:
+        with progress_bar(None) as progress:
             task = progress.add_task("writing to Restate", total=None, rate="")
 
             async def counted(record: ObjectRecord) -> None:
