@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..keyspace import EMPTY_GRACE_SECONDS, META, Keyspace, ObjectKeys
+from ..keyspace import EMPTY_GRACE_SECONDS, STATE, Keyspace, ObjectKeys
 from ..records import ObjectRecord, OnConflict
 from . import replies
 from .engine import RedisBackend, commit_keys
@@ -103,7 +103,7 @@ async def dump(
     """dump.lua: the object whole, at one instant (``cursor`` "": whole, while within the
     store's field limit), or one page of it from ``cursor`` (the caller holds its lease); None
     when there is nothing to export."""
-    redis_keys = [keys.state, keys.meta, keys.ttls]
+    redis_keys = [keys.state, keys.ttls, keys.v1_meta, keys.v1_prev]
     args: list[Any] = [backend.eager_state_field_limit, cursor, page]
     script, wire = backend.scripts.dump, backend.wire
     reply = await backend.retry.run(
@@ -181,9 +181,9 @@ async def find_objects(
     restate-redis could not have written go to ``skipped``."""
     wanted = None if services is None else sorted(set(services))
     if wanted is not None and len(wanted) == 1:
-        match = keyspace.object_pattern(wanted[0], suffix=META)
+        match = keyspace.object_pattern(wanted[0], suffix=STATE)
     else:
-        match = keyspace.all_pattern(META)
+        match = keyspace.all_pattern(STATE)
     seen: set[tuple[str, str]] = set()  # SCAN may return a key twice
     pending: list[tuple[str, str]] = []
     cursor = 0

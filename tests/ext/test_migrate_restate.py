@@ -19,8 +19,10 @@ import pytest
 import redis
 
 from restate_redis import Keyspace
+from restate_redis.keyspace import META_FIELD
 from restate_redis.tools.stack import Deployment
 from tests.support.clirun import run_cli
+from tests.support.keys import meta_of, state_fields
 from tests.support.restate_server import ROOT, RestateStack, start_stack
 from tests.support.servers import Server
 
@@ -97,14 +99,15 @@ def test_state_moves_from_restate_to_redis_and_back(
     assert "2 unchanged" in again.stdout or "3 unchanged" in again.stdout, again.stdout
 
     def stored(service: str, key: str) -> dict[str, Any]:
-        raw = rc.hgetall(keyspace.object_keys(service, key).state)
+        raw = state_fields(rc.hgetall(keyspace.object_keys(service, key).state))
         return {k.decode(): msgpack.unpackb(v) for k, v in raw.items()}  # the store's serde
 
     assert stored("Profile", "alice") == alice and stored("Profile", ODD_KEY) == odd
     assert stored("Signup", "wf-1") == wf_state
-    meta = rc.hgetall(keyspace.object_keys("Signup", "wf-1").meta)
-    assert (meta[b"v"], meta[b"wf"]) == (b"1", b"completed")
-    assert rc.pttl(keyspace.object_keys("Signup", "wf-1").meta) > 0  # Restate's retention
+    wf_hash = keyspace.object_keys("Signup", "wf-1").state
+    meta = meta_of(rc.hgetall(wf_hash))
+    assert (meta.version, meta.workflow) == (1, "completed")
+    assert rc.pttl(wf_hash) > 0  # Restate's retention
 
     # The same handlers, state in Redis: they read what Restate held
     redeploy(stack, redis_server, "redis")
@@ -133,13 +136,13 @@ def test_a_value_that_is_not_json_needs_keep_bytes(
     state = keyspace.object_keys("Profile", "raw").state
     # msgpack bytes, which JSON cannot carry: export --to-restate refuses, --keep-bytes moves
     rc.hset(state, "blob", msgpack.packb(b"\xff\x00"))
-    rc.hset(keyspace.object_keys("Profile", "raw").meta, "v", 1)
+    rc.hset(state, META_FIELD, msgpack.packb([1, -1, 0, b"", b""]))  # as a commit leaves it
     out = run_cli(
         "export", "--to-restate", stack.server.admin, "Profile", "--url", redis_server.url,
         "--namespace", NAMESPACE,
     )  # fmt: skip
     assert out.returncode == 1 and "--keep-bytes" in out.stderr, out.stderr
-    rc.delete(state, keyspace.object_keys("Profile", "raw").meta)
+    rc.delete(state)
     out = run_cli(
         "import", "--from-restate", stack.server.admin, "Nope", "--url", redis_server.url,
     )  # fmt: skip

@@ -3,25 +3,25 @@
 -- by the object's lease (a session holding it is never interleaved with: the import waits for
 -- it). Idempotent: an object that already holds the same version, workflow status and state
 -- bytes is left as it is ("unchanged", no write), so running an import again changes nothing.
--- Which key and meta field holds what is described in keyspace.py; this script and dump.lua
--- are the export's only writers and readers of it.
+-- Which key and reserved field holds what is described in keyspace.py.
 --
--- An object written here starts afresh: its state, meta, prev, old and ttls are replaced
--- (recent commit ids stay, so a commit retried from before is still recognised), meta gets
--- the stored size (b) counted here, and a new last commit id (c, ARGV[4]), so that a snapshot
--- a store cached of the object before can never match it again.
+-- An object written here starts afresh: its state hash (bookkeeping and prior values
+-- included), old and ttls are replaced (recent commit ids stay, so a commit retried from
+-- before is still recognised); the bookkeeping gets the stored size (b) counted here, and a
+-- new last commit (c, from ARGV[4]), so that a snapshot a store cached of the object before
+-- can never match it again.
 --
--- KEYS[1] state  KEYS[2] meta  KEYS[3] lease  KEYS[4] wake  KEYS[5] prev  KEYS[6] commits
--- KEYS[7] old  KEYS[8] ttls
+-- KEYS[1] state  KEYS[2] lease  KEYS[3] wait  KEYS[4] wake  KEYS[5] commits  KEYS[6] old
+-- KEYS[7] ttls  KEYS[8] meta, KEYS[9] prev: keyspace version 1's (moved in first: meta.lua)
 -- ARGV[1] token        "" takes the lease for the length of this script when no one holds
 --                      it (BUSY otherwise); else the caller's session holds it with this token
 -- ARGV[2] on conflict  "skip" | "overwrite" | "fail": for an object the target holds otherwise
 -- ARGV[3] dry run      "1": only say what would be done; nothing is written
--- ARGV[4] commit id    unique: the new last commit id (meta c)
+-- ARGV[4] commit id    unique: the new last commit (c)
 -- ARGV[5] version
 -- ARGV[6] workflow     "" | "running" | "completed"
 -- ARGV[7] ttl ms       > 0: every key of the object expires after this long; -1: never
--- ARGV[8] changed ms   "" or when the state last changed (meta t); "" takes the server's time
+-- ARGV[8] changed ms   "" or when the state last changed (t); "" takes the server's time
 -- ARGV[9] grace ms     an object with no state keeps its bookkeeping this long
 -- ARGV[10] n           state keys, which follow as n name, value pairs
 -- ARGV[11+2n] t        state keys with an expiry of their own, which follow as t name, ms pairs
@@ -32,36 +32,39 @@
 --        {0, lease pttl}        another session holds the lease (nothing written)
 --        {-3}                   the lease is not held by token
 --        {-1, type, key}        a key of the wrong type
---        {-4, field, value}     a meta field that does not parse
+--        {-4, field, value}     bookkeeping that does not parse
 --        {-5, server, error}    a state key's expiry on a server without hash-field expiry
 --#include expiry.lua
 
-local state, meta, lease, wake = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local prev, commits, old, ttls = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+--#include meta.lua
+
+local state, lease, wait, wake = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local commits, old, ttls = KEYS[5], KEYS[6], KEYS[7]
 local token, on_conflict, dry = ARGV[1], ARGV[2], ARGV[3] == '1'
 local commit_id, version, wf = ARGV[4], ARGV[5], ARGV[6]
 local ttl_ms, changed, grace_ms = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
 local n = tonumber(ARGV[10])
 local first_ttl = 12 + 2 * n
 
-for _, e in ipairs({{state, 'hash'}, {meta, 'hash'}, {lease, 'string'}, {wake, 'list'},
-    {prev, 'hash'}, {commits, 'zset'}, {old, 'hash'}, {ttls, 'zset'}}) do
+for _, e in ipairs({{state, 'hash'}, {lease, 'string'}, {wait, 'string'}, {wake, 'list'},
+    {commits, 'zset'}, {old, 'hash'}, {ttls, 'zset'}}) do
   local t = redis.call('TYPE', e[1])['ok']
   if t ~= e[2] and t ~= 'none' then return {-1, t, e[1]} end
 end
-local m = redis.call('HMGET', meta, 'v', 'wf')
-if m[1] and not string.match(m[1], '^%d+$') then return {-4, 'v', m[1]} end
 if tonumber(ARGV[11 + 2 * n]) > 0 then
   local refused = field_expiry_refused(state)
   if refused then return {-5, server_name(), refused} end
 end
+local m, bad = read_meta(state, KEYS[8], KEYS[9])
+if not m then return bad end
 
 -- What the target holds: an object exists when it has state, or is a workflow
-local held_n = redis.call('HLEN', state)
-local exists = held_n > 0 or (m[2] ~= nil and m[2] ~= false)
+local held_n = user_fields(state, m)
+local held_wf = workflow_status(m)
+local exists = held_n > 0 or held_wf ~= ''
 local outcome = 'created'
 if exists then
-  local same = held_n == n and (m[1] or '0') == version and (m[2] or '') == wf
+  local same = held_n == n and m.v == tonumber(version) and held_wf == wf
   if same then
     for i = 11, 10 + 2 * n, 2 do
       if redis.call('HGET', state, ARGV[i]) ~= ARGV[i + 1] then
@@ -81,7 +84,7 @@ if exists then
   end
 end
 if outcome ~= 'created' and outcome ~= 'overwritten' then
-  return {1, outcome, tonumber(m[1]) or 0}
+  return {1, outcome, m.v}
 end
 if dry then return {1, outcome, tonumber(version)} end
 
@@ -93,8 +96,7 @@ elseif holder ~= token then
 end
 
 -- The writes: the object replaced whole
-redis.call('UNLINK', state, prev, old, ttls)
-redis.call('DEL', meta)
+redis.call('UNLINK', state, old, ttls)
 local size = 0
 local batch = {}
 for i = 11, 10 + 2 * n, 2 do
@@ -116,23 +118,27 @@ for i = first_ttl, #ARGV, 2 do
   if not last_expiry or at > last_expiry then last_expiry = at end
 end
 
-local fields = {'v', version, 'b', size, 'c', commit_id, 't', changed ~= '' and changed or now_ms()}
-if wf ~= '' then fields[#fields + 1] = 'wf'; fields[#fields + 1] = wf end
-redis.call('HSET', meta, unpack(fields))
+local meta = {v = tonumber(version), b = size, c = commit_tag(commit_id),
+              t = changed ~= '' and tonumber(changed) or now_ms(), f = ''}
+if wf == 'running' then meta.f = 'R' elseif wf == 'completed' then meta.f = 'C' end
 
 -- The expiries, as a commit sets them (commit.lua)
 local timed_all = last_expiry and (#ARGV - first_ttl + 1) / 2 == n
 if ttl_ms > 0 then
+  write_meta(state, meta)
   redis.call('PEXPIRE', state, ttl_ms)
-  redis.call('PEXPIRE', meta, ttl_ms)
   redis.call('PEXPIRE', ttls, ttl_ms)
 elseif n == 0 and wf == '' then
-  redis.call('HSET', meta, 'e', '1')
-  redis.call('PEXPIRE', meta, grace_ms)
+  set_flag(meta, 'e', true)
+  write_meta(state, meta)
+  redis.call('PEXPIRE', state, grace_ms)
 elseif timed_all and wf == '' then
   local at = string.format('%.0f', last_expiry + grace_ms)
-  redis.call('HSET', meta, 'e', '1')
-  redis.call('PEXPIREAT', meta, at)
+  set_flag(meta, 'e', true)
+  write_meta(state, meta)
+  redis.call('PEXPIREAT', state, at)
   redis.call('PEXPIREAT', ttls, at)
+else
+  write_meta(state, meta)
 end
 return {1, outcome, tonumber(version)}
