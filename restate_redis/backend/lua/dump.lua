@@ -62,7 +62,7 @@ for i = 1, #all, 2 do
   end
 end
 all = pairs_
-for _, v in ipairs({m.v, wf, pttl, m.t or '', #all / 2}) do
+for _, v in ipairs({m.v, wf, pttl, m.t and m.t * 1000 or '', #all / 2}) do
   reply[#reply + 1] = v
 end
 local names = {}

@@ -21,7 +21,8 @@
 -- ARGV[5] version
 -- ARGV[6] workflow     "" | "running" | "completed"
 -- ARGV[7] ttl ms       > 0: every key of the object expires after this long; -1: never
--- ARGV[8] changed ms   "" or when the state last changed (t); "" takes the server's time
+-- ARGV[8] changed ms   "" or when the state last changed (t, kept to the second); "" takes
+--                      the server's time
 -- ARGV[9] grace ms     an object with no state keeps its bookkeeping this long
 -- ARGV[10] n           state keys, which follow as n name, value pairs
 -- ARGV[11+2n] t        state keys with an expiry of their own, which follow as t name, ms pairs
@@ -119,7 +120,7 @@ for i = first_ttl, #ARGV, 2 do
 end
 
 local meta = {v = tonumber(version), b = size, c = commit_tag(commit_id),
-              t = changed ~= '' and tonumber(changed) or now_ms(), f = ''}
+              t = math.floor((changed ~= '' and tonumber(changed) or now_ms()) / 1000), f = ''}
 if wf == 'running' then meta.f = 'R' elseif wf == 'completed' then meta.f = 'C' end
 
 -- The expiries, as a commit sets them (commit.lua)
