@@ -15,6 +15,7 @@ from .errors import (
     DataError,
     EmbeddedServerError,
     EncryptedValueError,
+    ImportConflictError,
     InvalidNameError,
     InvalidOptionError,
     InvalidPatchError,
@@ -39,15 +40,31 @@ from .errors import (
 )
 from .ext.otel import Telemetry as _Telemetry  # noqa: F401 (registers the OpenTelemetry observer)
 from .keyspace import Keyspace
+from .records import (
+    Imported,
+    ImportOutcome,
+    ImportReport,
+    ObjectRecord,
+    OnConflict,
+    RecordFormatError,
+)
 from .serde import BytesSerde, JsonSerde, MsgPackSerde, Serde
 from .session import Session
-from .store import RedisStateStore
+from .store import ObjectExport, RedisStateStore
 
 __all__ = [
     # the store and its sessions
     "RedisStateStore",
     "Session",
     "Keyspace",
+    # whole objects: export and import
+    "ObjectRecord",
+    "ObjectExport",
+    "Imported",
+    "ImportReport",
+    "ImportOutcome",
+    "OnConflict",
+    "RecordFormatError",
     # values
     "Serde",
     "MsgPackSerde",
@@ -82,6 +99,7 @@ __all__ = [
     "LeaseLostError",
     "VersionConflictError",
     "WorkflowCompletedError",
+    "ImportConflictError",
     # availability: Redis is not there, or would not do it
     "AvailabilityError",
     "StoreUnavailableError",

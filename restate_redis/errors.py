@@ -24,7 +24,8 @@ Messages name the service, the object key and, where one is involved, the state 
     │   ├── LeaseTimeoutError          the lease was not acquired within acquire_timeout
     │   ├── LeaseLostError             the lease expired before the commit: nothing written
     │   ├── VersionConflictError       the object changed since it was read
-    │   └── WorkflowCompletedError     the workflow's run already completed
+    │   ├── WorkflowCompletedError     the workflow's run already completed
+    │   └── ImportConflictError        an import met an object the target holds otherwise
     └── AvailabilityError              Redis is not there, or would not do it
         ├── StoreUnavailableError      not reachable within the retry budget
         ├── StoreError                 a refusal a retry cannot fix (credentials, ACL)
@@ -150,6 +151,11 @@ class VersionConflictError(ConcurrencyError):
 
 class WorkflowCompletedError(ConcurrencyError):
     """A run session was opened for a workflow whose run already completed."""
+
+
+class ImportConflictError(ConcurrencyError):
+    """An import with ``on_conflict="fail"`` met an object the target already holds in
+    another form (another version, workflow status or state); that object was not written."""
 
 
 # -- availability -------------------------------------------------------------------------------

@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
-from collections.abc import Callable, Sequence
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import observe
+from .backend import exchange
 from .backend.connection import RedisClient, connect, socket_timeout_of
 from .backend.engine import RedisBackend
-from .backend.retry import RetryPolicy
+from .backend.inventory import SkippedKeys
+from .backend.replies import Refusal, Status
+from .backend.retry import RetryPolicy, redis_errors
 from .codecs import CodecChain, Compression, Encryption
 from .durations import Duration, seconds
-from .errors import InvalidOptionError
+from .errors import (
+    CorruptStateError,
+    ImportConflictError,
+    InvalidOptionError,
+    LeaseLostError,
+    ServerFeatureError,
+    WrongTypeError,
+    where,
+)
 from .keyspace import DEFAULT_NAMESPACE, Keyspace, check_key, check_service
+from .records import (
+    ON_CONFLICT,
+    Imported,
+    ImportReport,
+    ObjectRecord,
+    OnConflict,
+    check_record,
+)
 from .serde import MsgPackSerde, Serde
 from .session import Session, StatePreload
 from .session.cache import SnapshotCache
@@ -352,6 +373,155 @@ class RedisStateStore:
             session.purge()
         return session.purged
 
+    # -- whole objects: export and import ---------------------------------------------------------
+
+    def export_objects(
+        self, services: Iterable[str] | None = None, *, concurrency: int = 64
+    ) -> ObjectExport:
+        """Every object and workflow of the namespace (of ``services``, when given) as
+        :class:`~restate_redis.ObjectRecord`: ``async for record in store.export_objects():``.
+
+        Each record is read at one instant by one script (dump.lua), so it is never half a
+        commit; an object with more state keys than ``eager_state_field_limit`` is read in
+        pages under its lease instead (a running handler finishes first). The objects are
+        found by SCAN on every master of a cluster, about 500 at a time, and read
+        ``concurrency`` at a time; an object may come a second time when SCAN returns it
+        twice (an import of both is still right). Keys restate-redis did not write are
+        skipped and counted in the export's ``skipped``.
+        """
+        names = None if services is None else [check_service(name) for name in services]
+        return ObjectExport(self, names, _positive_int(concurrency, "concurrency"))
+
+    async def export_object(self, service: str, key: str) -> ObjectRecord | None:
+        """One object or workflow as a record (see :meth:`export_objects`), or None when it
+        has no state and is no workflow."""
+        return await self._export_one(check_service(service), check_key(service, key))
+
+    async def _export_one(self, service: str, key: str) -> ObjectRecord | None:
+        keys = self.keyspace.object_keys(service, key)
+        async with redis_errors(f"exporting {where(service, key)}"):
+            dumped = await exchange.dump(self.backend, keys)
+        if isinstance(dumped, exchange.TooLarge):
+            return await self._export_paged(service, key)
+        if isinstance(dumped, Refusal):
+            raise _refused(dumped, service, key)
+        return None if dumped is None else dumped.record(service, key)
+
+    async def _export_paged(self, service: str, key: str) -> ObjectRecord | None:
+        """A large object, page by page under its lease (so that the pages see one state)."""
+        keys = self.keyspace.object_keys(service, key)
+        got: exchange.Dumped | None = None
+        async with self.object(service, key, state_preload=False, lease_on_enter=True):
+            cursor = "0"
+            while True:
+                async with redis_errors(f"exporting {where(service, key)}"):
+                    page = await exchange.dump(self.backend, keys, cursor=cursor)
+                if page is None:
+                    return None
+                if isinstance(page, Refusal):
+                    raise _refused(page, service, key)
+                assert isinstance(page, exchange.Dumped)
+                if got is None:
+                    got = page
+                else:
+                    got.state.update(page.state)
+                    got.key_ttl_ms.update(page.key_ttl_ms)
+                cursor = page.cursor
+                if cursor in ("0", ""):
+                    break
+        return got.record(service, key)
+
+    async def import_object(
+        self, record: ObjectRecord, *, on_conflict: OnConflict = "fail", dry_run: bool = False
+    ) -> Imported:
+        """Write ``record`` as its object, whole and atomically, under the object's lease
+        (a running handler finishes first; ``acquire_timeout`` bounds the wait).
+
+        An object the target already holds with the same version, workflow status and state
+        bytes is left as it is (``unchanged``): importing the same records twice writes
+        nothing the second time. For an object the target holds otherwise, ``on_conflict``
+        says what to do: ``"skip"`` it, ``"overwrite"`` it, or ``"fail"``:
+        :class:`~restate_redis.errors.ImportConflictError`, nothing written. ``dry_run``:
+        nothing is written; the result says what would be done (``conflict`` where the
+        import would raise). A written object gets a new
+        last commit id, so no snapshot cached before matches it; its expiry, and each state
+        key's, count from the import on; it keeps the record's version and time of change.
+        """
+        check_record(record)
+        if on_conflict not in ON_CONFLICT:
+            raise InvalidOptionError(
+                f"on_conflict must be one of {', '.join(ON_CONFLICT)}, got {on_conflict!r}"
+            )
+        service, key = check_service(record.service), check_key(record.service, record.key)
+        keys = self.keyspace.object_keys(service, key)
+        commit_id = "import:" + secrets.token_hex(16)
+
+        async def load(token: str) -> exchange.Loaded | Refusal:
+            async with redis_errors(f"importing {where(service, key)}"):
+                return await exchange.load(
+                    self.backend,
+                    keys,
+                    record,
+                    commit_id=commit_id,
+                    on_conflict=on_conflict,
+                    dry_run=dry_run,
+                    token=token,
+                )
+
+        loaded = await load("")
+        if isinstance(loaded, Refusal) and loaded.status is Status.BUSY:
+            # A session holds it: wait for the lease as a session does, then load under it.
+            token = secrets.token_hex(16)
+            async with self.object(
+                service, key, state_preload=False, lease_on_enter=True, lease_token=token
+            ):
+                loaded = await load(token)
+        if isinstance(loaded, Refusal):
+            raise _refused(loaded, service, key)
+        if self.snapshots is not None and loaded.outcome in ("created", "overwritten"):
+            self.snapshots.drop(keys.state)  # never matches again: only frees its room now
+        if loaded.outcome == "conflict" and not dry_run:
+            raise ImportConflictError(
+                f"{where(service, key)} already exists in another form (version "
+                f"{loaded.version}; the record has version {record.version}); nothing was "
+                f"written (on_conflict='skip' or 'overwrite' to go on)"
+            )
+        outcome: Any = loaded.outcome
+        return Imported(service, key, outcome, loaded.version)
+
+    async def import_objects(
+        self,
+        records: Iterable[ObjectRecord] | AsyncIterable[ObjectRecord],
+        *,
+        on_conflict: OnConflict = "fail",
+        dry_run: bool = False,
+        concurrency: int = 64,
+        on_imported: Callable[[Imported], None] | None = None,
+    ) -> ImportReport:
+        """Import ``records`` (from :meth:`export_objects`, or an export file read with
+        :func:`restate_redis.records.read_lines`), each object as :meth:`import_object`
+        does, ``concurrency`` at a time; what was done, counted by outcome.
+
+        ``on_imported`` is called with each object's result as it lands. The first error
+        (an :class:`~restate_redis.errors.ImportConflictError` with ``on_conflict="fail"``, a
+        key of the wrong type) stops the import: no further object is started, the ones
+        already applied stay applied (each is whole), and running it again after the fix
+        goes on where it stopped (what was imported is then unchanged).
+        """
+        limit = _positive_int(concurrency, "concurrency")
+        report = ImportReport(dry_run=dry_run)
+
+        def done(result: Imported) -> None:
+            report.add(result.outcome)
+            if on_imported is not None:
+                on_imported(result)
+
+        async def one(record: ObjectRecord) -> None:
+            done(await self.import_object(record, on_conflict=on_conflict, dry_run=dry_run))
+
+        await _bounded(_aiter(records), one, limit)
+        return report
+
     async def aclose(self) -> None:
         """Close the store's own connection, and the client if this store created it."""
         await self.backend.aclose()
@@ -363,3 +533,110 @@ class RedisStateStore:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.aclose()
+
+
+class ObjectExport:
+    """An export under way (:meth:`RedisStateStore.export_objects`): iterate it with
+    ``async for`` for the records; ``skipped`` counts the keys it left out (restate-redis did
+    not write them) and ``exported`` the records so far."""
+
+    def __init__(self, store: RedisStateStore, services: list[str] | None, concurrency: int):
+        self.store = store
+        self.services = services
+        self.concurrency = concurrency
+        self.skipped = SkippedKeys()
+        self.exported = 0
+
+    def __aiter__(self) -> AsyncIterator[ObjectRecord]:
+        return self._records()
+
+    async def _records(self) -> AsyncIterator[ObjectRecord]:
+        store = self.store
+        found = exchange.find_objects(store.client, store.keyspace, self.services, self.skipped)
+        while True:
+            async with redis_errors(
+                f"listing the objects of namespace {store.keyspace.namespace!r}"
+            ):
+                batch = await anext(found, None)
+            if batch is None:
+                return
+            results: list[ObjectRecord | None] = [None] * len(batch)
+
+            async def one(
+                item: tuple[int, tuple[str, str]], results: list[ObjectRecord | None] = results
+            ) -> None:
+                index, (service, key) = item
+                results[index] = await store._export_one(service, key)
+
+            await _bounded(_aiter(enumerate(batch)), one, self.concurrency)
+            for record in results:
+                if record is not None:
+                    self.exported += 1
+                    yield record
+
+
+_T = TypeVar("_T")
+
+
+async def _aiter(items: Iterable[_T] | AsyncIterable[_T]) -> AsyncIterator[_T]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+async def _bounded(
+    items: AsyncIterator[_T], work: Callable[[_T], Awaitable[None]], limit: int
+) -> None:
+    """``work`` on every item, at most ``limit`` at a time; the first failure stops the
+    starting of new ones, the running ones finish, then it is raised."""
+    running: set[asyncio.Task[None]] = set()
+    failure: BaseException | None = None
+    try:
+        async for item in items:
+            while len(running) >= limit:
+                finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                failure = next((t.exception() for t in finished if t.exception()), None)
+                if failure is not None:
+                    break
+            if failure is not None:
+                break
+            running.add(asyncio.ensure_future(work(item)))
+        if running:
+            finished, _ = await asyncio.wait(running)
+            running = set()
+            if failure is None:
+                failure = next((t.exception() for t in finished if t.exception()), None)
+    finally:
+        for task in running:
+            task.cancel()
+    if failure is not None:
+        raise failure
+
+
+def _refused(refused: Refusal, service: str, key: str) -> Exception:
+    """The error a refusal of dump.lua or load.lua stands for."""
+    what = where(service, key)
+    if refused.status is Status.WRONG_TYPE:
+        return WrongTypeError(
+            f"{what}: the Redis key {refused.where!r} holds a {refused.found}, not what "
+            f"restate-redis writes there; nothing was written"
+        )
+    if refused.status is Status.CORRUPT:
+        return CorruptStateError(
+            f"{what}: its bookkeeping field {refused.found!r} holds {refused.where!r}, which "
+            f"does not parse; nothing was written"
+        )
+    if refused.status is Status.NO_FIELD_EXPIRY:
+        return ServerFeatureError(
+            f"{what} has state keys with an expiry of their own, which {refused.found} cannot "
+            f"keep (hash-field expiry: Redis 7.4+ or Valkey 9+; the server said: "
+            f"{refused.where}); nothing was written"
+        )
+    if refused.status is Status.LEASE_LOST:
+        return LeaseLostError(
+            f"the lease of {what} was lost during the import; nothing was written"
+        )
+    return CorruptStateError(f"{what}: unexpected reply {refused}")

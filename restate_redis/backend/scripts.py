@@ -36,6 +36,8 @@ class Scripts:
     purge: AsyncScript
     scan: AsyncScript
     probe: AsyncScript
+    dump: AsyncScript
+    load: AsyncScript
 
     @classmethod
     def register(cls, client: RedisClient) -> Scripts:
@@ -47,4 +49,6 @@ class Scripts:
             purge=client.register_script(source("purge")),
             scan=client.register_script(source("scan")),
             probe=client.register_script(source("probe")),
+            dump=client.register_script(source("dump")),
+            load=client.register_script(source("load")),
         )

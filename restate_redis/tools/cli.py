@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "services": "restate_redis.tools.kv:services",
     "rekey": "restate_redis.tools.rekey:rekey_command",
     "du": "restate_redis.tools.du:du_command",
+    "export": "restate_redis.tools.exchange:export_command",
+    "import": "restate_redis.tools.exchange:import_command",
     "ui": "restate_redis.tools.ui:ui_command",
     "demo": "restate_redis.tools.demo.command:demo_command",
     "bench": "restate_redis.tools.bench.command:bench_command",

@@ -1,5 +1,5 @@
 -- expiry.lua: state keys with an expiry of their own (hash-field expiry: Redis 7.4+, Valkey
--- 9+). open.lua and commit.lua include this text where they say so (scripts.py puts it there).
+-- 9+). open.lua, commit.lua and load.lua include this text where they say so (scripts.py puts it there).
 -- The ttls key is described in keyspace.py; the design in docs/design/key-expiry.md.
 --
 -- A state key set with a ttl gets HPEXPIREAT on its field and one member in ttls,
