@@ -50,7 +50,7 @@ def test_quick_bench_reports_exact_round_trips(server: Server, tmp_path: Path) -
     out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
     done = run_cli(
         "bench", "--quick", "--url", server.url, "--concurrency", "8", "--hot-concurrency", "4",
-        "--json", str(out_json), "--markdown", str(out_md),
+        "--json", str(out_json), "--markdown", str(out_md), "--memory-objects", "300",
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "hiredis parser" in done.stdout
@@ -125,7 +125,21 @@ def test_quick_bench_reports_exact_round_trips(server: Server, tmp_path: Path) -
         codec_cpu = row["codec_cpu_us"]
         assert set(codec_cpu) == {"plain", "zstd", "aes", "zstd+aes"}
         assert codec_cpu["aes"] > codec_cpu["plain"] >= 0  # encrypting costs something
+    # The memory row: objects written as the Restate integration writes them, their keys
+    # found by kind; the transient ones (an expiry of their own) gone once idle.
+    memory = report["memory"]
+    assert memory["objects"] == 300 and report["settings"]["memory_objects"] == 300
+    assert memory["keys_per_object"]["state"] == 1.0, memory
+    assert memory["keys_per_object"]["commits"] == 1.0, memory  # a commit id was recorded
+    assert memory["transient_kinds"] and "state" not in memory["transient_kinds"], memory
+    assert not set(memory["transient_kinds"]) & set(memory["idle_keys_per_object"]), memory
+    # (a few hundred objects: the server's own tables resizing blur the difference of the two)
+    assert 0 < memory["plain_hash_bytes"] < min(memory["idle_bytes"], memory["after_commit_bytes"])
+    assert memory["idle_ratio"] == round(memory["idle_bytes"] / memory["plain_hash_bytes"], 3)
+    assert {"memory per object, idle / plain hash",
+            "memory per object, right after a commit / plain hash"} <= set(targets)  # fmt: skip
     md = out_md.read_text()
+    assert "| this store, idle |" in md and "UNLINK" in md
     assert "| workload | system |" in md and "hiredis" in md
     assert "| 100 KiB JSON-like" in md and "zstd ratio" in md
 

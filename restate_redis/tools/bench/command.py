@@ -28,6 +28,7 @@ from ...backend.connection import redact
 from ...errors import StateError
 from ...store import RedisStateStore
 from ..kv import count_option
+from .memory import measure_memory
 from .meter import METER, CountingConnection, CountingLoop
 from .workloads import CODEC_SIZES, NAMESPACE, Case, Workloads
 
@@ -251,6 +252,19 @@ def targets(results: dict[str, Result], rat: dict[str, float]) -> list[dict[str,
     ]
 
 
+def memory_targets(memory: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's memory targets: an object of one small state key against a plain hash."""
+    rows = []
+    for name, field_name, want in (
+        ("memory per object, idle / plain hash", "idle_ratio", 1.5),
+        ("memory per object, right after a commit / plain hash", "after_commit_ratio", 3.0),
+    ):
+        v = float(memory[field_name])
+        rows.append({"target": name, "measured": round(v, 3), "want": f"<= {want:g}",
+                     "met": v <= want})  # fmt: skip
+    return rows
+
+
 def codec_rows(
     results: dict[str, Result],
     sizes: dict[str, dict[str, int]],
@@ -287,6 +301,32 @@ def codec_rows(
             ),
         }
     return rows
+
+
+def memory_rows(memory: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The memory row's lines: what, bytes per object, ratio to the plain hash, keys per
+    object by kind."""
+
+    def kinds(counts: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:g}" for k, v in counts.items())
+
+    return [
+        ("plain hash, same field", f"{memory['plain_hash_bytes']:,.0f}", "1.00", "1 hash"),
+        ("this store, right after a commit", f"{memory['after_commit_bytes']:,.0f}",
+         f"{memory['after_commit_ratio']:.2f}", kinds(memory["keys_per_object"])),
+        ("this store, idle", f"{memory['idle_bytes']:,.0f}", f"{memory['idle_ratio']:.2f}",
+         kinds(memory["idle_keys_per_object"])),
+    ]  # fmt: skip
+
+
+def memory_markdown(memory: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Memory per object: {memory['description']}.",
+        "",
+        "| object of one small state key | bytes/object | / plain hash | keys per object |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    return lines + ["| " + " | ".join(row) + " |" for row in memory_rows(memory)]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -334,6 +374,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {c['plain']:,.0f} / {c['zstd']:,.0f} / {c['aes']:,.0f} / {c['zstd+aes']:,.0f} "
                 f"| {k['zstd']:,.1f} / {k['aes']:,.1f} / {k['zstd+aes']:,.1f} |"
             )
+    lines += ["", *memory_markdown(report["memory"])]
     lines += ["", "| target | measured | want | met |", "| --- | ---: | --- | --- |"]
     lines += [
         f"| {t['target']} | {_count(t['measured'], 'g')} | {t['want']} "
@@ -350,9 +391,11 @@ async def run_bench(
     scale: float,
     concurrency: int,
     hot_concurrency: int,
+    memory_objects: int = 10_000,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """Run every case ``repetitions`` times against ``url``; the JSON report."""
+    """Run every case ``repetitions`` times against ``url``; the JSON report. Then the memory
+    row, over ``memory_objects`` objects (:mod:`restate_redis.tools.bench.memory`)."""
     from redis.asyncio import ConnectionPool, Redis
 
     pool = ConnectionPool.from_url(url, connection_class=CountingConnection)
@@ -380,6 +423,7 @@ async def run_bench(
                     results[case.id].problems.append(problem)
         sizes = await work.codec_sizes()
         codec_cpu = work.codec_cpu()
+        memory = await measure_memory(store, memory_objects, concurrency)
         await work.cleanup()
         await work.aclose()
     finally:
@@ -393,6 +437,7 @@ async def run_bench(
             "scale": scale,
             "concurrency": concurrency,
             "hot_concurrency": hot_concurrency,
+            "memory_objects": memory_objects,
             "url": redact(url),
         },
         # why round trips, replies and bytes are null (not counted), or None
@@ -400,7 +445,8 @@ async def run_bench(
         "cases": [r.to_json() for r in results.values()],
         "ratios": {k: round(v, 4) for k, v in rat.items()},
         "codecs": codec_rows(results, sizes, codec_cpu, work.codecs_unavailable),
-        "targets": targets(results, rat),
+        "memory": memory,
+        "targets": targets(results, rat) + memory_targets(memory),
     }
 
 
@@ -428,6 +474,13 @@ async def run_bench(
     most=1024,
 )
 @click.option(
+    "--memory-objects",
+    type=click.IntRange(1, 10_000_000),
+    default=None,
+    metavar="N",
+    help="Objects of the memory-per-object row [default: 10,000, --quick: 1,000].",
+)
+@click.option(
     "--markdown",
     "md_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -441,6 +494,7 @@ def bench_command(
     repetitions: int | None,
     concurrency: int,
     hot_concurrency: int,
+    memory_objects: int | None,
     md_path: Path | None,
 ) -> None:
     """Measure the adapter against raw redis-py and a Dapr-style layout on one server."""
@@ -477,6 +531,7 @@ def bench_command(
                         scale=scale,
                         concurrency=concurrency,
                         hot_concurrency=hot_concurrency,
+                        memory_objects=memory_objects or (1000 if quick else 10_000),
                         progress=progress if console.is_terminal else None,
                     )
                 )
@@ -554,6 +609,14 @@ def _print(console: Any, report: dict[str, Any]) -> None:
                 f"{k['zstd']:,.1f}/{k['aes']:,.1f}/{k['zstd+aes']:,.1f}",
             )  # fmt: skip
         console.print(table)
+    memory = report["memory"]
+    mem = Table(title=f"memory per object ({memory['objects']:,} objects of one small state key)")
+    for col in ("object", "bytes/object", "/ plain hash", "keys per object"):
+        mem.add_column(col, justify="right" if col in ("bytes/object", "/ plain hash") else "left")
+    for row in memory_rows(memory):
+        mem.add_row(*row)
+    console.print(mem)
+    console.print(memory["description"], highlight=False)
     tgt = Table(title="targets")
     for col in ("target", "measured", "want", "met"):
         tgt.add_column(col, justify="right" if col == "measured" else "left")
