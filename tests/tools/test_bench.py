@@ -137,7 +137,7 @@ def test_quick_bench_reports_exact_round_trips(server: Server, tmp_path: Path) -
     assert not set(memory["transient_kinds"]) & set(memory["idle_keys_per_object"]), memory
     # (a few hundred objects: the server's own tables resizing blur the difference of the two)
     assert 0 < memory["plain_hash_bytes"] < min(memory["idle_bytes"], memory["after_commit_bytes"])
-    assert memory["idle_ratio"] == round(memory["idle_bytes"] / memory["plain_hash_bytes"], 3)
+    assert abs(memory["idle_ratio"] - memory["idle_bytes"] / memory["plain_hash_bytes"]) < 0.01
     assert {"memory per object, idle / plain hash",
             "memory per object, right after a commit / plain hash"} <= set(targets)  # fmt: skip
     md = out_md.read_text()
