@@ -140,8 +140,13 @@ def test_quick_bench_reports_exact_round_trips(server: Server, tmp_path: Path) -
     assert abs(memory["idle_ratio"] - memory["idle_bytes"] / memory["plain_hash_bytes"]) < 0.01
     assert {"memory per object, idle / plain hash",
             "memory per object, right after a commit / plain hash"} <= set(targets)  # fmt: skip
+    sized = memory["sized"]
+    assert [(r["value_bytes"], r["objects"]) for r in sized.values()] == [(1024, 30), (102400, 10)]
+    # written twice: the state and the recorded prior value each hold 100 KiB
+    assert sized["100k"]["idle_bytes"] > 2 * 102400, sized
     md = out_md.read_text()
     assert "| this store, idle |" in md and "UNLINK" in md
+    assert "| 100 KiB value written twice, idle |" in md
     assert "| workload | system |" in md and "hiredis" in md
     assert "| 100 KiB JSON-like" in md and "zstd ratio" in md
 

@@ -369,12 +369,19 @@ def memory_rows(memory: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     def kinds(counts: dict[str, float]) -> str:
         return ", ".join(f"{k} {v:g}" for k, v in counts.items())
 
+    sized = [
+        (f"{row['value_bytes'] // 1024} KiB value written twice, {when}",
+         f"{row[f'{field}_bytes']:,.0f}", "-", f"{row['objects']:,} objects")
+        for row in memory.get("sized", {}).values()
+        for when, field in (("right after", "after_commit"), ("idle", "idle"))
+    ]  # fmt: skip
     return [
         ("plain hash, same field", f"{memory['plain_hash_bytes']:,.0f}", "1.00", "1 hash"),
         ("this store, right after a commit", f"{memory['after_commit_bytes']:,.0f}",
          f"{memory['after_commit_ratio']:.2f}", kinds(memory["keys_per_object"])),
         ("this store, idle", f"{memory['idle_bytes']:,.0f}", f"{memory['idle_ratio']:.2f}",
          kinds(memory["idle_keys_per_object"])),
+        *sized,
     ]  # fmt: skip
 
 

@@ -13,6 +13,11 @@ each the growth of the server's data memory divided by ``n``:
   whose keys carry an expiry is transient. Their expiry is simulated by UNLINK rather than
   waited for, so the row takes seconds, not a minute.
 
+Then the same for objects whose one state key holds a 1 KiB value (``n / 10`` objects) and a
+100 KiB one (``n / 100``, at least 10), each written twice, a second session rewriting the
+value: what an object costs in the steady state of a handler that rewrites its state, the
+prior value recorded for a replay included (the capacity model's inputs).
+
 Data memory is ``used_memory`` less the clients' buffers (``mem_clients_normal``), which come
 and go with the bench's connections and are not the objects'. Per kind, the rows also give the
 keys per object and the bytes one key takes by ``MEMORY USAGE`` (a sample of keys).
@@ -31,6 +36,7 @@ from ...store import RedisStateStore
 SERVICE = "M"  # the objects' service; their keys are in the bench's namespace
 FIELD, VALUE = "count", 42  # one small state key
 SAMPLE = 50  # keys per kind whose expiry and MEMORY USAGE are read
+SIZED = {"1k": (1024, 10), "100k": (100 * 1024, 100)}  # value bytes, objects = n / this
 BATCH = 1000
 
 
@@ -113,6 +119,10 @@ async def measure_memory(store: RedisStateStore, objects: int, concurrency: int)
     idle = (await data_memory(client) - before) / objects
     idle_kinds = await object_keys_by_kind(store)
     await _unlink(client, [k for keys in idle_kinds.values() for k in keys])
+    sized = {
+        name: await _sized(store, max(10, objects // share), size, concurrency, run)
+        for name, (size, share) in SIZED.items()
+    }
     return {
         "objects": objects,
         "state": {FIELD: VALUE},
@@ -137,12 +147,50 @@ async def measure_memory(store: RedisStateStore, objects: int, concurrency: int)
         },
         # per kind: the median MEMORY USAGE of one key (a sample), bytes
         "bytes_per_key": usage,
+        # objects of one larger value, written twice (the prior value recorded)
+        "sized": sized,
+    }
+
+
+async def _sized(
+    store: RedisStateStore, objects: int, size: int, concurrency: int, run: str
+) -> dict[str, Any]:
+    """Objects of one state key of ``size`` bytes, written by two sessions with commit ids."""
+    client = store.client
+    names = [f"s{size}-{i}" for i in range(objects)]
+
+    def writer(round_: int) -> Any:
+        value = bytes([65 + round_]) * size  # bytes are stored as they are (msgpack bin)
+
+        async def commit(i: int) -> None:
+            commit_id = f"mem-{run}-{size}-{round_}-{i}"
+            async with store.object(SERVICE, names[i], commit_id=commit_id) as ctx:
+                ctx.set(FIELD, value)
+
+        return commit
+
+    before = await data_memory(client)
+    await _lanes(objects, concurrency, writer(0))
+    await _lanes(objects, concurrency, writer(1))
+    after = (await data_memory(client) - before) / objects
+    kinds = await object_keys_by_kind(store)
+    usage = {kind: await _usage(client, keys[:SAMPLE]) for kind, keys in kinds.items()}
+    transient = [kind for kind, keys in kinds.items() if await _expiring(client, keys[:SAMPLE])]
+    await _unlink(client, [key for kind in transient for key in kinds[kind]])
+    idle = (await data_memory(client) - before) / objects
+    await _unlink(client, [k for keys in kinds.values() for k in keys])
+    return {
+        "objects": objects,
+        "value_bytes": size,
+        "after_commit_bytes": round(after, 1),
+        "idle_bytes": round(idle, 1),
+        "bytes_per_key": usage,
     }
 
 
 async def _usage(client: Any, keys: list[bytes]) -> float:
-    sizes = [await client.memory_usage(key, samples=0) for key in keys]
-    return float(statistics.median(s for s in sizes if s is not None)) if sizes else 0.0
+    sizes = [size for key in keys if (size := await client.memory_usage(key, samples=0))]
+    return float(statistics.median(sizes)) if sizes else 0.0
 
 
 async def _expiring(client: Any, keys: list[bytes]) -> bool:
