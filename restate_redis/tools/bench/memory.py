@@ -1,10 +1,13 @@
 """Memory per object: what the server holds for objects of one small state key.
 
 Three figures from ``INFO memory`` over ``n`` objects (summed over every master of a cluster),
-each the growth of the server's data memory divided by ``n``:
+each what removing their keys frees of the server's data memory, divided by ``n`` (the key
+tables grow in steps as keys are added but do not shrink at once, so this counts the keys
+alone):
 
-- **plain hash**: ``n`` plain Redis hashes holding the same field and value under the same key
-  names as the objects' state hashes: the floor of any layout keeping that state in Redis.
+- **plain hash**: ``n`` plain Redis hashes holding the same state keys and values under the
+  same key names as the objects' state hashes: the floor of any layout keeping that state in
+  Redis.
 - **after commit**: ``n`` objects, each written by one eager exclusive session with a commit id
   (prior values recorded for a replay), as the Restate integration writes them: everything the
   server holds right after the commit, including the keys that expire on their own.
@@ -31,6 +34,7 @@ import uuid
 from typing import Any
 
 from ...backend.inventory import masters, scan_page
+from ...keyspace import reserved
 from ...store import RedisStateStore
 
 SERVICE = "M"  # the objects' service; their keys are in the bench's namespace
@@ -95,30 +99,36 @@ async def measure_memory(store: RedisStateStore, objects: int, concurrency: int)
         async with store.object(SERVICE, names[i], commit_id=f"mem-{run}-{i}") as ctx:
             ctx.set(FIELD, VALUE)
 
-    # The plain hash holds exactly what a state hash holds: read from one committed object.
+    # The plain hash holds the state keys a state hash holds (not its reserved bookkeeping
+    # fields): read from one committed object.
     await commit(0)
-    stored: Any = await client.hgetall(state_keys[0])
+    stored: Any = {
+        f: v for f, v in (await client.hgetall(state_keys[0])).items() if not reserved(f)
+    }
     await _unlink(client, [k for keys in (await object_keys_by_kind(store)).values() for k in keys])
 
-    before = await data_memory(client)
+    # Each figure is what removing the keys frees: the server's key tables grow in steps as
+    # keys are added, but do not shrink at once when they go, so this counts the keys alone.
     for i in range(0, objects, BATCH):
         pipe = client.pipeline(transaction=False)
         for key in state_keys[i : i + BATCH]:
             pipe.hset(key, mapping=stored)
         await pipe.execute()
-    plain = (await data_memory(client) - before) / objects
+    with_plain = await data_memory(client)
     await _unlink(client, state_keys)
+    plain = (with_plain - await data_memory(client)) / objects
 
-    before = await data_memory(client)
     await _lanes(objects, concurrency, commit)
-    after = (await data_memory(client) - before) / objects
+    with_all = await data_memory(client)
     kinds = await object_keys_by_kind(store)
     usage = {kind: await _usage(client, keys[:SAMPLE]) for kind, keys in kinds.items()}
     transient = [kind for kind, keys in kinds.items() if await _expiring(client, keys[:SAMPLE])]
     await _unlink(client, [key for kind in transient for key in kinds[kind]])
-    idle = (await data_memory(client) - before) / objects
+    with_idle = await data_memory(client)
     idle_kinds = await object_keys_by_kind(store)
     await _unlink(client, [k for keys in idle_kinds.values() for k in keys])
+    empty = await data_memory(client)
+    after, idle = (with_all - empty) / objects, (with_idle - empty) / objects
     sized = {
         name: await _sized(store, max(10, objects // share), size, concurrency, run)
         for name, (size, share) in SIZED.items()
@@ -127,7 +137,8 @@ async def measure_memory(store: RedisStateStore, objects: int, concurrency: int)
         "objects": objects,
         "state": {FIELD: VALUE},
         "description": (
-            f"INFO memory used_memory (less client buffers) grown per object, over {objects:,} "
+            f"INFO memory used_memory (less client buffers) freed per object by removing the "
+            f"keys, over {objects:,} "
             f"objects of one state key: a plain hash with the same field and value under the "
             f"same key name; this store's objects right after an eager session with a commit "
             f"id (prior values recorded) committed; and idle, once the keys that expire on "
@@ -169,16 +180,17 @@ async def _sized(
 
         return commit
 
-    before = await data_memory(client)
     await _lanes(objects, concurrency, writer(0))
     await _lanes(objects, concurrency, writer(1))
-    after = (await data_memory(client) - before) / objects
+    with_all = await data_memory(client)  # what removing the keys frees (measure_memory)
     kinds = await object_keys_by_kind(store)
     usage = {kind: await _usage(client, keys[:SAMPLE]) for kind, keys in kinds.items()}
     transient = [kind for kind, keys in kinds.items() if await _expiring(client, keys[:SAMPLE])]
     await _unlink(client, [key for kind in transient for key in kinds[kind]])
-    idle = (await data_memory(client) - before) / objects
+    with_idle = await data_memory(client)
     await _unlink(client, [k for keys in kinds.values() for k in keys])
+    empty = await data_memory(client)
+    after, idle = (with_all - empty) / objects, (with_idle - empty) / objects
     return {
         "objects": objects,
         "value_bytes": size,
