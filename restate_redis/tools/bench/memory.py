@@ -37,7 +37,7 @@ from ...backend.inventory import masters, scan_page
 from ...keyspace import reserved
 from ...store import RedisStateStore
 
-SERVICE = "M"  # the objects' service; their keys are in the bench's namespace
+SERVICE = "Counter"  # the objects' service (in the bench's namespace), keys "user-<n>"
 FIELD, VALUE = "count", 42  # one small state key
 SAMPLE = 50  # keys per kind whose expiry and MEMORY USAGE are read
 SIZED = {"1k": (1024, 10), "100k": (100 * 1024, 100)}  # value bytes, objects = n / this
@@ -89,7 +89,7 @@ async def measure_memory(store: RedisStateStore, objects: int, concurrency: int)
     """The memory row over ``objects`` objects (see the module's docstring); leaves no keys of
     its own behind."""
     client = store.client
-    names = [f"m{i}" for i in range(objects)]
+    names = [f"user-{i}" for i in range(objects)]
     state_keys = [store.keyspace.object_keys(SERVICE, name).state for name in names]
     run = uuid.uuid4().hex[:8]
 
