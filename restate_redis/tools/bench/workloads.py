@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +92,9 @@ class Case:
     sessions: int
     op: Op
     check: Callable[[int], Awaitable[str | None]] | None = None  # after a run of n sessions
+    # A Redis key of the object lane j works on, route[j % len(route)]: on a cluster, the
+    # master that serves the lane's sessions. Empty when a session spans several slots.
+    route: Sequence[str] = ()
 
 
 def small_names() -> list[str]:
@@ -363,52 +366,102 @@ class Workloads:
         c = self.concurrency
         n_seq, n_conc = self.n(1000), self.n(2000)
         out: list[Case] = []
+
+        def objects_of(service: str) -> list[str]:
+            return [self.state_key(service, obj) for obj in self.objects]
+
+        def one(service: str, key: str) -> list[str]:
+            return [self.state_key(service, key)]
+
         w1 = "1/2 read+write, 10 x 100 B"
         for lazy in (False, True):
             mode = "lazy" if lazy else "eager"
             for conc, n in ((1, n_seq), (c, n_conc)):
                 out.append(
                     Case(f"w1.adapter.{mode}.c{conc}", w1, "adapter", mode, conc, n,
-                         self.adapter_rw(lazy))
+                         self.adapter_rw(lazy), route=objects_of("W1"))
                 )  # fmt: skip
                 out.append(
-                    Case(f"w2.raw.{mode}.c{conc}", w1, "raw", mode, conc, n, self.raw_rw(lazy))
+                    Case(
+                        f"w2.raw.{mode}.c{conc}",
+                        w1,
+                        "raw",
+                        mode,
+                        conc,
+                        n,
+                        self.raw_rw(lazy),
+                        route=objects_of("W1"),
+                    )
                 )
         for conc, n in ((1, n_seq), (c, n_conc)):
             out.append(Case(f"w1.adapter.blind.c{conc}", "1/2 write only", "adapter", "blind",
-                            conc, n, self.adapter_blind()))  # fmt: skip
+                            conc, n, self.adapter_blind(), route=objects_of("W1")))  # fmt: skip
             out.append(Case(f"w2.raw.blind.c{conc}", "1/2 write only", "raw", "blind", conc, n,
-                            self.raw_blind()))  # fmt: skip
+                            self.raw_blind(), route=objects_of("W1")))  # fmt: skip
         w3 = "3 read+write k keys"
         for k in DAPR_KEYS:
             n = self.n(600 // k + 100)
-            out.append(Case(f"w3.adapter.k{k}", w3, "adapter", f"k={k}", 1, n, self.adapter_k(k)))
+            out.append(
+                Case(
+                    f"w3.adapter.k{k}",
+                    w3,
+                    "adapter",
+                    f"k={k}",
+                    1,
+                    n,
+                    self.adapter_k(k),
+                    route=one("W3", "obj-0"),
+                )
+            )
             out.append(Case(f"w3.dapr.k{k}", w3, "dapr", f"k={k}", 1, n, self.dapr_k(k)))
         w4 = "4 read 1 of 1,000 x 1 KiB"
         for mode, n in (("lazy", 500), ("preload", 500), ("eager", 60)):
             out.append(Case(f"w4.adapter.{mode}", w4, "adapter", mode, 1, self.n(n),
-                            self.big_read(mode)))  # fmt: skip
+                            self.big_read(mode), route=one("W4", "big")))  # fmt: skip
         out.append(Case("w4.adapter.eager-cached", w4, "adapter", "eager, cached", 1, self.n(500),
-                        self.big_read("eager", cached=True)))  # fmt: skip
+                        self.big_read("eager", cached=True), route=one("W4", "big")))  # fmt: skip
         for mode, n in (("lazy", 1000), ("eager", 60)):
             out.append(Case(f"w4.adapter.shared-{mode}", w4, "adapter", f"shared {mode}", 1,
-                            self.n(n), self.big_read(mode, shared=True)))  # fmt: skip
+                            self.n(n), self.big_read(mode, shared=True),
+                            route=one("W4", "big")))  # fmt: skip
         op, check = self.hot()
         hc = min(hot_concurrency, c) if self.scale < 1 else hot_concurrency
         out.append(
-            Case("w5.adapter.hot", "5 hot key", "adapter", "eager", hc, self.n(800), op, check)
+            Case(
+                "w5.adapter.hot",
+                "5 hot key",
+                "adapter",
+                "eager",
+                hc,
+                self.n(800),
+                op,
+                check,
+                route=one("W5", "hot"),
+            )
         )
         op, check = self.hot("calm")  # the same sessions one at a time: uncontended
         out.append(Case("w5.adapter.sequential", "5 hot key", "adapter", "eager", 1,
-                        self.n(800), op, check))  # fmt: skip
+                        self.n(800), op, check, route=one("W5", "calm")))  # fmt: skip
         w6 = "6 shared read"
         for conc, n in ((1, n_seq), (c, n_conc)):
             out.append(Case(f"w6.adapter.c{conc}", w6, "adapter", "shared", conc, n,
-                            self.adapter_shared()))  # fmt: skip
-            out.append(Case(f"w6.raw.c{conc}", w6, "raw", "shared", conc, n, self.raw_shared()))
+                            self.adapter_shared(), route=objects_of("W6")))  # fmt: skip
+            out.append(
+                Case(
+                    f"w6.raw.c{conc}",
+                    w6,
+                    "raw",
+                    "shared",
+                    conc,
+                    n,
+                    self.raw_shared(),
+                    route=objects_of("W6"),
+                )
+            )
         for size_name, n in (("1k", 600), ("100k", 120)):
             w7 = f"7 codecs, {size_name[:-1]} KiB JSON-like"
             for variant in self.codec_stores:
                 out.append(Case(f"w7.{variant}.{size_name}", w7, "adapter", variant, 1, self.n(n),
-                                self.codec_rw(variant, size_name)))  # fmt: skip
+                                self.codec_rw(variant, size_name),
+                                route=one(f"W7-{variant}", size_name)))  # fmt: skip
         return out
