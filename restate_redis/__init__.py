@@ -15,6 +15,7 @@ from .errors import (
     DataError,
     EmbeddedServerError,
     EncryptedValueError,
+    HistoryNotKeptError,
     InvalidNameError,
     InvalidOptionError,
     InvalidPatchError,
@@ -38,6 +39,7 @@ from .errors import (
     WrongTypeError,
 )
 from .ext.otel import Telemetry as _Telemetry  # noqa: F401 (registers the OpenTelemetry observer)
+from .history import ABSENT, NOT_KEPT, Change, History, HistoryEntry
 from .keyspace import Keyspace
 from .serde import BytesSerde, JsonSerde, MsgPackSerde, Serde
 from .session import Session
@@ -48,6 +50,12 @@ __all__ = [
     "RedisStateStore",
     "Session",
     "Keyspace",
+    # history: undo, point-in-time restore, watch
+    "History",
+    "HistoryEntry",
+    "Change",
+    "ABSENT",
+    "NOT_KEPT",
     # values
     "Serde",
     "MsgPackSerde",
@@ -76,6 +84,7 @@ __all__ = [
     "WrongTypeError",
     "CorruptStateError",
     "UnknownObjectError",
+    "HistoryNotKeptError",
     # concurrency: another session got in the way
     "ConcurrencyError",
     "LeaseTimeoutError",

@@ -36,10 +36,16 @@ the one description of the keyspace, and the Lua scripts' headers point here::
                                            it expires (Unix ms); the scripts take the bytes of
                                            the keys whose time passed out of b; its key expiry
                                            follows meta's
+    restate:{Counter:alice}:history stream only with the store's history on: one entry per
+                                           commit (version, origin, commit id, each changed
+                                           state key's prior and new value), in the same
+                                           script as the commit; trimmed by count and age,
+                                           its key expiry follows meta's (see history.py)
 
 An object whose state becomes empty keeps its bookkeeping for ``EMPTY_GRACE`` after its last
-commit (so a replay of that commit is still recognised), then meta, prev, old and ttls expire;
-one whose every state key has an expiry keeps it until ``EMPTY_GRACE`` after the last of them.
+commit (so a replay of that commit is still recognised), then meta, prev, old, ttls and
+history expire; one whose every state key has an expiry keeps it until ``EMPTY_GRACE`` after
+the last of them.
 
 Service names and object keys are percent-encoded (RFC 3986 unreserved characters stay as
 they are; everything else, including ``{ } : * ? [ ] \\ %``, spaces and non-ASCII, becomes
@@ -68,6 +74,7 @@ LEASE = "lease"
 WAKE = "wake"
 COMMITS = "commits"
 TTLS = "ttls"
+HISTORY = "history"
 
 # Fields of the meta hash.
 META_VERSION = "v"
@@ -154,6 +161,7 @@ class ObjectKeys:
     commits: str
     old: str
     ttls: str
+    history: str
 
     @property
     def all(self) -> tuple[str, ...]:
@@ -166,6 +174,7 @@ class ObjectKeys:
             self.commits,
             self.old,
             self.ttls,
+            self.history,
         )
 
 
@@ -192,6 +201,7 @@ class Keyspace:
             base + COMMITS,
             base + OLD,
             base + TTLS,
+            base + HISTORY,
         )
 
     def object_pattern(self, service: str, prefix: str = "", suffix: str = META) -> str:

@@ -7,7 +7,7 @@
 -- keyspace.py.
 --
 -- KEYS[1] state  KEYS[2] meta  KEYS[3] lease  KEYS[4] wake  KEYS[5] prev  KEYS[6] commits
--- KEYS[7] old  KEYS[8] ttls
+-- KEYS[7] old  KEYS[8] ttls  KEYS[#KEYS] history (the last; only with history on)
 -- ARGV[1] token        the session's lease token; "" for an unfenced commit
 -- ARGV[2] commit id    "" or a unique id; a second commit with the same id is not applied
 --                      while it is the last commit (meta c) or, for a retry or when the lease
@@ -26,12 +26,14 @@
 -- ARGV[8] next token   "" or the token of a session of the same store waiting for this
 --                      object: the lease is handed to it (its token written into the lease,
 --                      no release signal) instead of released
--- ARGV[9] n            number of state keys to delete, which follow
--- ARGV[10 .. 9+n]      state keys to delete
--- ARGV[10+n] t         number of the state keys set below that get an expiry of their own
--- ARGV[11+n .. 10+n+2t] state key, ttl ms pairs: that key expires this long after the commit
+-- ARGV[9] history      "" off, else "max_versions max_age_ms max_entry_bytes origin": an
+--                      entry of this commit in the history (history.lua)
+-- ARGV[10] n           number of state keys to delete, which follow
+-- ARGV[11 .. 10+n]     state keys to delete
+-- ARGV[11+n] t         number of the state keys set below that get an expiry of their own
+-- ARGV[12+n .. 11+n+2t] state key, ttl ms pairs: that key expires this long after the commit
 --                      (hash-field expiry); every other key set loses the expiry it had
--- ARGV[11+n+2t ..]     state key, value pairs to set
+-- ARGV[12+n+2t ..]     state key, value pairs to set
 --
 -- Reply: {1, version} applied; {2, version} this commit id was already applied (the lease
 --        is released all the same; a {2} reply always writes something, so that a WAIT sent
@@ -41,6 +43,7 @@
 --        {-4, field, value} a meta field that does not parse; {-5, server, error} an expiry
 --        asked of a server without hash-field expiry (nothing written)
 --#include expiry.lua
+--#include history.lua
 
 local state, meta, lease, wake, prev = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local commits, old, ttls = KEYS[6], KEYS[7], KEYS[8]
@@ -49,7 +52,7 @@ local clear_all, record = string.find(flags, 'c', 1, true), string.find(flags, '
 local expire_ms, wake_ttl = tonumber(ARGV[4]), ARGV[5]
 local field_limit, grace_ms = tonumber(ARGV[6]), tonumber(ARGV[7])
 local next_token = ARGV[8]
-local last_delete = 9 + tonumber(ARGV[9])
+local last_delete = 10 + tonumber(ARGV[10])
 local first_ttl = last_delete + 2
 local first_set = first_ttl + 2 * tonumber(ARGV[last_delete + 1])
 local RECENT = 1000
@@ -120,6 +123,9 @@ if not held then
   if holder and string.find(flags, 't', 1, true) then return {0, redis.call('PTTL', lease)} end
   return {-3}
 end
+local hist, refused = history_begin(ARGV[9], KEYS[#KEYS], state, clear_all, 11, last_delete,
+  first_set)
+if refused then return refused end
 
 -- The first write: the commit's id among the recent ones. A foreign value under that key
 -- fails it (pcall) before anything else is written.
@@ -149,7 +155,7 @@ if record then
       redis.call('RENAME', state, old)
     end
   else
-    for i = 10, #ARGV do
+    for i = 11, #ARGV do
       if i <= last_delete or (i >= first_set and (i - first_set) % 2 == 0) then
         local f = ARGV[i]
         local prior = redis.call('HGET', state, f)
@@ -168,7 +174,7 @@ if clear_all then
   timed = false
   size = 0
 end
-for i = 10, last_delete do
+for i = 11, last_delete do
   local f = ARGV[i]
   local len = redis.call('HSTRLEN', state, f)
   if redis.call('HDEL', state, f) == 1 then
@@ -206,6 +212,7 @@ if string.find(flags, 'w', 1, true) then
   fields[#fields + 1] = 'wf'; fields[#fields + 1] = 'completed'
 end
 redis.call('HSET', meta, unpack(fields))
+history_add(hist, version, commit_id, record)
 if not size and m[3] then redis.call('HDEL', meta, 'b') end  -- unknown now (see expire_due)
 if tag then
   if version % 64 == 0 then redis.call('ZREMRANGEBYSCORE', commits, '-inf', version - RECENT) end
@@ -257,6 +264,7 @@ elseif m[6] and not empty then
 elseif state_pttl > 0 then
   redis.call('PEXPIRE', state, state_pttl)  -- the expiry the renamed state had
 end
+history_expire(hist, meta)
 
 if next_token ~= '' and token ~= '' then
   redis.call('SET', lease, next_token, 'PX', wake_ttl)  -- handed over: never free in between

@@ -3,7 +3,7 @@
 -- The keyspace (every key and meta field) is described in keyspace.py.
 --
 -- KEYS[1] state  KEYS[2] meta  KEYS[3] lease  KEYS[4] wake  KEYS[5] prev  KEYS[6] commits
--- KEYS[7] old  KEYS[8] ttls
+-- KEYS[7] old  KEYS[8] ttls  KEYS[9] history
 -- ARGV[1] token        the session's lease token
 -- ARGV[2] wake ttl ms  how long an unclaimed release signal is kept
 --
@@ -20,6 +20,7 @@ if redis.call('GET', lease) ~= ARGV[1] then
 end
 -- UNLINK: a large state is freed in the background, not inside this script
 local n = redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+redis.call('UNLINK', KEYS[9])  -- the history goes too: the next commit is version 1 again
 redis.call('DEL', lease, wake)
 redis.call('RPUSH', wake, '1')
 redis.call('PEXPIRE', wake, ARGV[2])
