@@ -77,7 +77,23 @@ def test_commit_cut_off_mid_send_applies_nothing(server: Server) -> None:
         sha = r.script_load(source("commit"))
         # token, commit id, flags, expire ms, lease ttl ms, field limit, grace ms, next token,
         # history (off), deletes, ttls, sets
-        args = ["", "", "c", 0, 1000, 20_000, 60_000, "", "", 0, 0, "a", b"new" * 10_000, "b", b"new"]
+        args = [
+            "",
+            "",
+            "c",
+            0,
+            1000,
+            20_000,
+            60_000,
+            "",
+            "",
+            0,
+            0,
+            "a",
+            b"new" * 10_000,
+            "b",
+            b"new",
+        ]
         redis_keys = commit_keys(keys)
         packed = b"".join(Connection().pack_command("EVALSHA", sha, 8, *redis_keys, *args))
         with socket.create_connection(("127.0.0.1", server.port)) as s:
