@@ -16,7 +16,13 @@ from .backend.retry import RetryPolicy, redis_errors
 from .backend.timeline import Timeline
 from .codecs import MAGIC, CodecChain, Compression, Encryption, StoredBytes
 from .durations import Duration, seconds
-from .errors import InvalidOptionError, StateDecodeError, UnknownObjectError, where
+from .errors import (
+    InvalidOptionError,
+    StateDecodeError,
+    UnknownObjectError,
+    VersionConflictError,
+    where,
+)
 from .history import (
     Decode,
     History,
@@ -457,7 +463,13 @@ class RedisStateStore:
         return found
 
     async def restore(
-        self, service: str, key: str, *, version: int | None = None, at: datetime | None = None
+        self,
+        service: str,
+        key: str,
+        *,
+        version: int | None = None,
+        at: datetime | None = None,
+        expected_version: int | None = None,
     ) -> int:
         """Put object (or workflow) ``service``/``key`` back to the state it had at
         ``version`` (or at the time ``at``, a timezone-aware datetime), as a new commit: under
@@ -468,7 +480,9 @@ class RedisStateStore:
         The state is rebuilt from the current one by putting back the prior values the
         history entries newer than the target hold. Further back than the log reaches is a
         :class:`~restate_redis.errors.HistoryNotKeptError` that says how far back it goes.
-        Keys with an expiry of their own come back without it.
+        Keys with an expiry of their own come back without it. ``expected_version``: refuse
+        (:class:`~restate_redis.errors.VersionConflictError`, nothing written) unless the
+        object is still at that version (the one its user looked at).
         """
         if (version is None) == (at is None):
             raise InvalidOptionError("restore needs exactly one of version= and at=")
@@ -476,16 +490,23 @@ class RedisStateStore:
             _non_negative(version, "version")
         if at is not None and (not isinstance(at, datetime) or at.tzinfo is None):
             raise InvalidOptionError(f"at must be a timezone-aware datetime, got {at!r}")
-        return await self._restore(service, key, version, at, back=False)
+        return await self._restore(service, key, version, at, expected_version, back=False)
 
-    async def undo(self, service: str, key: str) -> int:
+    async def undo(self, service: str, key: str, *, expected_version: int | None = None) -> int:
         """Restore object ``service``/``key`` to the version before its last commit (see
         :meth:`restore`); undoing a restore (or an undo) goes back to the state before it.
-        Returns the version the undo made."""
-        return await self._restore(service, key, None, None, back=True)
+        Returns the version the undo made. ``expected_version``: as for :meth:`restore`."""
+        return await self._restore(service, key, None, None, expected_version, back=True)
 
     async def _restore(
-        self, service: str, key: str, version: int | None, at: datetime | None, *, back: bool
+        self,
+        service: str,
+        key: str,
+        version: int | None,
+        at: datetime | None,
+        expected_version: int | None,
+        *,
+        back: bool,
     ) -> int:
         check_key(check_service(service), key)
         keys = self.keyspace.object_keys(service, key)
@@ -517,6 +538,11 @@ class RedisStateStore:
         async with session:
             current: dict[str, bytes] = await session.get_all(serde=_STORED)
             now = session.version
+            if expected_version is not None and now != expected_version:
+                raise VersionConflictError(
+                    f"{what} changed since it was read: it is at version {now}, the restore "
+                    f"expected version {expected_version}; nothing was written"
+                )
             async with redis_errors(f"reading {what}"):
                 raw_last = await self.client.hget(keys.meta, "c")
             last = _text(raw_last) if raw_last else None

@@ -527,7 +527,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = open_store()
-        app.state.admin = Admin(store)
+        app.state.admin = Admin(store, origin="ui")
         try:
             yield
         finally:
