@@ -27,6 +27,7 @@ from typing import Any, Final, Literal
 
 from .durations import Duration, seconds
 from .errors import HistoryNotKeptError, InvalidOptionError, StateDecodeError, where
+from .keyspace import commit_tag
 
 Origin = Literal["session", "cli", "ui", "import", "restore"]
 ORIGINS: Final = ("session", "cli", "ui", "import", "restore")
@@ -267,14 +268,15 @@ def reach(
     """The unbroken run of entries from the current ``version`` down (newest first), and the
     oldest version a restore can reach through it. The run ends at a missing version (a
     commit without history, or trimmed entries), at an entry whose values were not kept, and
-    at the start of the log. ``last_commit``: the object's last commit id (meta c), which the
-    newest entry must carry, or None to skip that check."""
+    at the start of the log. ``last_commit``: the object's last commit (the bookkeeping's c,
+    :func:`~restate_redis.keyspace.commit_tag` of its id), which the newest entry must carry,
+    or None to skip that check."""
     run: list[HistoryEntry] = []
     expected = version
     for entry in newest_first:
         if entry.version != expected:
             break
-        if not run and last_commit is not None and entry.commit_tag != last_commit:
+        if not run and last_commit is not None and commit_tag(entry.commit_tag) != last_commit:
             break  # the log's newest entry is not of the object's last commit
         if not entry.values_kept:
             break

@@ -3,49 +3,65 @@
 Layout for namespace ``restate`` (the default) and an object ``Counter`` / ``alice``; this is
 the one description of the keyspace, and the Lua scripts' headers point here::
 
-    restate:{Counter:alice}:state   hash   the state: field = state key, value = serialized value
-    restate:{Counter:alice}:meta    hash   bookkeeping, one field each:
-                                             v   version: commits so far
-                                             b   stored bytes of the state (names + values);
-                                                 absent while unknown (state written by
-                                                 something else, counted by the next eager
-                                                 open within the limits)
-                                             c   id of the last commit
-                                             t   time of the last applied commit (the
-                                                 version's last change): ms since the
-                                                 Unix epoch, by the server's clock (TIME);
-                                                 absent until a commit writes it
-                                             pf  what the last commit recorded for a replay:
-                                                 "0" prior values in prev, "r" a clear_all
-                                                 whose whole prior state is in old
-                                             wf  workflow status: "running" / "completed"
-                                             e   "1" while the object has no state (or only
-                                                 state keys that expire) and its bookkeeping
-                                                 expires after the grace period
-    restate:{Counter:alice}:prev    hash   prior values of the keys the last recorded commit
-                                           changed ("+" value, or "-" when absent)
+    restate:{Counter:alice}:state   hash   the state: field = state key, value = serialized
+                                           value; and two reserved fields, whose names start
+                                           with a byte no UTF-8 text contains (so no state
+                                           key can take them), left out of every read:
+                                             "\xff"  the bookkeeping, a MessagePack array
+                                                     [v, b, t, c, flags] (about 24 bytes):
+                                               v  version: commits so far
+                                               b  stored bytes of the state (names + values),
+                                                  -1 while unknown (state written by
+                                                  something else, counted by the next eager
+                                                  open within the limits)
+                                               t  time of the last applied commit (the
+                                                  version's last change): ms since the Unix
+                                                  epoch by the server's clock (TIME); 0
+                                                  before the first commit
+                                               c  the last commit: the first 8 bytes of the
+                                                  SHA-1 of its id ("" for none); replies
+                                                  name it in hex (:func:`commit_tag`)
+                                               flags  "" or letters: p prior values in
+                                                  "\xfe", r the whole state before the last
+                                                  (recorded) clear_all in old, R workflow
+                                                  running, C workflow completed, e the object
+                                                  has no state (or only state keys that
+                                                  expire) and the hash expires after the
+                                                  grace period
+                                             "\xfe"  prior values of the keys the last
+                                                     recorded commit changed, for a replay:
+                                                     a MessagePack array name, "+" value (or
+                                                     "-" when absent), name, ...
     restate:{Counter:alice}:old     hash   the whole state before the last recorded
                                            clear_all (renamed, not copied), for its replay
     restate:{Counter:alice}:lease   string the exclusive lease: holder token, with a PX expiry
+    restate:{Counter:alice}:wait    string set while a session waits for the lease (for the
+                                           lease ttl): only then does a release signal wake
     restate:{Counter:alice}:wake    list   release signal that wakes one lease waiter (BLPOP)
     restate:{Counter:alice}:commits zset   recent commit ids (hashed), so a retried commit whose
                                            reply was lost is recognised; expires when idle
     restate:{Counter:alice}:ttls    zset   the state keys that have an expiry of their own
                                            (hash-field expiry): member "<bytes>:<state key>"
-                                           (bytes: what the key counts in meta b), score = when
+                                           (bytes: what the key counts in b), score = when
                                            it expires (Unix ms); the scripts take the bytes of
                                            the keys whose time passed out of b; its key expiry
-                                           follows meta's
+                                           follows the state's
     restate:{Counter:alice}:history stream only with the store's history on: one entry per
                                            commit (version, origin, commit id, each changed
                                            state key's prior and new value), in the same
                                            script as the commit; trimmed by count and age,
-                                           its key expiry follows meta's (see history.py)
+                                           its key expiry follows the state's (history.py)
+
+An idle object is one hash: its bookkeeping costs about 45 bytes over a plain hash of the same
+state (docs/operations/capacity.md). Keyspace version 1 kept the bookkeeping in hashes of their
+own (``:meta``, and ``:prev`` for prior values); a script that meets such an object moves them
+into the state hash in place (upgrade.lua), atomically, the first time it opens, commits or
+purges it.
 
 An object whose state becomes empty keeps its bookkeeping for ``EMPTY_GRACE`` after its last
-commit (so a replay of that commit is still recognised), then meta, prev, old, ttls and
-history expire; one whose every state key has an expiry keeps it until ``EMPTY_GRACE`` after
-the last of them.
+commit (so a replay of that commit is still recognised), then its hash, old, ttls and
+history expire;
+one whose every state key has an expiry keeps it until ``EMPTY_GRACE`` after the last of them.
 
 Service names and object keys are percent-encoded (RFC 3986 unreserved characters stay as
 they are; everything else, including ``{ } : * ? [ ] \\ %``, spaces and non-ASCII, becomes
@@ -57,9 +73,12 @@ them together.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
+
+import msgpack
 
 from .errors import InvalidNameError
 
@@ -67,23 +86,80 @@ DEFAULT_NAMESPACE = "restate"
 SEPARATOR = ":"
 
 STATE = "state"
-META = "meta"
-PREV = "prev"
 OLD = "old"
 LEASE = "lease"
+WAIT = "wait"
 WAKE = "wake"
 COMMITS = "commits"
 TTLS = "ttls"
 HISTORY = "history"
+V1_META = "meta"  # keyspace version 1: moved into the state hash by the first script to meet it
+V1_PREV = "prev"
 
-# Fields of the meta hash.
-META_VERSION = "v"
-META_BYTES = "b"
-META_COMMIT = "c"
-META_CHANGED = "t"
-META_WORKFLOW = "wf"
-META_PRIOR = "pf"
-META_GRACE = "e"
+# The reserved fields of the state hash: bytes 0xff and 0xfe never occur in UTF-8, and state
+# keys are UTF-8 text, so no state key is one of them or starts with them.
+META_FIELD = b"\xff"
+PRIOR_FIELD = b"\xfe"
+
+
+def reserved(field: bytes | str) -> bool:
+    """True for a field of the state hash that is bookkeeping, not a state key."""
+    if isinstance(field, str):
+        return field[:1] in ("\xff", "\xfe")  # as decoded with latin-1 or surrogateescape
+    return field[:1] in (b"\xff", b"\xfe")
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """The bookkeeping of one object (the state hash's field ``"\\xff"``, see above)."""
+
+    version: int = 0
+    size: int | None = None
+    changed_ms: int | None = None
+    commit: str | None = None
+    flags: str = ""
+
+    @property
+    def workflow(self) -> str | None:
+        """ "running", "completed" or None (not a workflow, or not run yet)."""
+        if "C" in self.flags:
+            return WORKFLOW_COMPLETED
+        return WORKFLOW_RUNNING if "R" in self.flags else None
+
+    @property
+    def fading(self) -> bool:
+        """The object has no state (or only expiring keys): its hash ends after the grace."""
+        return "e" in self.flags
+
+    @classmethod
+    def parse(cls, raw: bytes | None) -> Meta:
+        """The bookkeeping from its stored form; ``Meta()`` for none. ``ValueError`` names
+        what does not parse."""
+        if raw is None:
+            return cls()
+        try:
+            v, b, t, c, flags = msgpack.unpackb(raw, raw=True)
+            ints = all(type(x) is int for x in (v, b, t)) and v >= 0
+            if not (ints and isinstance(c, bytes) and isinstance(flags, bytes)):
+                raise ValueError
+        except Exception:
+            raise ValueError(
+                f"bookkeeping {raw!r} is not a MessagePack array [v, b, t, c, flags]"
+            ) from None
+        return cls(
+            v,
+            b if b >= 0 else None,
+            t or None,
+            c.hex() or None,
+            flags.decode("ascii", "replace"),
+        )
+
+
+def commit_tag(commit_id: str) -> str:
+    """What the bookkeeping keeps of a commit id (and the open's reply names): the first 16
+    hex digits of its SHA-1, so the field stays short whatever the id's length."""
+    return hashlib.sha1(commit_id.encode()).hexdigest()[:16]
+
 
 # How long an object left with no state keeps its bookkeeping after its last commit: as long
 # as Restate keeps a completed invocation's idempotency record by default, so a retried
@@ -154,26 +230,28 @@ class ObjectKeys:
     """The Redis keys of one object or workflow, all in one cluster slot."""
 
     state: str
-    meta: str
-    prev: str
+    old: str
     lease: str
+    wait: str
     wake: str
     commits: str
-    old: str
     ttls: str
+    v1_meta: str
+    v1_prev: str
     history: str
 
     @property
     def all(self) -> tuple[str, ...]:
         return (
             self.state,
-            self.meta,
-            self.prev,
+            self.old,
             self.lease,
+            self.wait,
             self.wake,
             self.commits,
-            self.old,
             self.ttls,
+            self.v1_meta,
+            self.v1_prev,
             self.history,
         )
 
@@ -194,17 +272,18 @@ class Keyspace:
         base = f"{self.namespace}{SEPARATOR}{self.tag(service, key)}{SEPARATOR}"
         return ObjectKeys(
             base + STATE,
-            base + META,
-            base + PREV,
+            base + OLD,
             base + LEASE,
+            base + WAIT,
             base + WAKE,
             base + COMMITS,
-            base + OLD,
             base + TTLS,
+            base + V1_META,
+            base + V1_PREV,
             base + HISTORY,
         )
 
-    def object_pattern(self, service: str, prefix: str = "", suffix: str = META) -> str:
+    def object_pattern(self, service: str, prefix: str = "", suffix: str = STATE) -> str:
         """SCAN pattern for the ``suffix`` keys of a service's objects whose key starts with
         ``prefix``."""
         ns = glob_escape(self.namespace)
@@ -213,7 +292,7 @@ class Keyspace:
             f"{glob_escape(encode_name(prefix))}*}}{SEPARATOR}{suffix}"
         )
 
-    def all_pattern(self, suffix: str = META) -> str:
+    def all_pattern(self, suffix: str = STATE) -> str:
         """SCAN pattern for the ``suffix`` keys of every object in the namespace."""
         return f"{glob_escape(self.namespace)}{SEPARATOR}{{*}}{SEPARATOR}{suffix}"
 

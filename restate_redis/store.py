@@ -37,7 +37,14 @@ from .history import (
     rebuild,
     version_at,
 )
-from .keyspace import DEFAULT_NAMESPACE, META_GRACE, Keyspace, check_key, check_service
+from .keyspace import (
+    DEFAULT_NAMESPACE,
+    META_FIELD,
+    Keyspace,
+    Meta,
+    check_key,
+    check_service,
+)
 from .serde import MsgPackSerde, Serde
 from .session import Session, StatePreload
 from .session.cache import SnapshotCache
@@ -515,9 +522,10 @@ class RedisStateStore:
         # they have left, as the CLI's edits do.
         async with redis_errors(f"reading {what}"):
             pipe = self.client.pipeline(transaction=False)
-            pipe.pttl(keys.meta)
-            pipe.hexists(keys.meta, META_GRACE)
-            pttl, grace = await pipe.execute()
+            pipe.pttl(keys.state)
+            pipe.hget(keys.state, META_FIELD)
+            pttl, raw_meta = await pipe.execute()
+        grace = raw_meta is not None and Meta.parse(raw_meta).fading
         expire = pttl / 1000 if pttl > 0 and not grace else None
         options = self.history_options
         spec = self._history_spec(service, "restore") or follow_spec(
@@ -544,8 +552,8 @@ class RedisStateStore:
                     f"expected version {expected_version}; nothing was written"
                 )
             async with redis_errors(f"reading {what}"):
-                raw_last = await self.client.hget(keys.meta, "c")
-            last = _text(raw_last) if raw_last else None
+                raw: bytes | None = await self.client.hget(keys.state, META_FIELD)  # type: ignore[assignment]
+            last = Meta.parse(raw).commit
             if back:
                 if now == 0:
                     raise UnknownObjectError(f"{what} has no commit to undo")
@@ -620,12 +628,13 @@ class RedisStateStore:
             if after is None:
                 positions[stream] = await self.timeline.newest_id(stream, what)
                 continue
+            # the newest id first: an entry committed while the backlog is read is in it, or
+            # after that id (the id read after the backlog could skip it)
+            newest = await self.timeline.newest_id(stream, what)
             backlog = await self.history(service, key, since_version=after)
             for entry in backlog:
                 yield entry
-            positions[stream] = (
-                backlog[-1].entry_id if backlog else await self.timeline.newest_id(stream, what)
-            )
+            positions[stream] = backlog[-1].entry_id if backlog else newest
         groups: dict[int, dict[str, str]] = {}
         for stream, position in positions.items():
             slot = self.client.keyslot(stream) if self.is_cluster else 0  # type: ignore[union-attr]

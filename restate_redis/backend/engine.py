@@ -25,7 +25,7 @@ from ..observe import ROUNDTRIP, Observer, Op, SessionRecord
 from . import replies
 from .connection import RedisClient
 from .replication import commit_and_wait
-from .replies import Committed, Opened, Refusal, Status
+from .replies import Committed, Opened, Refusal, Released, Status
 from .retry import RetryPolicy, as_state_error, is_transient, redis_errors
 from .scripts import Scripts
 from .wire import Wire
@@ -210,7 +210,15 @@ class RedisBackend:
             cached[2] if cached else "",
             *(ref.preload or names),
         ]
-        redis_keys = [keys.state, keys.meta, keys.lease, keys.prev, keys.old, keys.ttls]
+        redis_keys = [
+            keys.state,
+            keys.lease,
+            keys.wait,
+            keys.old,
+            keys.ttls,
+            keys.v1_meta,
+            keys.v1_prev,
+        ]
         script, wire = self.scripts.open, self.wire
         sent = time.monotonic()
         reply = await self._roundtrip(
@@ -282,11 +290,11 @@ class RedisBackend:
         )
         return replies.refusal(reply) or Committed.parse(reply)
 
-    async def release(self, ref: SessionRef, handoff: str = "") -> bool | Refusal:
+    async def release(self, ref: SessionRef, handoff: str = "") -> Released | Refusal:
         """release.lua: give the lease up without writing, waking one waiter (``handoff``: or
         hand it to that token); a refusal only for a key of the wrong type (a lease no longer
-        held is nothing to release: False)."""
-        redis_keys = [ref.keys.lease, ref.keys.wake]
+        held is nothing to release: ``Released.NOT_HELD``, which is falsy)."""
+        redis_keys = release_keys(ref.keys)
         args: list[Any] = [ref.token, self.lease_ttl_ms, handoff]
         script, wire = self.scripts.release, self.wire
         reply = await self._roundtrip(
@@ -294,7 +302,7 @@ class RedisBackend:
         )
         if isinstance(reply, list):
             return replies.refusal(reply) or Refusal(Status.WRONG_TYPE)
-        return bool(reply)
+        return Released(int(reply))
 
     def release_soon(self, ref: SessionRef) -> asyncio.Task[None] | None:
         """release.lua, sent now but not waited for: a session that wrote nothing gives its
@@ -302,7 +310,7 @@ class RedisBackend:
         holder waiting until the lease expires; it never loses data). On the store's link the
         command is queued at once, ahead of anything sent after it: None then; else (pooled
         connections, which do not keep that order) the task that ends with its reply."""
-        keys, args = [ref.keys.lease, ref.keys.wake], [ref.token, self.lease_ttl_ms, ""]
+        keys, args = release_keys(ref.keys), [ref.token, self.lease_ttl_ms, ""]
         sent = self.wire.send_now(self.scripts.release, keys, args)
         task = asyncio.get_running_loop().create_task(self._release_quietly(ref, sent))
         self._releases.add(task)
@@ -322,9 +330,9 @@ class RedisBackend:
         if isinstance(released, Refusal):
             log.warning("releasing the lease of %s: %s", what, released)
 
-    async def _sent_release(self, ref: SessionRef, sent: asyncio.Future[Any]) -> bool | Refusal:
+    async def _sent_release(self, ref: SessionRef, sent: asyncio.Future[Any]) -> Released | Refusal:
         """The reply of a release already queued on the link (a retry sends it again)."""
-        keys, args = [ref.keys.lease, ref.keys.wake], [ref.token, self.lease_ttl_ms, ""]
+        keys, args = release_keys(ref.keys), [ref.token, self.lease_ttl_ms, ""]
         first: list[asyncio.Future[Any]] = [sent]
 
         async def reply_of_sent() -> Any:
@@ -341,7 +349,7 @@ class RedisBackend:
         reply = await self._roundtrip("release", ref.record, call)
         if isinstance(reply, list):
             return replies.refusal(reply) or Refusal(Status.WRONG_TYPE)
-        return bool(reply)
+        return Released(int(reply))
 
     async def settle(self) -> None:
         """Wait until the releases sent without waiting have their replies."""
@@ -355,7 +363,7 @@ class RedisBackend:
             return
         args: list[Any] = [ref.token, self.lease_ttl_ms]
         keys = ref.keys
-        redis_keys = [keys.lease, keys.wake]
+        redis_keys = release_keys(keys)
 
         async def release() -> None:
             call = lambda: self.wire.script(self.scripts.release, redis_keys, args)  # noqa: E731
@@ -462,17 +470,23 @@ def commit_keys(keys: ObjectKeys, history: bool = False) -> list[str]:
     last (only a commit with history on names it: off, the commit touches no extra key)."""
     names = [
         keys.state,
-        keys.meta,
         keys.lease,
+        keys.wait,
         keys.wake,
-        keys.prev,
         keys.commits,
         keys.old,
         keys.ttls,
+        keys.v1_meta,
+        keys.v1_prev,
     ]
     if history:
         names.append(keys.history)
     return names
+
+
+def release_keys(keys: ObjectKeys) -> list[str]:
+    """KEYS of the release script."""
+    return [keys.lease, keys.wake, keys.wait]
 
 
 def _state_error(exc: Exception, op: str, record: SessionRecord) -> Exception:

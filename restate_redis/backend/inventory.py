@@ -2,13 +2,13 @@
 
 A sweep runs SCAN with a MATCH pattern of the keyspace on the one server or on every master of
 a cluster (one after the other: a cluster's SCAN cursor belongs to one node), and reads each
-object's bookkeeping in pipelines: meta's version (``v``), stored bytes (``b``), time of the
-last change (``t``) and workflow status (``wf``), the state's field count (``HLEN``) and the
-expiry (``PTTL``). Every call is bounded: a SCAN asks for :data:`SCAN_COUNT` keys, a
-pipeline for :data:`BATCH` objects.
+object's bookkeeping in pipelines: the state hash's reserved bookkeeping field (version, stored
+bytes, time of the last change, workflow status; keyspace.py), its field count (``HLEN``, less
+the reserved fields) and its expiry (``PTTL``). Every call is bounded: a SCAN asks for
+:data:`SCAN_COUNT` keys, a pipeline for :data:`BATCH` objects.
 
-Keys restate-redis could not have written (a name that does not decode, a ``meta`` that is not
-a hash or whose version or size is not a number, a state hash without ``meta``) are skipped and
+Keys restate-redis could not have written (a name that does not decode, a state that is not a
+hash or whose bookkeeping does not parse, a state hash without bookkeeping) are skipped and
 counted in a :class:`SkippedKeys`, so one stray key never breaks a listing.
 
 The tools' listings and size reports (``restate_redis.tools.admin``) and the size gauge
@@ -24,16 +24,7 @@ from typing import Any, Literal
 
 from redis.exceptions import ResponseError
 
-from ..keyspace import (
-    META,
-    META_BYTES,
-    META_CHANGED,
-    META_VERSION,
-    META_WORKFLOW,
-    SEPARATOR,
-    STATE,
-    Keyspace,
-)
+from ..keyspace import META_FIELD, PRIOR_FIELD, SEPARATOR, STATE, Keyspace, Meta
 
 __all__ = [
     "BATCH",
@@ -110,16 +101,15 @@ class ObjectInfo:
     retention_ms: int | None = None
     """Milliseconds until the object's keys expire; None when they are kept indefinitely."""
     version: int = 0
-    """Commits so far (meta ``v``)."""
+    """Commits so far (the bookkeeping's ``v``)."""
     size: int | None = None
-    """Stored bytes of the state, names and values (meta ``b``); None when unknown (state
-    written by another tool, not yet counted by an eager open)."""
+    """Stored bytes of the state, names and values (the bookkeeping's ``b``); None when
+    unknown (state written by another tool, not yet counted by an eager open)."""
     keys: int = 0
-    """Number of state keys (``HLEN`` of the state hash)."""
+    """Number of state keys (``HLEN`` of the state hash, less its reserved fields)."""
     changed_ms: int | None = None
-    """When the last commit changed it, ms since the Unix epoch by the server's clock (meta
-    ``t``); None when no commit recorded it (written before restate-redis kept it, or by
-    another tool)."""
+    """When the last commit changed it, ms since the Unix epoch by the server's clock (the
+    bookkeeping's ``t``); None when no commit recorded it (written by another tool)."""
 
     @property
     def kind(self) -> str:
@@ -254,7 +244,7 @@ def parse(
         except (UnicodeError, ValueError):
             canonical = None
         if canonical == text and service:
-            return (service, key) if kind in (STATE, META) else None
+            return (service, key) if kind == STATE else None
     skipped.add(redis_key, "its name does not decode")
     return None
 
@@ -284,29 +274,29 @@ def _wrong_type(reply: Any) -> bool:
 async def classify(
     client: Any, keyspace: Keyspace, objects: list[tuple[str, str]], skipped: SkippedKeys
 ) -> list[ObjectInfo]:
-    """The listed ones of ``objects``, with their bookkeeping: those whose state hash exists,
-    and workflows (their meta has a status); a cleared object is not listed.
+    """The listed ones of ``objects``, with their bookkeeping: those with state keys, and
+    workflows (their bookkeeping has a status); a cleared object is not listed.
 
-    One pipeline of three single-key commands per object: ``HLEN`` of the state (0: none),
-    ``PTTL`` of meta (-2: none) and ``HMGET`` of its fields; a key of another type fails its
-    command with WRONGTYPE, and only such keys are asked their ``TYPE``, to name it. Objects
-    whose bookkeeping restate-redis did not write go to ``skipped``.
+    One pipeline of four single-key commands per object: ``HLEN`` of the state hash (0:
+    none), its ``PTTL``, its bookkeeping field and whether it holds prior values (both
+    reserved fields, counted out of HLEN); a key of another type fails its command with
+    WRONGTYPE, and only such keys are asked their ``TYPE``, to name it. Objects whose
+    bookkeeping restate-redis did not write go to ``skipped``.
     """
     if not objects:
         return []
     pipe = client.pipeline(transaction=False)
     for service, key in objects:
-        keys = keyspace.object_keys(service, key)
-        pipe.hlen(keys.state)
-        pipe.pttl(keys.meta)
-        pipe.hmget(keys.meta, [META_VERSION, META_WORKFLOW, META_BYTES, META_CHANGED])
+        state = keyspace.object_keys(service, key).state
+        pipe.hlen(state)
+        pipe.pttl(state)
+        pipe.hget(state, META_FIELD)
+        pipe.hexists(state, PRIOR_FIELD)
     replies = await pipe.execute(raise_on_error=False)
     wrong: dict[str, str] = {}  # key -> its type, for the keys of another type
     for i, (service, key) in enumerate(objects):
-        keys = keyspace.object_keys(service, key)
-        for redis_key, reply in ((keys.state, replies[3 * i]), (keys.meta, replies[3 * i + 2])):
-            if _wrong_type(reply):
-                wrong[redis_key] = "?"
+        if _wrong_type(replies[4 * i]):
+            wrong[keyspace.object_keys(service, key).state] = "?"
     if wrong:
         pipe = client.pipeline(transaction=False)
         for redis_key in wrong:
@@ -315,38 +305,38 @@ async def classify(
             wrong[redis_key] = _text(kind) or "?"
     listed: list[ObjectInfo] = []
     for i, (service, key) in enumerate(objects):
-        count, pttl, fields = replies[3 * i : 3 * i + 3]
-        keys = keyspace.object_keys(service, key)
-        if keys.state in wrong:
-            skipped.add(keys.state, f"a {wrong[keys.state]}, not a hash")
+        count, pttl, raw, prior = replies[4 * i : 4 * i + 4]
+        state = keyspace.object_keys(service, key).state
+        if state in wrong:
+            skipped.add(state, f"a {wrong[state]}, not a hash")
             continue
-        if keys.meta in wrong:
-            skipped.add(keys.meta, f"a {wrong[keys.meta]}, not a hash")
-            continue
-        _raise(count, pttl, fields)
-        if int(pttl) == -2:  # no meta
-            if int(count) > 0:
-                skipped.add(keys.state, "state without meta")
+        _raise(count, pttl, raw, prior)
+        if int(count) == 0:
             continue  # expired, or deleted since SCAN saw it
-        version, status, size, changed = fields
-        if version is not None and _number(version) is None:
-            skipped.add(keys.meta, "its version is not a number")
+        if raw is None:
+            skipped.add(
+                state,
+                "no bookkeeping: written by another tool, or by a restate-redis before "
+                "keyspace version 2 (its next session moves it in)",
+            )
             continue
-        if size is not None and _number(size) is None:
-            skipped.add(keys.meta, "its size is not a number")
+        try:
+            meta = Meta.parse(raw)
+        except ValueError as exc:
+            skipped.add(state, str(exc))
             continue
-        status_text = _text(status) or None
-        if int(count) > 0 or status_text is not None:
+        keys = int(count) - 1 - (1 if prior else 0)
+        if keys > 0 or meta.workflow is not None:
             listed.append(
                 ObjectInfo(
                     service,
                     key,
-                    status_text,
+                    meta.workflow,
                     int(pttl) if int(pttl) >= 0 else None,
-                    _number(version) or 0,
-                    _number(size),
-                    int(count),
-                    _number(changed),
+                    meta.version,
+                    meta.size,
+                    keys,
+                    meta.changed_ms,
                 )
             )
     return listed

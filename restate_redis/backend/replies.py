@@ -101,7 +101,8 @@ class Opened:
     "cached": nothing, the snapshot the open named is still the state."""
     replay: Replay
     commit_id: str
-    """The id of the object's last commit ("" when none is recorded)."""
+    """The last commit of the object: ``keyspace.commit_tag`` of its id ("" when none is
+    recorded)."""
     data: list[Any]
     """eager / WHOLE: field, value pairs; preload, lazy: one value or None per name read;
     OVERLAY: field, "+" value or "-" pairs; otherwise empty."""
@@ -131,6 +132,15 @@ class Opened:
         )
 
 
+class Released(IntEnum):
+    """release.lua's reply: falsy when the lease was not held."""
+
+    NOT_HELD = 0
+    RELEASED = 1
+    SIGNALLED = 2
+    """Released, and a session waiting for the lease was woken."""
+
+
 @dataclass(frozen=True, slots=True)
 class Committed:
     """commit.lua's (or purge.lua's) reply for a commit that applied or was recognised."""
@@ -138,8 +148,11 @@ class Committed:
     status: Status
     version: int
     """The version after the commit; for a purge, how many keys it removed."""
+    signalled: bool = False
+    """Its release woke a session waiting for the lease (of this process or another)."""
 
     @classmethod
     def parse(cls, reply: Any) -> Committed:
         version = reply[1] if len(reply) > 1 else None
-        return cls(_STATUS[int(reply[0])], int(version) if version is not None else 0)
+        signalled = len(reply) > 2 and int(reply[2]) == 1
+        return cls(_STATUS[int(reply[0])], int(version) if version is not None else 0, signalled)

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from ..backend.engine import Mode
-from ..backend.replies import Committed, Opened, Replay, Status
+from ..backend.replies import Committed, Opened, Released, Replay, Status
 from ..codecs import MAGIC, StoredBytes
 from ..errors import (
     InvalidNameError,
@@ -32,6 +32,7 @@ from ..errors import (
     StateTypeError,
     ValueTooLargeError,
 )
+from ..keyspace import commit_tag
 from ..observe import SessionRecord
 from ..serde import Serde, convert
 from . import protocol
@@ -405,10 +406,13 @@ class Session:
             self._lease.maybe_taken = True  # the lease is this session's token's now
             # Taken without an open, unless the open could find this session a replay (its
             # commit id the last commit's): then it opens, and the lease is its already.
-            if turn.snapshot is not None and target.commit_id != turn.snapshot.commit_id:
+            snapshot = turn.snapshot
+            if snapshot is not None and (
+                target.commit_id is None or commit_tag(target.commit_id) != snapshot.commit_id
+            ):
                 self._version, self._workflow_status = turn.version, None
                 self._opened = self._meta_read = self.cached = True
-                self._view.load_snapshot(turn.snapshot.data, turn.snapshot.expires_at)
+                self._view.load_snapshot(snapshot.data, snapshot.expires_at)
                 self._lease.start_renewal()
                 return True
         elif turn == Turn.YIELD:  # other processes waited: their turn first
@@ -416,10 +420,10 @@ class Session:
             await backend.wait(self._target, min(backend.wait_slice, self.store.acquire_timeout))
         return False
 
-    def _leave_local(self, waiter: Waiter | None = None) -> None:
+    def _leave_local(self, waiter: Waiter | None = None, signalled: bool = False) -> None:
         """Give this object's local turn to the next session of this store (it opens)."""
         if self._local is not None:
-            self._local.leave(self._target.keys.state, waiter)
+            self._local.leave(self._target.keys.state, waiter, signalled)
             self._local = None
 
     def _take(self, opened: Opened, snapshot: Snapshot | None, names: tuple[str, ...]) -> None:
@@ -492,6 +496,7 @@ class Session:
         key = target.keys.state
         waiter = self._local.next_waiter(key) if self._local is not None else None
         handoff = waiter.token if waiter is not None else ""
+        signalled = False  # the release woke a session waiting in Redis
         if self._purge:
             self.purged = await protocol.purge(target, lease)
             self._forget_snapshot()
@@ -506,6 +511,7 @@ class Session:
             if committed.status is Status.ALREADY_APPLIED:
                 self.replayed = True
             snapshot = self._keep_snapshot(committed)
+            signalled = committed.signalled
             ok = committed.status is Status.OK
             handed = Grant(committed.version, snapshot) if ok and waiter is not None else None
         elif waiter is not None:  # wrote nothing: the lease goes to the next session here
@@ -514,6 +520,11 @@ class Session:
             if current is not None and current.version != self._version:
                 current = None
             handed = Grant(self._version, current) if await lease.release(handoff) else None
+        elif self._local is not None and self._local.waiting(key):
+            # wrote nothing, and the hand-offs in a row reached their limit: whether the
+            # release woke a session of another process decides who goes next
+            signalled = await lease.release() is Released.SIGNALLED
+            handed = None
         else:  # wrote nothing: the caller does not wait for the reply
             pending = lease.release_soon()
             if pending is not None and self._local is not None:
@@ -526,7 +537,7 @@ class Session:
             self._local.handed(key, waiter, handed)
             self._local = None
         else:
-            self._leave_local(waiter)
+            self._leave_local(waiter, signalled)
 
     def _keep_snapshot(self, committed: Committed) -> Snapshot | None:
         """After a commit: the state it left, for the next session's open to name."""
@@ -553,7 +564,8 @@ class Session:
                 data.pop(name, None)
             else:
                 data[name] = buf
-        return snapshots.put(key, committed.version, self._target.commit_tag, data)
+        tag = commit_tag(self._target.commit_tag)
+        return snapshots.put(key, committed.version, tag, data)
 
     def _forget_snapshot(self) -> None:
         if self.store.snapshots is not None:

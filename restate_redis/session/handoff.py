@@ -104,6 +104,11 @@ class LocalLeases:
                 waiter.future.cancel()
             raise
 
+    def waiting(self, key: str) -> bool:
+        """Sessions of this store wait for ``key``."""
+        entry = self._held.get(key)
+        return entry is not None and bool(entry.waiters)
+
     def next_waiter(self, key: str) -> Waiter | None:
         """The waiter the holder of ``key`` may hand the lease to now, taken out of the line;
         None when there is none, or when the hand-offs in a row reached the limit."""
@@ -124,15 +129,17 @@ class LocalLeases:
             entry.streak = 0
             self.leave(key)
 
-    def leave(self, key: str, waiter: Waiter | None = None) -> None:
+    def leave(self, key: str, waiter: Waiter | None = None, signalled: bool = False) -> None:
         """The holder is done without a hand-off (``waiter``: one taken out of the line for
-        a hand-off that did not happen): the next waiter opens, else the object is free."""
+        a hand-off that did not happen): the next waiter opens, else the object is free.
+        ``signalled``: its release woke a session waiting in Redis (another process's): after
+        a streak of hand-offs, the next one here lets that one go first."""
         entry = self._held.get(key)
         if entry is None:
             return
         if waiter is not None:
             entry.waiters.appendleft(waiter)
-        turn = Turn.YIELD if entry.streak >= HANDOFF_LIMIT else Turn.OPEN
+        turn = Turn.YIELD if entry.streak >= HANDOFF_LIMIT and signalled else Turn.OPEN
         entry.streak = 0
         while entry.waiters:
             nxt = entry.waiters.popleft()

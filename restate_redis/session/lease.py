@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ..backend.replies import Refusal
+from ..backend.replies import Refusal, Released
 from ..errors import LeaseLostError
 from .target import Target
 
@@ -75,11 +75,11 @@ class Lease:
                     return
             await asyncio.sleep(interval)
 
-    async def release(self, handoff: str = "") -> bool:
+    async def release(self, handoff: str = "") -> Released:
         """Give the lease up without writing, waking one waiter (``handoff``: or hand it to
-        that token); False when it was no longer held."""
+        that token); falsy when it was no longer held, SIGNALLED when it woke a waiter."""
         if self.lost:
-            return False
+            return Released.NOT_HELD
         target = self.target
         released = await target.backend.release(target, handoff)
         if isinstance(released, Refusal):  # a key of the wrong type

@@ -10,7 +10,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from redis.exceptions import ResponseError
 
 from ..backend.engine import CommitRequest, Cursor, SessionRef
-from ..backend.replies import Committed, Opened, Refusal
+from ..backend.replies import Committed, Opened, Refusal, Released
 from ..codecs import CodecChain
 from ..errors import CorruptStateError, InvalidNameError, StateDecodeError, WrongTypeError, where
 from ..keyspace import Keyspace
@@ -61,9 +61,9 @@ class Backend(Protocol):
         """Remove every key of the object, under the lease."""
         ...
 
-    def release(self, ref: SessionRef, handoff: str = "") -> Awaitable[bool | Refusal]:
-        """Give the lease up without writing (``handoff``: to that token); False when it
-        was no longer held."""
+    def release(self, ref: SessionRef, handoff: str = "") -> Awaitable[Released | Refusal]:
+        """Give the lease up without writing (``handoff``: to that token); falsy when it
+        was no longer held, SIGNALLED when it woke a waiting session."""
         ...
 
     def release_soon(self, ref: SessionRef) -> asyncio.Future[None] | None:
@@ -172,7 +172,7 @@ class Target(SessionRef):
 
     def wrong_type(self, found: bytes | str, redis_key: bytes | str) -> WrongTypeError:
         key = _text(redis_key)
-        want = {"lease": "string", "wake": "list", "commits": "sorted set"}.get(
+        want = {"lease": "string", "wait": "string", "wake": "list", "commits": "sorted set"}.get(
             key.rpartition(":")[2], "hash"
         )
         return WrongTypeError(
@@ -183,7 +183,7 @@ class Target(SessionRef):
     def corrupt(self, field: bytes | str, value: bytes | str) -> CorruptStateError:
         return CorruptStateError(
             f"the bookkeeping of {self.where} does not parse: field {_text(field)!r} of "
-            f"{self.keys.meta!r} holds {value!r}; it was not written by restate-redis, and "
+            f"{self.keys.state!r} holds {value!r}; it was not written by restate-redis, and "
             f"nothing was written"
         )
 

@@ -85,12 +85,7 @@ from ..errors import (
     where,
 )
 from ..history import ABSENT, NOT_KEPT, HistoryEntry, Origin
-from ..keyspace import (
-    META_GRACE,
-    ObjectKeys,
-    check_key,
-    check_service,
-)
+from ..keyspace import META_FIELD, Meta, ObjectKeys, check_key, check_service
 from ..serde import BytesSerde, Serde
 from ..session import Session
 from ..store import RedisStateStore
@@ -699,14 +694,14 @@ class Admin:
         keys = session.keys
         async with redis_errors(f"reading {where(service, key)}"):
             pipe = self.client.pipeline(transaction=False)
-            pipe.exists(keys.meta)
-            pipe.pttl(keys.meta)
-            pipe.hexists(keys.meta, META_GRACE)
+            pipe.hget(keys.state, META_FIELD)
+            pipe.pttl(keys.state)
             pipe.exists(keys.ttls)
-            exists, pttl, grace, timed = await pipe.execute()
+            meta, pttl, timed = await pipe.execute()
             expiries = await self._expiries(keys, list(raw)) if timed else {}
-        if grace:  # the bookkeeping's grace period (after the state, or its last expiring
-            pttl = -1  # key, is gone): no expiry of the state
+        exists = meta is not None
+        if exists and Meta.parse(meta).fading:  # the bookkeeping's grace period (after the
+            pttl = -1  # state, or its last expiring key, is gone): no expiry of the state
         raw = dict(sorted(raw.items()))
         values: dict[str, Any] = {}
         sealed: dict[str, str] = {}
@@ -1034,13 +1029,16 @@ class Admin:
     async def _meta(self, keys: ObjectKeys) -> tuple[bool, int]:
         """(whether the object exists, ms until its keys expire or -1); the grace period of
         an emptied object's bookkeeping is no expiry of the object: an edit does not keep it."""
-        async with redis_errors(f"reading {keys.meta!r}"):
+        async with redis_errors(f"reading {keys.state!r}"):
             pipe = self.client.pipeline(transaction=False)
-            pipe.exists(keys.meta)
-            pipe.pttl(keys.meta)
-            pipe.hexists(keys.meta, META_GRACE)
-            exists, pttl, grace = await pipe.execute()
-        return bool(exists), -1 if grace else int(pttl)
+            pipe.hget(keys.state, META_FIELD)
+            pipe.pttl(keys.state)
+            meta, pttl = await pipe.execute()
+        try:
+            fading = meta is not None and Meta.parse(meta).fading
+        except ValueError as exc:
+            raise CorruptStateError(f"{keys.state!r}: {exc}") from exc
+        return meta is not None, -1 if fading else int(pttl)
 
     def _open(self, service: str, key: str, name: str, stored: bytes) -> tuple[bytes | None, str]:
         """(the serde's bytes, "") of a stored value, or (None, why) for an encrypted value

@@ -10,6 +10,7 @@ import redis
 from redis.asyncio.cluster import RedisCluster
 
 from restate_redis import RedisStateStore, ReplicationError
+from tests.support.keys import read_meta, read_state
 from tests.support.servers import Cluster, migrate_slot, start_cluster
 from tests.support.stores import empty_store
 from tests.support.workers import SERVICE, Workers, object_keys, read_counts
@@ -111,8 +112,8 @@ async def test_a_state_key_ttl_on_a_cluster(cluster: Cluster, cstore: RedisState
         async with cstore.object(SERVICE, key) as s:
             assert await s.state_keys() == ["coupon", "n"]
         okeys = cstore.keyspace.object_keys(SERVICE, key)
-        live = await cstore.client.hgetall(okeys.state)
-        assert int(await cstore.client.hget(okeys.meta, "b")) == sum(
+        live = await read_state(cstore.client, okeys.state)
+        assert (await read_meta(cstore.client, okeys.state)).size == sum(
             len(f) + len(v) for f, v in live.items()
         )
         assert await cstore.client.zcard(okeys.ttls) == 1

@@ -24,6 +24,7 @@ from restate_redis.backend.engine import commit_keys
 from restate_redis.backend.retry import is_transient
 from restate_redis.keyspace import ObjectKeys
 from restate_redis.session import Session
+from tests.support.keys import read_meta
 from tests.support.proxy import CutProxy
 from tests.support.servers import Server, free_port, start_server
 from tests.support.stores import empty_store
@@ -121,7 +122,8 @@ async def test_retried_commit_recognised_after_other_commits(direct: RedisStateS
     ]
 
     async def retry_first() -> list[int]:
-        return [int(x) for x in await direct.backend.scripts.commit(redis_keys, args)]
+        # status, version (the third item: whether the release woke a waiter)
+        return [int(x) for x in await direct.backend.scripts.commit(redis_keys, args)][:2]
 
     for i in range(1000):
         if i % 100 == 0:
@@ -164,7 +166,8 @@ async def test_a_commit_sent_again_below_the_store_is_recognised(direct: RedisSt
         "n",
         b"\x05",
     ]
-    assert [int(x) for x in await direct.backend.scripts.commit(redis_keys, args)] == [2, 2]
+    replied = await direct.backend.scripts.commit(redis_keys, args)
+    assert [int(x) for x in replied] == [2, 2, 0]  # recognised, version 2, no waiter woken
     assert await direct.client.get(keys.lease) == second._target.token.encode()  # untouched
     unknown = [first._target.token, "never-committed", "", 0, 2000, 20_000, 60_000, "", ""]
     unknown += [0, 0, "n", b"\x05"]
@@ -360,8 +363,7 @@ async def test_restart_with_aof_loses_nothing_acknowledged(workers: Workers) -> 
         async def progress() -> int:
             total = 0
             for key in keys:
-                raw = await client.hget(f"restate:{{{SERVICE}:{key}}}:meta", "v")
-                total += int(raw or 0)
+                total += (await read_meta(client, f"restate:{{{SERVICE}:{key}}}:state")).version
             return total
 
         deadline = asyncio.get_running_loop().time() + 30

@@ -11,6 +11,7 @@ import redis
 import redis.asyncio as aioredis
 
 from restate_redis import RedisStateStore, ReplicationError
+from restate_redis.keyspace import META_FIELD, Meta
 from tests.support.counting import CountingConnection
 from tests.support.servers import SentinelGroup, start_sentinel_group, wait_until
 from tests.support.workers import SERVICE, Workers, object_keys, read_counts
@@ -39,7 +40,9 @@ async def final_counts(url: str, keys: list[str]) -> dict[str, int]:
 
 def versions(port: int, keys: list[str]) -> int:
     with redis.Redis(port=port, socket_timeout=2) as r:
-        return sum(int(r.hget(f"restate:{{{SERVICE}:{k}}}:meta", "v") or 0) for k in keys)
+        return sum(
+            Meta.parse(r.hget(f"restate:{{{SERVICE}:{k}}}:state", META_FIELD)).version for k in keys
+        )
 
 
 async def test_sentinel_url_commits_reach_the_replicas(group: SentinelGroup) -> None:
@@ -51,7 +54,9 @@ async def test_sentinel_url_commits_reach_the_replicas(group: SentinelGroup) -> 
             assert await s.get("n") == 1  # an HGET on the link
         for srv in group.data_nodes:  # WAIT 2 returned: both replicas already have it
             with redis.Redis(port=srv.port) as r:
-                assert r.hget("restate:{Cart:a}:meta", "v") == b"1", srv.port
+                assert Meta.parse(r.hget("restate:{Cart:a}:state", META_FIELD)).version == 1, (
+                    srv.port
+                )
 
 
 async def test_min_replicas_keeps_two_round_trips(group: SentinelGroup) -> None:
@@ -68,7 +73,7 @@ async def test_min_replicas_keeps_two_round_trips(group: SentinelGroup) -> None:
         assert CountingConnection.sent_log == ["EVALSHA", "EVALSHA"]
         for srv in group.replicas:
             with redis.Redis(port=srv.port) as r:
-                assert r.hget("restate:{Cart:c}:meta", "v") == b"1"
+                assert Meta.parse(r.hget("restate:{Cart:c}:state", META_FIELD)).version == 1
     finally:
         await client.aclose()
 
@@ -82,7 +87,7 @@ async def test_min_replicas_reloads_a_flushed_script(group: SentinelGroup) -> No
         async with store.object("Cart", "d") as s:
             s.set("n", await s.get("n") + 1)
         with redis.Redis(port=group.replicas[0].port) as r:
-            assert r.hget("restate:{Cart:d}:meta", "v") == b"2"
+            assert Meta.parse(r.hget("restate:{Cart:d}:state", META_FIELD)).version == 2
 
 
 async def test_too_few_replicas_is_a_replication_error(group: SentinelGroup) -> None:

@@ -293,7 +293,7 @@ async def test_a_server_demoted_to_a_replica_is_left_for_a_new_connection(
 async def test_a_resp3_client_reads_and_commits_through_the_link(make_store: MakeStore) -> None:
     store = make_store(protocol=3)
     keys = store.keyspace.object_keys("Svc", "resp3")
-    await store.client.delete(keys.state, keys.meta)
+    await store.client.delete(keys.state)
     for _ in range(3):
         async with store.object("Svc", "resp3", state_preload=["n", "missing"]) as ctx:
             assert await ctx.get("missing") is None

@@ -7,6 +7,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from restate_redis import RedisStateStore
+from tests.support.keys import read_meta
 
 
 async def add(store: RedisStateStore, delta: int, commit_id: str, preload: object = True) -> int:
@@ -24,11 +25,11 @@ async def test_retry_of_an_applied_commit_is_recognised(
     assert await add(store, 5, "inv-1", preload) == 5
     assert await add(store, 3, "inv-2", preload) == 8
     keys = store.keyspace.object_keys("Counter", "a")
-    version = await client.hget(keys.meta, "v")
+    version = (await read_meta(client, keys.state)).version
     # inv-2 is retried (its reply was lost): same result, nothing applied twice
     assert await add(store, 3, "inv-2", preload) == 8
     assert await add(store, 3, "inv-2", preload) == 8
-    assert await client.hget(keys.meta, "v") == version
+    assert (await read_meta(client, keys.state)).version == version
     assert await client.exists(keys.lease) == 0  # the replay released its lease
     async with store.object("Counter", "a", shared=True) as ctx:
         assert await ctx.get_all() == {"n": 8, "seen-inv-1": True, "seen-inv-2": True}
@@ -58,6 +59,6 @@ async def test_workflow_run_retry_after_completion_is_a_replay(
             assert await ctx.get("step") is None
             ctx.set("step", "done")
         assert ctx.replayed == (attempt == 1)
-    meta = store.keyspace.object_keys("Signup", "wf").meta
-    assert await client.hget(meta, "v") == b"1"
-    assert await client.hget(meta, "wf") == b"completed"
+    meta = await read_meta(client, store.keyspace.object_keys("Signup", "wf").state)
+    assert meta.version == 1
+    assert meta.workflow == "completed"

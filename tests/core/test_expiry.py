@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from restate_redis import ReadOnlySessionError, RedisStateStore, WorkflowCompletedError
+from tests.support.keys import read_meta, read_state
 
 
 async def wait_until_gone(client: aioredis.Redis, *keys: str) -> None:
@@ -32,9 +33,8 @@ async def test_workflow_run_completes_and_expires_after_retention(
             assert peek.workflow_status == "running"
             assert await peek.get("email") is None
     # expiry was set by the same script that wrote the state
-    for key in (keys.state, keys.meta):
-        assert 0 < await client.pttl(key) <= 800
-    assert await client.hget(keys.meta, "wf") == b"completed"
+    assert 0 < await client.pttl(keys.state) <= 800
+    assert (await read_meta(client, keys.state)).workflow == "completed"
     async with store.workflow("Signup", "wf-1", shared=True) as ctx:
         assert ctx.workflow_status == "completed"
         assert await ctx.get("email") == "a@b.c"
@@ -44,7 +44,7 @@ async def test_workflow_run_completes_and_expires_after_retention(
     with pytest.raises(WorkflowCompletedError, match="'Signup'/'wf-1' already completed"):
         async with store.workflow("Signup", "wf-1"):
             pass
-    await wait_until_gone(client, keys.state, keys.meta)
+    await wait_until_gone(client, keys.state)
     for preload in (True, False):
         async with store.workflow("Signup", "wf-1", shared=True, state_preload=preload) as ctx:
             assert await ctx.get("email") is None
@@ -57,9 +57,9 @@ async def test_workflow_run_without_writes_still_completes(
 ) -> None:
     async with store.workflow("Signup", "wf-2", retention=60):
         pass
-    meta = store.keyspace.object_keys("Signup", "wf-2").meta
-    assert await client.hget(meta, "wf") == b"completed"
-    assert 0 < await client.pttl(meta) <= 60_000
+    state = store.keyspace.object_keys("Signup", "wf-2").state
+    assert (await read_meta(client, state)).workflow == "completed"
+    assert 0 < await client.pttl(state) <= 60_000
 
 
 async def test_failed_run_leaves_the_workflow_runnable(store: RedisStateStore) -> None:
@@ -88,7 +88,6 @@ async def test_objects_keep_state_without_ttl(
         ctx.set("n", 1)
     keys = store.keyspace.object_keys("Counter", "a")
     assert await client.pttl(keys.state) == -1
-    assert await client.pttl(keys.meta) == -1
 
 
 async def test_object_ttl_slides_with_each_commit(
@@ -101,10 +100,9 @@ async def test_object_ttl_slides_with_each_commit(
     async with store.object("Session", "s1", ttl=120) as ctx:
         ctx.set("n", 2)
     assert 30_000 < await client.pttl(keys.state) <= 120_000
-    assert 30_000 < await client.pttl(keys.meta) <= 120_000
     async with store.object("Session", "s1", ttl=0.3) as ctx:
         ctx.set("n", 3)
-    await wait_until_gone(client, keys.state, keys.meta)
+    await wait_until_gone(client, keys.state)
     async with store.object("Session", "s1") as ctx:
         assert await ctx.get("n") is None
 
@@ -115,9 +113,9 @@ async def test_stored_size_is_tracked_by_every_commit(
     keys = store.keyspace.object_keys("Svc", "o")
 
     async def check() -> None:
-        data = await client.hgetall(keys.state)
+        data = await read_state(client, keys.state)
         expected = sum(len(f) + len(v) for f, v in data.items())
-        assert int(await client.hget(keys.meta, "b") or -1) == expected
+        assert (await read_meta(client, keys.state)).size == expected
 
     async with store.object("Svc", "o") as ctx:
         ctx.set("a", "x" * 10)

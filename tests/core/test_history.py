@@ -24,6 +24,8 @@ from restate_redis import (
     RedisStateStore,
 )
 from restate_redis.errors import UnknownObjectError
+from restate_redis.keyspace import META_FIELD, Meta, commit_tag
+from tests.support.keys import read_state
 from tests.support.servers import Server
 
 
@@ -40,10 +42,7 @@ def packed(value: object) -> bytes:
 
 
 async def state_in_redis(store: RedisStateStore, service: str, key: str) -> dict[bytes, bytes]:
-    state: dict[bytes, bytes] = await store.client.hgetall(
-        store.keyspace.object_keys(service, key).state
-    )
-    return state
+    return await read_state(store.client, store.keyspace.object_keys(service, key).state)
 
 
 async def put(store: RedisStateStore, key: str, **values: object) -> None:
@@ -84,7 +83,8 @@ async def test_one_entry_per_applied_commit_none_for_a_replay_or_a_refusal(
     new = packed(["apple"])
     assert first[b"d"] == b"5:items-+0:%d:" % len(new) + new
     assert second[b"x"] == b""  # the store made up its commit id: not the caller's
-    assert await client.hget(keys.meta, "c") == second[b"c"]
+    meta = Meta.parse(await client.hget(keys.state, META_FIELD))
+    assert meta.commit == commit_tag(second[b"c"].decode())
     entries = await hstore.history("Cart", "a")
     assert [(e.version, e.commit_id, e.origin) for e in entries] == [
         (1, "inv-1", "session"),
@@ -204,7 +204,7 @@ async def test_restore_and_undo_write_the_past_state(
     assert await hstore.restore("Cart", "c", version=3) == 7
     assert await state_in_redis(hstore, "Cart", "c") == v3_state
     assert await hstore.restore("Cart", "c", version=0) == 8  # before the first commit
-    assert await client.exists(hstore.keyspace.object_keys("Cart", "c").state) == 0
+    assert await state_in_redis(hstore, "Cart", "c") == {}
     entries = await hstore.history("Cart", "c")
     assert [e.origin for e in entries] == ["session"] * 3 + ["restore"] * 5
     assert await hstore.restore("Cart", "c", version=8) == 8  # nothing differs: no commit
@@ -294,8 +294,8 @@ async def test_the_log_expires_with_the_object(
     await put(hstore, "gone", n=1)
     await put(hstore, "gone", n=ABSENT)  # emptied: the bookkeeping's grace period
     gone = hstore.keyspace.object_keys("Cart", "gone")
-    left, meta_left = await client.pttl(gone.history), await client.pttl(gone.meta)
-    assert 0 < left <= meta_left + 1000  # the same expiry as meta (read one after the other)
+    left, meta_left = await client.pttl(gone.history), await client.pttl(gone.state)
+    assert 0 < left <= meta_left + 1000  # the same expiry as the bookkeeping (one, then other)
     await put(hstore, "gone", n=2)  # state again: kept as long as the state
     assert await client.pttl(gone.history) == -1
     assert await hstore.purge("Cart", "gone")

@@ -20,8 +20,9 @@ from restate_redis import (
     WorkflowCompletedError,
     WrongTypeError,
 )
-from restate_redis.keyspace import EMPTY_GRACE_SECONDS
+from restate_redis.keyspace import EMPTY_GRACE_SECONDS, META_FIELD
 from tests.support.counting import CountingConnection, open_counted_store
+from tests.support.keys import read_meta, read_state
 from tests.support.servers import Server
 
 packb = msgpack.packb
@@ -46,7 +47,8 @@ async def test_state_written_by_another_tool_is_counted_once(
     async with store.object("Svc", "foreign", shared=True) as ctx:
         assert await ctx.get("bb") == "two"
     # the size is stored by the first eager open, so no later open counts again
-    assert int(await client.hget(keys.meta, "b")) == 1 + len(packb(1)) + 2 + len(packb("two"))
+    meta = await read_meta(client, keys.state)
+    assert meta.size == 1 + len(packb(1)) + 2 + len(packb("two"))
 
 
 async def test_eager_open_over_the_field_limit_loads_nothing(client: aioredis.Redis) -> None:
@@ -59,12 +61,12 @@ async def test_eager_open_over_the_field_limit_loads_nothing(client: aioredis.Re
             assert await ctx.get("f50") == 50
             assert len(await ctx.state_keys()) == 51
             ctx.set("new", 1)
-        assert await client.hget(keys.meta, "b") is None  # too many keys to count here
+        assert (await read_meta(client, keys.state)).size is None  # too many keys to count here
         await client.hdel(keys.state, "f0", "f1")
         async with store.object("Svc", "wide") as ctx:  # 50 keys: within the limit again
             assert ctx.mode == "eager"
             assert len(await ctx.state_keys()) == 50
-        assert int(await client.hget(keys.meta, "b")) > 0
+        assert ((await read_meta(client, keys.state)).size or 0) > 0
     finally:
         await store.aclose()
 
@@ -109,14 +111,14 @@ async def test_no_command_over_50ms_on_a_million_key_object(
         assert len(await ctx.state_keys()) == n
     async with store.object("Big", "one", commit_id="clear-1") as ctx:
         ctx.clear_all()  # replay-protected: the old state is renamed aside, not copied
-    assert await client.exists(keys.state) == 0
+    assert await read_state(client, keys.state) == {}
     async with store.object("Big", "one", commit_id="clear-1") as ctx:  # its replay
         assert ctx.replayed and ctx.mode == "lazy"
         assert await ctx.get("f7") == "seven"
         assert await ctx.get("f8") == 8
         assert len(await ctx.state_keys()) == n
         ctx.clear_all()
-    assert await client.exists(keys.state) == 0
+    assert await read_state(client, keys.state) == {}
     async with store.object("Big", "one") as ctx:
         ctx.set("x", 1)  # a commit without an id: the renamed state is unlinked
     assert await client.exists(keys.old) == 0
@@ -128,7 +130,7 @@ async def test_no_command_over_50ms_on_a_million_key_object(
         ctx.clear_all()  # not replay-protected: unlinked
     await fill(client, keys.state, n)
     assert await store.purge("Big", "one")
-    assert await client.exists(keys.state, keys.meta) == 0
+    assert await client.exists(*keys.all) == 0
 
     slow = await client.slowlog_get(1024)
     ours = [e for e in slow if e.get("client_name") not in (FILLER, FILLER.encode())]
@@ -138,7 +140,7 @@ async def test_no_command_over_50ms_on_a_million_key_object(
 # -- checks before the first write ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("suffix", ["state", "meta", "prev", "old", "lease", "wake", "commits"])
+@pytest.mark.parametrize("suffix", ["state", "old", "lease", "wait", "wake", "commits"])
 async def test_a_foreign_value_under_any_key_is_refused_before_any_write(
     store: RedisStateStore, client: aioredis.Redis, suffix: str
 ) -> None:
@@ -147,7 +149,7 @@ async def test_a_foreign_value_under_any_key_is_refused_before_any_write(
         ctx.set("a", 1)
     redis_key = getattr(keys, suffix)
     await client.delete(redis_key)
-    if suffix == "lease":  # a lease is a string: a hash is what does not belong there
+    if suffix in ("lease", "wait"):  # strings: a hash is what does not belong there
         await client.hset(redis_key, "foreign", "1")
     else:
         await client.set(redis_key, b"foreign")
@@ -163,24 +165,24 @@ async def test_a_foreign_value_under_any_key_is_refused_before_any_write(
     assert {k: v for k, v in after.items() if k != keys.lease} == {
         k: v for k, v in before.items() if k != keys.lease
     }
-    assert await client.type(redis_key) == (b"hash" if suffix == "lease" else b"string")
+    assert await client.type(redis_key) == (b"hash" if suffix in ("lease", "wait") else b"string")
 
 
-@pytest.mark.parametrize("field", ["v", "b"])
+@pytest.mark.parametrize("meta", ["not-a-number", "1 x - - -", "1 2 3"])
 @pytest.mark.parametrize("preload", [True, False])
 async def test_bookkeeping_that_does_not_parse_is_a_state_error(
-    store: RedisStateStore, client: aioredis.Redis, field: str, preload: bool
+    store: RedisStateStore, client: aioredis.Redis, meta: str, preload: bool
 ) -> None:
     keys = store.keyspace.object_keys("Svc", "o")
     async with store.object("Svc", "o") as ctx:
         ctx.set("a", 1)
-    await client.hset(keys.meta, field, "not-a-number")
+    await client.hset(keys.state, META_FIELD, meta)
     state = await client.hgetall(keys.state)
     with pytest.raises(CorruptStateError) as err:
         async with store.object("Svc", "o", state_preload=preload) as ctx:
             ctx.set("a", 2)
     assert isinstance(err.value, StateError)
-    assert "'Svc'/'o'" in str(err.value) and repr(field) in str(err.value)
+    assert "'Svc'/'o'" in str(err.value) and repr(meta) in str(err.value)
     assert await client.hgetall(keys.state) == state
 
 
@@ -236,7 +238,7 @@ async def test_an_open_that_raises_after_taking_the_lease_frees_it(
     store = RedisStateStore(client, lease_ttl=60, acquire_timeout=2)
     keys = store.keyspace.object_keys("Svc", "o")
     try:
-        await client.hset(keys.state, mapping={b"\xff": packb(1), b"ok": packb(2)})
+        await client.hset(keys.state, mapping={b"\xc3\x28": packb(1), b"ok": packb(2)})
         with pytest.raises(StateDecodeError, match="not UTF-8"):
             async with store.object("Svc", "o"):  # eager: the lease is taken, then decoding fails
                 pass
@@ -293,22 +295,22 @@ async def test_an_emptied_objects_bookkeeping_expires_after_the_grace_period(
     keys = store.keyspace.object_keys("Svc", "o")
     async with store.object("Svc", "o") as ctx:
         ctx.set("a", 1)
-    assert await client.pttl(keys.meta) == -1
+    assert await client.pttl(keys.state) == -1
     async with store.object("Svc", "o", commit_id=commit_id) as ctx:
         ctx.clear_all()
-    assert await client.exists(keys.state) == 0
-    assert 0 < await client.pttl(keys.meta) <= EMPTY_GRACE_SECONDS * 1000
+    assert await read_state(client, keys.state) == {}
+    assert 0 < await client.pttl(keys.state) <= EMPTY_GRACE_SECONDS * 1000
     if commit_id:  # the replay of the clearing commit is still recognised meanwhile
         async with store.object("Svc", "o", commit_id=commit_id) as ctx:
             assert ctx.replayed and await ctx.get("a") == 1
             ctx.clear_all()
-        assert await client.exists(keys.state) == 0
+        assert await read_state(client, keys.state) == {}
         assert 0 < await client.pttl(keys.old) <= EMPTY_GRACE_SECONDS * 1000
     async with store.object("Svc", "o") as ctx:
         ctx.set("b", 2)  # state again: the bookkeeping is kept as long as the state
-    assert await client.pttl(keys.meta) == -1
-    assert await client.hget(keys.meta, "e") is None
-    assert int(await client.hget(keys.meta, "v")) == 3
+    assert await client.pttl(keys.state) == -1
+    assert not (await read_meta(client, keys.state)).fading
+    assert (await read_meta(client, keys.state)).version == 3
 
 
 async def test_clearing_an_expiring_object_keeps_its_expiry(
@@ -319,8 +321,8 @@ async def test_clearing_an_expiring_object_keeps_its_expiry(
         ctx.set("a", 1)
     async with store.object("Svc", "o") as ctx:
         ctx.clear("a")
-    assert 0 < await client.pttl(keys.meta) <= 30_000
-    assert await client.hget(keys.meta, "e") is None
+    assert 0 < await client.pttl(keys.state) <= 30_000
+    assert not (await read_meta(client, keys.state)).fading
 
 
 async def test_purge_lets_a_completed_workflow_run_again(
@@ -334,7 +336,7 @@ async def test_purge_lets_a_completed_workflow_run_again(
     assert "store.purge('Signup', 'wf-1')" in str(err.value)
     assert await store.purge("Signup", "wf-1") is True
     left = [k async for k in client.scan_iter(match="restate:{Signup:wf-1}:*")]
-    assert left == [b"restate:{Signup:wf-1}:wake"]  # the release signal, kept for lease_ttl
+    assert left == []  # no session waited: no release signal either
     async with store.workflow("Signup", "wf-1") as ctx:
         assert ctx.workflow_status == "running" and ctx.version == 0
         assert await ctx.get("email") is None
@@ -373,7 +375,7 @@ async def test_an_edit_of_an_emptied_object_does_not_make_it_expire(
     admin = Admin(store)
     await admin.set("Svc", "o", "a", 1)
     await admin.clear_all("Svc", "o")
-    assert await client.pttl(keys.meta) > 0  # the grace period of the bookkeeping
+    assert await client.pttl(keys.state) > 0  # the grace period of the bookkeeping
     await admin.set("Svc", "o", "b", 2)
     assert await client.pttl(keys.state) == -1
-    assert await client.pttl(keys.meta) == -1
+    assert await client.pttl(keys.state) == -1

@@ -23,6 +23,7 @@ from restate_redis import (
 from restate_redis.keyspace import EMPTY_GRACE_SECONDS, ObjectKeys
 from restate_redis.serde import MsgPackSerde
 from tests.support.counting import CountingConnection, open_counted_store
+from tests.support.keys import read_meta, read_state
 from tests.support.servers import Server
 
 packb = MsgPackSerde().serialize
@@ -49,12 +50,11 @@ def gone(client: aioredis.Redis, keys: ObjectKeys, name: str) -> Callable[[], Aw
 
 async def real_size(client: aioredis.Redis, keys: ObjectKeys) -> int:
     """What meta b must hold: the bytes of every live field name and value."""
-    return sum(len(k) + len(v) for k, v in (await client.hgetall(keys.state)).items())
+    return sum(len(k) + len(v) for k, v in (await read_state(client, keys.state)).items())
 
 
 async def stored_size(client: aioredis.Redis, keys: ObjectKeys) -> int | None:
-    b = await client.hget(keys.meta, "b")
-    return None if b is None else int(b)
+    return (await read_meta(client, keys.state)).size
 
 
 async def pttls(client: aioredis.Redis, keys: ObjectKeys, *names: str) -> list[int]:
@@ -158,7 +158,7 @@ async def test_a_plain_set_ends_the_expiry_and_a_clear_or_clear_all_its_bookkeep
         ctx.clear_all()
         ctx.set("d", 4)
     assert not await client.exists(keys.ttls)
-    assert await client.hgetall(keys.state) == {b"d": packb(4)}
+    assert await read_state(client, keys.state) == {b"d": packb(4)}
     assert await stored_size(client, keys) == await real_size(client, keys)
 
 
@@ -279,15 +279,15 @@ async def test_when_every_key_expires_the_bookkeeping_follows_the_last(
         ctx.set("token", "abc", ttl=60)
         ctx.set("csrf", "xyz", ttl=30)
     grace_ms = EMPTY_GRACE_SECONDS * 1000
-    meta_left = await client.pttl(keys.meta)
+    meta_left = await client.pttl(keys.state)
     assert grace_ms + 59_000 < meta_left <= grace_ms + 60_000  # the last expiry, then grace
-    assert await client.hget(keys.meta, "e") == b"1"
+    assert (await read_meta(client, keys.state)).fading
     assert 0 < await client.pttl(keys.ttls) <= meta_left
     async with store.object("Session", "s1") as ctx:
         ctx.set("user", "alice")  # a key without expiry: kept as long as the state
-    assert await client.pttl(keys.meta) == -1
+    assert await client.pttl(keys.state) == -1
     assert await client.pttl(keys.ttls) == -1
-    assert await client.hget(keys.meta, "e") is None
+    assert not (await read_meta(client, keys.state)).fading
 
 
 @valkey
@@ -365,7 +365,7 @@ async def test_a_sub_millisecond_ttl_is_one_millisecond(
         ctx.set("a", 1, ttl=0.0001)
         assert ctx._writes.ttls == {"a": 1}
     await until("a to expire", gone(client, keys, "a"))
-    assert await client.hgetall(keys.state) == {}
+    assert await read_state(client, keys.state) == {}
 
 
 # -- Redis 7.0: no hash-field expiry -------------------------------------------------------------
@@ -385,7 +385,7 @@ async def test_a_ttl_on_redis_7_0_fails_at_the_call_naming_the_server(
     assert "Redis 7.0." in message and "no hash-field expiry" in message
     assert "Redis 7.4+ or Valkey 9+" in message
     assert isinstance(caught.value, UsageError)
-    assert await client.hgetall(keys.state) == {b"n": packb(1)}
+    assert await read_state(client, keys.state) == {b"n": packb(1)}
     assert not await client.exists(keys.ttls)
 
 
@@ -405,8 +405,8 @@ async def test_the_commit_refuses_a_ttl_the_probe_did_not_catch(
             store.backend.features = None  # as if never probed
             ctx.set("n", 2)
             ctx.set("token", "abc", ttl=60)
-    assert await client.hgetall(keys.state) == {b"n": packb(1)}
-    assert await client.hget(keys.meta, "v") == b"1"
+    assert await read_state(client, keys.state) == {b"n": packb(1)}
+    assert (await read_meta(client, keys.state)).version == 1
     assert not await client.exists(keys.lease)  # released: the next session need not wait
     assert store.backend.features is not None and not store.backend.features.field_expiry
     with pytest.raises(ServerFeatureError, match=r"Redis 7\.0"):  # now known at the call

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import msgpack
 import pytest
 import redis
 import redis.asyncio as aioredis
 
-from restate_redis import InvalidNameError, Keyspace, RedisStateStore
-from restate_redis.keyspace import decode_name, encode_name, glob_escape
+from restate_redis import InvalidNameError, Keyspace, RedisStateStore, WrongTypeError
+from restate_redis.keyspace import META_FIELD, commit_tag, decode_name, encode_name, glob_escape
+from tests.support.keys import read_meta, read_state, state_names
 from tests.support.servers import Server, running_server
 
 ODD = ["{", "}", "{x}", "a:b", "*", "?", "[ab]", "a/b", "with space", "ünïcødé ☃", "", "%41", "\\"]
@@ -42,7 +44,8 @@ async def test_state_hash_fields_are_the_state_key_names_verbatim(
         ctx.set("ünï {x}:*", 1)
         ctx.set("", 2)
     fields = await client.hkeys(store.keyspace.object_keys("Svc", "o").state)
-    assert sorted(fields) == sorted([b"", "ünï {x}:*".encode()])
+    assert state_names(fields) == {b"", "ünï {x}:*".encode()}
+    assert len(fields) == 3  # and the bookkeeping, one reserved field
 
 
 async def test_scan_patterns_match_only_their_service(
@@ -91,18 +94,18 @@ async def server_ms(client: aioredis.Redis) -> int:
 async def test_meta_keeps_the_time_of_the_last_change(
     store: RedisStateStore, client: aioredis.Redis
 ) -> None:
-    """meta t: the server's time of the last applied commit; a replay, a session that writes
-    nothing and a read leave it; a purge removes it with the rest."""
-    meta = store.keyspace.object_keys("Svc", "t").meta
+    """The bookkeeping's t: the server's time of the last applied commit; a replay, a session
+    that writes nothing and a read leave it; a purge removes it with the rest."""
+    state = store.keyspace.object_keys("Svc", "t").state
     before = await server_ms(client)
     async with store.object("Svc", "t", commit_id="inv-1") as ctx:
         ctx.set("a", 1)
     after = await server_ms(client)
-    first = await client.hget(meta, "t")
-    assert first is not None and first.isdigit()
-    assert before <= int(first) <= after
+    first = (await read_meta(client, state)).changed_ms
+    assert first is not None
+    assert before <= first <= after
     for _ in range(1000):  # so that the next commit lands in a later ms
-        if await server_ms(client) > int(first):
+        if await server_ms(client) > first:
             break
         await asyncio.sleep(0.001)
     async with store.object("Svc", "t", commit_id="inv-1") as ctx:  # a replay: not applied
@@ -111,9 +114,52 @@ async def test_meta_keeps_the_time_of_the_last_change(
         await ctx.get("a")
     async with store.object("Svc", "t", shared=True) as ctx:
         await ctx.get("a")
-    assert await client.hget(meta, "t") == first
+    assert (await read_meta(client, state)).changed_ms == first
     async with store.object("Svc", "t") as ctx:
         ctx.clear("a")  # the state empties: still a change, kept for the grace period
-    assert int(await client.hget(meta, "t") or 0) > int(first)
+    assert ((await read_meta(client, state)).changed_ms or 0) > first
     assert await store.purge("Svc", "t")
-    assert await client.exists(meta) == 0
+    assert await client.exists(state) == 0
+
+
+async def test_a_version_1_object_is_moved_into_its_state_hash_by_its_next_session(
+    store: RedisStateStore, client: aioredis.Redis
+) -> None:
+    """Keyspace version 1 kept the bookkeeping in a meta hash and the prior values of the last
+    recorded commit in a prev hash: the first script to meet the object moves both in, at
+    once, and the object goes on where it was (its version, its replay protection)."""
+    keys = store.keyspace.object_keys("Cart", "v1")
+    await client.hset(keys.state, mapping={"n": msgpack.packb(2), "tag": msgpack.packb("x")})
+    await client.hset(
+        keys.v1_meta, mapping={"v": "7", "b": "9", "t": "1700000000000", "c": "inv-7", "pf": "0"}
+    )
+    await client.hset(keys.v1_prev, mapping={"n": b"+" + msgpack.packb(1), "tag": "-"})
+    await client.pexpire(keys.v1_meta, 600_000)
+    await client.pexpire(keys.state, 600_000)
+
+    # a retry of the last commit of version 1 is recognised, and sees the state before it
+    async with store.object("Cart", "v1", commit_id="inv-7") as ctx:
+        assert ctx.replayed
+        assert await ctx.get_all() == {"n": 1}
+    assert await client.exists(keys.v1_meta, keys.v1_prev) == 0
+    meta = await read_meta(client, keys.state)
+    assert (meta.version, meta.size, meta.changed_ms) == (7, 9, 1700000000000)
+    assert meta.commit == commit_tag("inv-7")
+    assert 0 < await client.pttl(keys.state) <= 600_000
+    async with store.object("Cart", "v1") as ctx:
+        assert await ctx.get_all() == {"n": 2, "tag": "x"}
+        ctx.set("n", 3)
+    assert ctx.version == 8
+
+
+async def test_a_version_1_bookkeeping_of_the_wrong_type_is_refused_before_any_write(
+    store: RedisStateStore, client: aioredis.Redis
+) -> None:
+    keys = store.keyspace.object_keys("Cart", "v1bad")
+    await client.hset(keys.state, "n", msgpack.packb(1))
+    await client.set(keys.v1_meta, "not a hash")
+    with pytest.raises(WrongTypeError, match="meta"):
+        async with store.object("Cart", "v1bad") as ctx:
+            ctx.set("n", 2)
+    assert await read_state(client, keys.state) == {b"n": msgpack.packb(1)}
+    assert await client.hget(keys.state, META_FIELD) is None

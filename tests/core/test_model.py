@@ -21,6 +21,7 @@ from hypothesis.stateful import (
 )
 
 from restate_redis import RedisStateStore, Session
+from tests.support.keys import state_fields
 from tests.support.servers import Server
 
 NAMES = st.sampled_from(["a", "b", "", "ü", "{x}", "k:1", "*"])
@@ -145,7 +146,7 @@ def make_machine(url: str) -> type[RuleBasedStateMachine]:
             if not hasattr(self, "loop"):
                 return
             state = self.store.keyspace.object_keys("Model", "o").state
-            raw = self.run(self.client.hgetall(state))
+            raw = state_fields(self.run(self.client.hgetall(state)))
             held = {k.decode(): msgpack.unpackb(v, raw=False) for k, v in raw.items()}
             assert held == self.committed
 

@@ -11,6 +11,7 @@ from msgpack import packb
 
 from restate_redis import RedisStateStore, StateError
 from tests.support.counting import CountingConnection, open_counted_store
+from tests.support.keys import read_state
 from tests.support.servers import Server
 
 
@@ -85,8 +86,8 @@ async def test_a_blind_write_is_one_round_trip(counted: RedisStateStore) -> None
         ctx.clear("b")
     assert CountingConnection.sent_log == ["EVALSHA"]  # take, apply, release: one script
     assert ctx.version == 1
-    assert await counted.client.hgetall(keys.state) == {b"a": b"\x01"}
-    assert await counted.client.exists(keys.lease, keys.wake) == 0
+    assert await read_state(counted.client, keys.state) == {b"a": b"\x01"}
+    assert await counted.client.exists(keys.lease, keys.wake, keys.wait) == 0
     CountingConnection.sent_log.clear()
     async with counted.object("Svc", "fresh", state_preload=False) as ctx:
         pass

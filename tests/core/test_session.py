@@ -8,7 +8,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from restate_redis import RedisStateStore, SessionClosedError
+from restate_redis.keyspace import EMPTY_GRACE_SECONDS
 from restate_redis.serde import MsgPackSerde
+from tests.support.keys import read_meta, read_state
 
 MODES: dict[str, Any] = {"eager": True, "lazy": False, "preload": ["a", "missing"]}
 packb = MsgPackSerde().serialize
@@ -30,7 +32,7 @@ async def test_get_set_clear_state_keys(
 ) -> None:
     await seed(client, store, a=1, b="two", c=[3])
     state = store.keyspace.object_keys("Svc", "obj").state
-    assert await client.hgetall(state) == {b"a": packb(1), b"b": packb("two"), b"c": packb([3])}
+    assert await read_state(client, state) == {b"a": packb(1), b"b": packb("two"), b"c": packb([3])}
 
     async with store.object("Svc", "obj", state_preload=preload) as ctx:
         assert ctx.key() == "obj"
@@ -46,7 +48,7 @@ async def test_get_set_clear_state_keys(
         assert await ctx.state_keys() == ["a", "c", "d"]  # a cleared key is gone at once
         # nothing reaches Redis before the commit
         assert await client.hget(state, "a") == packb(1)
-    assert await client.hgetall(state) == {
+    assert await read_state(client, state) == {
         b"a": packb(10),
         b"c": packb([3]),
         b"d": packb({"x": 1}),
@@ -64,7 +66,7 @@ async def test_exception_discards_every_write(
             ctx.set("b", 3)
             ctx.clear_all()
             raise RuntimeError("boom")
-    assert await client.hgetall(state) == {b"a": packb(1)}
+    assert await read_state(client, state) == {b"a": packb(1)}
     # and the lease was released: the next exclusive session opens at once
     async with store.object("Svc", "obj", state_preload=preload) as ctx:
         assert await ctx.get("a") == 1
@@ -82,7 +84,7 @@ async def test_clear_all_then_set_in_one_session(
         ctx.set("z", 26)
         assert await ctx.state_keys() == ["b", "z"]
     state = store.keyspace.object_keys("Svc", "obj").state
-    assert await client.hgetall(state) == {b"b": packb(20), b"z": packb(26)}
+    assert await read_state(client, state) == {b"b": packb(20), b"z": packb(26)}
 
 
 async def test_clear_all_alone_empties_the_hash(
@@ -92,7 +94,10 @@ async def test_clear_all_alone_empties_the_hash(
     async with store.object("Svc", "obj", state_preload=preload) as ctx:
         ctx.clear_all()
     keys = store.keyspace.object_keys("Svc", "obj")
-    assert await client.exists(keys.state) == 0
+    # only the bookkeeping is left, for the grace period
+    assert await read_state(client, keys.state) == {}
+    assert (await read_meta(client, keys.state)).fading
+    assert 0 < await client.pttl(keys.state) <= EMPTY_GRACE_SECONDS * 1000
     async with store.object("Svc", "obj", state_preload=preload) as ctx:
         assert await ctx.state_keys() == []
 
@@ -134,11 +139,11 @@ async def test_session_without_writes_sends_no_commit(
     store: RedisStateStore, client: aioredis.Redis
 ) -> None:
     await seed(client, store, a=1)
-    meta = store.keyspace.object_keys("Svc", "obj").meta
-    before = await client.hget(meta, "v")
+    state = store.keyspace.object_keys("Svc", "obj").state
+    before = (await read_meta(client, state)).version
     async with store.object("Svc", "obj") as ctx:
         assert await ctx.get("a") == 1
-    assert await client.hget(meta, "v") == before == b"1"
+    assert (await read_meta(client, state)).version == before == 1
 
 
 async def test_version_counts_commits(store: RedisStateStore) -> None:

@@ -105,9 +105,9 @@ async def test_an_expired_and_recreated_object_is_seen(
     async with worker.object("Cart", "alice", ttl=0.3) as ctx:
         ctx.set("n", 1)
     assert await read(worker) == (True, {"n": 1})
-    meta = worker.keyspace.object_keys("Cart", "alice").meta
+    state = worker.keyspace.object_keys("Cart", "alice").state
     deadline = asyncio.get_running_loop().time() + 10
-    while await client.exists(meta):
+    while await client.exists(state):
         assert asyncio.get_running_loop().time() < deadline, "the object did not expire"
         await asyncio.sleep(0.05)
     async with other.object("Cart", "alice") as ctx:  # recreated: version 1 again
@@ -124,7 +124,7 @@ async def test_a_failover_that_lost_the_last_commit_is_seen(
     keys = worker.keyspace.object_keys("Cart", "alice")
     async with worker.object("Cart", "alice") as ctx:
         ctx.set("n", 1)
-    dumped = {k: await client.dump(k) for k in (keys.state, keys.meta)}
+    dumped = {k: await client.dump(k) for k in (keys.state,)}
     async with worker.object("Cart", "alice") as ctx:
         ctx.set("n", 2)  # version 2, cached by this worker
     assert await read(worker) == (True, {"n": 2})

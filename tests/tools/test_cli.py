@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from restate_redis import RedisStateStore, WorkflowCompletedError
+from tests.support.keys import state_fields
 from tests.support.servers import Server, free_port
 
 # One flavour is enough here: both are covered by test_admin.py, under the same calls.
@@ -62,7 +63,7 @@ def seed(server: Server, service: str, key: str, **values: object) -> None:
 
 def state(rc: redis.Redis, service: str, key: str, namespace: str = "restate") -> dict[str, Any]:
     raw: dict[bytes, bytes] = rc.hgetall(f"{namespace}:{{{service}:{key}}}:state")  # type: ignore[assignment]
-    return {k.decode(): msgpack.unpackb(v, raw=False) for k, v in raw.items()}
+    return {k.decode(): msgpack.unpackb(v, raw=False) for k, v in state_fields(raw).items()}
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], code: int = 1) -> str:

@@ -3,19 +3,21 @@
 -- touches, the lease, the bookkeeping), so a rejected commit writes nothing. Its work is
 -- bounded by the size of the commit, never by the size of the stored state: a clear_all
 -- unlinks or renames the hash, and a state of unknown size is counted only when it is
--- within the field limit. The keyspace (every key and meta field) is described in
+-- within the field limit. The keyspace (every key and reserved field) is described in
 -- keyspace.py.
 --
--- KEYS[1] state  KEYS[2] meta  KEYS[3] lease  KEYS[4] wake  KEYS[5] prev  KEYS[6] commits
--- KEYS[7] old  KEYS[8] ttls  KEYS[#KEYS] history (the last; only with history on)
+-- KEYS[1] state  KEYS[2] lease  KEYS[3] wait  KEYS[4] wake  KEYS[5] commits  KEYS[6] old
+-- KEYS[7] ttls  KEYS[8] meta, KEYS[9] prev: keyspace version 1's, moved into state when found
+-- KEYS[10] history (only with history on)
 -- ARGV[1] token        the session's lease token; "" for an unfenced commit
 -- ARGV[2] commit id    "" or a unique id; a second commit with the same id is not applied
---                      while it is the last commit (meta c) or, for a retry or when the lease
+--                      while it is the last commit (c) or, for a retry or when the lease
 --                      is no longer held, in commits, so a commit sent again after its first
 --                      attempt applied is recognised even after other sessions committed in
 --                      between
 -- ARGV[3] flags        letters: c clear every stored key first, r record prior values (for
---                      replays: in prev, or for a clear_all the whole state renamed to old),
+--                      replays: in the reserved field "\254", or for a clear_all the whole
+--                      state renamed to old),
 --                      w mark the workflow completed, a a retry of a commit whose reply was
 --                      lost, t a session that never opened (it only wrote): the lease is
 --                      taken and given back within this script when no one holds it
@@ -35,18 +37,20 @@
 --                      (hash-field expiry); every other key set loses the expiry it had
 -- ARGV[12+n+2t ..]     state key, value pairs to set
 --
--- Reply: {1, version} applied; {2, version} this commit id was already applied (the lease
+-- Reply: {1, version, signalled} applied (signalled: 1 when the release woke a waiting
+--        session, see meta.lua); {2, version, signalled} this commit id was already applied (the lease
 --        is released all the same; a {2} reply always writes something, so that a WAIT sent
 --        after it on the same connection covers the earlier, applied attempt too);
 --        {0, lease pttl} (flag t) another session holds the lease;
 --        {-3} the lease is no longer held by token; {-1, type, key} a key of the wrong type;
---        {-4, field, value} a meta field that does not parse; {-5, server, error} an expiry
+--        {-4, field, value} bookkeeping that does not parse; {-5, server, error} an expiry
 --        asked of a server without hash-field expiry (nothing written)
 --#include expiry.lua
+--#include meta.lua
 --#include history.lua
 
-local state, meta, lease, wake, prev = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local commits, old, ttls = KEYS[6], KEYS[7], KEYS[8]
+local state, lease, wait, wake, commits = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local old, ttls = KEYS[6], KEYS[7]
 local token, commit_id, flags = ARGV[1], ARGV[2], ARGV[3]
 local clear_all, record = string.find(flags, 'c', 1, true), string.find(flags, 'r', 1, true)
 local expire_ms, wake_ttl = tonumber(ARGV[4]), ARGV[5]
@@ -65,18 +69,19 @@ local function foreign(key, want)  -- a key whose first use below is a write
   return t ~= want and t ~= 'none'
 end
 
--- Reads first: a key of the wrong type fails them (pcall) before anything is written.
--- m: last commit id, version, stored bytes, prev flag, workflow status, grace flag
-local m = redis.pcall('HMGET', meta, 'c', 'v', 'b', 'pf', 'wf', 'e')
-if m.err then return wrong(meta) end
-if m[2] and not string.match(m[2], '^%d+$') then return {-4, 'v', m[2]} end
-if m[3] and not string.match(m[3], '^%d+$') then return {-4, 'b', m[3]} end
+-- Reads first: a key of the wrong type fails them before anything is written (a version 1
+-- object is moved in place first, all or nothing).
+if foreign(state, 'hash') then return wrong(state) end
 local holder = token ~= '' and redis.pcall('GET', lease)
 if type(holder) == 'table' and holder.err then return wrong(lease) end
-if foreign(state, 'hash') then return wrong(state) end
 if foreign(wake, 'list') then return wrong(wake) end
+if foreign(wait, 'string') then return wrong(wait) end
 local ttls_type = redis.call('TYPE', ttls)['ok']
 if ttls_type ~= 'zset' and ttls_type ~= 'none' then return wrong(ttls) end
+if (record or clear_all) and foreign(old, 'hash') then return wrong(old) end
+local m, bad = read_meta(state, KEYS[8], KEYS[9])
+if not m then return bad end
+if has_flag(m, 'r') and foreign(old, 'hash') then return wrong(old) end
 local timed = ttls_type == 'zset'  -- some state keys have an expiry of their own
 local expiring = {}  -- state key -> ttl ms
 for i = first_ttl, first_set - 1, 2 do expiring[ARGV[i]] = tonumber(ARGV[i + 1]) end
@@ -84,24 +89,14 @@ if first_set > first_ttl then
   local refused = field_expiry_refused(state)
   if refused then return {-5, server_name(), refused} end
 end
-if record or m[4] then
-  if foreign(prev, 'hash') then return wrong(prev) end
-  if foreign(old, 'hash') then return wrong(old) end
-end
-
-local function release()
-  redis.call('DEL', lease, wake)
-  redis.call('RPUSH', wake, '1')
-  redis.call('PEXPIRE', wake, wake_ttl)
-end
 
 local held = token == '' or holder == token
 -- A commit that never opened (flag t) on a free lease holds it for the length of this script.
 local free = not held and not holder and string.find(flags, 't', 1, true) ~= nil
 if free then held = true end
-local tag = commit_id ~= '' and string.sub(redis.sha1hex(commit_id), 1, 16)
-if commit_id ~= '' then
-  local seen = m[1] == commit_id
+local tag = commit_id ~= '' and commit_tag(commit_id)
+if tag then
+  local seen = m.c == tag
   -- Look further back on a retry, and whenever the lease is gone: a commit sent again by
   -- anything below the store (a client library's own retry) finds its lease released by
   -- its first, applied, execution, and must be recognised rather than refused.
@@ -111,62 +106,66 @@ if commit_id ~= '' then
     seen = score ~= false
   end
   if seen then
+    local signalled = 0
     if token ~= '' and held and not free then
-      release()
-    elseif m[2] then  -- a write, so that a WAIT after it covers the applied attempt too
-      redis.call('HSET', meta, 'v', m[2])
+      signalled = release_lease(lease, wait, wake, wake_ttl)
+    elseif m.stored then  -- a write, so that a WAIT after it covers the applied attempt too
+      write_meta(state, m)
     end
-    return {2, m[2]}
+    return {2, m.v, signalled}
   end
 end
 if not held then
-  if holder and string.find(flags, 't', 1, true) then return {0, redis.call('PTTL', lease)} end
+  if holder and string.find(flags, 't', 1, true) then
+    return {0, mark_waiting(wait, lease, wake_ttl)}
+  end
   return {-3}
 end
-local hist, refused = history_begin(ARGV[9], KEYS[#KEYS], state, clear_all, 11, last_delete,
+local hist, refused = history_begin(ARGV[9], KEYS[10], state, clear_all, 11, last_delete,
   first_set)
 if refused then return refused end
 
 -- The first write: the commit's id among the recent ones. A foreign value under that key
 -- fails it (pcall) before anything else is written.
 if tag then
-  local added = redis.pcall('ZADD', commits, (tonumber(m[2]) or 0) + 1, tag)
+  local added = redis.pcall('ZADD', commits, m.v + 1, tag)
   if type(added) == 'table' and added.err then return wrong(commits) end
 end
 
 -- The stored size, nil while unknown (state written by something else and too large to
 -- count here; the next eager open within the limits counts it), less the keys that expired.
-local size = tonumber(m[3])
+local size = m.b
 if timed and not clear_all then size = expire_due(state, ttls, size) end
-if size == nil and not clear_all and redis.call('HLEN', state) <= field_limit then
+if size == nil and not clear_all and user_fields(state, m) <= field_limit then
   size = 0
   for _, f in ipairs(redis.call('HKEYS', state)) do
-    size = size + #f + redis.call('HSTRLEN', state, f)
+    if not reserved(f) then size = size + #f + redis.call('HSTRLEN', state, f) end
   end
 end
 
+-- The state key's own expiry (an object ttl, a retention, the grace), kept across a clear_all.
 local state_pttl = -1
+if clear_all then state_pttl = redis.call('PTTL', state) end
+if has_flag(m, 'r') then redis.call('UNLINK', old) end
+local prior
 if record then
-  if m[4] then redis.call('UNLINK', prev, old) end
   if clear_all then
     -- The whole prior state, for a replay of this commit, without copying it: rename it.
-    if redis.call('EXISTS', state) == 1 then
-      state_pttl = redis.call('PTTL', state)
-      redis.call('RENAME', state, old)
-    end
+    if redis.call('EXISTS', state) == 1 then redis.call('RENAME', state, old) end
   else
+    prior = {}
     for i = 11, #ARGV do
       if i <= last_delete or (i >= first_set and (i - first_set) % 2 == 0) then
         local f = ARGV[i]
-        local prior = redis.call('HGET', state, f)
-        redis.call('HSET', prev, f, prior and ('+' .. prior) or '-')
+        local value = redis.call('HGET', state, f)
+        prior[#prior + 1] = f
+        prior[#prior + 1] = value and ('+' .. value) or '-'
       end
     end
   end
-elseif m[4] then
-  redis.call('UNLINK', prev, old)
-  redis.call('HDEL', meta, 'pf')
 end
+set_flag(m, 'r', record and clear_all)
+set_flag(m, 'p', prior ~= nil)
 
 if clear_all then
   if not record then redis.call('UNLINK', state) end
@@ -200,75 +199,75 @@ for i = first_set, #ARGV, 2 do
   end
 end
 
-local version = (tonumber(m[2]) or 0) + 1
--- t: when the state last changed, in ms of the server's clock (scripts replicate their
--- effects, so a replica stores this same value)
-local now = redis.call('TIME')
-local fields = {'v', version, 't', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)}
-if size then fields[#fields + 1] = 'b'; fields[#fields + 1] = size end
-if commit_id ~= '' then fields[#fields + 1] = 'c'; fields[#fields + 1] = commit_id end
-if record then fields[#fields + 1] = 'pf'; fields[#fields + 1] = clear_all and 'r' or '0' end
-if string.find(flags, 'w', 1, true) then
-  fields[#fields + 1] = 'wf'; fields[#fields + 1] = 'completed'
+-- The bookkeeping. t: when the state last changed, in ms of the server's clock (scripts
+-- replicate their effects, so a replica stores this same value).
+local had_state = m.stored and not clear_all  -- the hash holds the bookkeeping already
+m.v = m.v + 1
+m.t = now_ms()
+m.b = size
+if tag then m.c = tag end
+if string.find(flags, 'w', 1, true) then set_flag(m, 'C', true); set_flag(m, 'R', false) end
+if prior then
+  redis.call('HSET', state, PRIOR, cmsgpack.pack(prior))
+elseif had_state then
+  redis.call('HDEL', state, PRIOR)
 end
-redis.call('HSET', meta, unpack(fields))
-history_add(hist, version, commit_id, record)
-if not size and m[3] then redis.call('HDEL', meta, 'b') end  -- unknown now (see expire_due)
+write_meta(state, m)
+m.stored = true
+history_add(hist, m.v, commit_id, record)
 if tag then
-  if version % 64 == 0 then redis.call('ZREMRANGEBYSCORE', commits, '-inf', version - RECENT) end
+  if m.v % 64 == 0 then redis.call('ZREMRANGEBYSCORE', commits, '-inf', m.v - RECENT) end
   redis.call('PEXPIRE', commits, 60000)
 end
 
-local empty = redis.call('EXISTS', state) == 0  -- right even after another tool wrote
+local count = user_fields(state, m)  -- right even after another tool wrote
+local empty = count == 0
 -- When every state key left has an expiry, the state ends with the last of them (HLEN counts
 -- a field Redis has not reclaimed yet: then this is found by a later commit).
 local last_expiry
 if timed and not empty then
   local n_timed = redis.call('ZCARD', ttls)
-  if n_timed > 0 and redis.call('HLEN', state) == n_timed then
+  if n_timed > 0 and count == n_timed then
     last_expiry = tonumber(redis.call('ZRANGE', ttls, -1, -1, 'WITHSCORES')[2])
   end
 end
-local fading = last_expiry and not m[5] and (m[6] or redis.call('PTTL', meta) == -1)
+local workflow = has_flag(m, 'R') or has_flag(m, 'C')
+local grace = has_flag(m, 'e')
+local unexpiring = grace or (state_pttl < 0 and redis.call('PTTL', state) == -1)
+local function expire_all(ms, at)
+  for _, key in ipairs({state, old, ttls}) do
+    if at then redis.call('PEXPIREAT', key, at) else redis.call('PEXPIRE', key, ms) end
+  end
+end
 if expire_ms > 0 then
-  redis.call('PEXPIRE', state, expire_ms)
-  redis.call('PEXPIRE', meta, expire_ms)
-  redis.call('PEXPIRE', prev, expire_ms)
-  redis.call('PEXPIRE', old, expire_ms)
-  redis.call('PEXPIRE', ttls, expire_ms)
-  if m[6] then redis.call('HDEL', meta, 'e') end
-elseif empty and not m[5] and (m[6] or redis.call('PTTL', meta) == -1) then
-  -- An object left with no state keeps its bookkeeping (version, last commit id and prior
+  if grace then set_flag(m, 'e', false); write_meta(state, m) end
+  expire_all(expire_ms)
+elseif empty and not workflow and unexpiring then
+  -- An object left with no state keeps its bookkeeping (version, last commit and prior
   -- values, which recognise a replay of this commit) for the grace period after its last
   -- commit only.
-  redis.call('HSET', meta, 'e', '1')
-  redis.call('PEXPIRE', meta, grace_ms)
-  redis.call('PEXPIRE', prev, grace_ms)
-  redis.call('PEXPIRE', old, grace_ms)
-  redis.call('PEXPIRE', ttls, grace_ms)
-elseif fading then
+  set_flag(m, 'e', true)
+  write_meta(state, m)
+  expire_all(grace_ms)
+elseif last_expiry and not workflow and unexpiring then
   -- the same, after the state's last key expires
-  local at = string.format('%.0f', last_expiry + grace_ms)
-  redis.call('HSET', meta, 'e', '1')
-  redis.call('PEXPIREAT', meta, at)
-  redis.call('PEXPIREAT', prev, at)
-  redis.call('PEXPIREAT', old, at)
-  redis.call('PEXPIREAT', ttls, at)
-elseif m[6] and not empty then
+  set_flag(m, 'e', true)
+  write_meta(state, m)
+  expire_all(nil, string.format('%.0f', last_expiry + grace_ms))
+elseif grace and not empty then
   -- state again after a grace period: the bookkeeping is kept as long as the state
-  redis.call('HDEL', meta, 'e')
-  redis.call('PERSIST', meta)
-  redis.call('PERSIST', prev)
-  redis.call('PERSIST', old)
-  redis.call('PERSIST', ttls)
+  set_flag(m, 'e', false)
+  write_meta(state, m)
+  for _, key in ipairs({state, old, ttls}) do redis.call('PERSIST', key) end
 elseif state_pttl > 0 then
-  redis.call('PEXPIRE', state, state_pttl)  -- the expiry the renamed state had
+  redis.call('PEXPIRE', state, state_pttl)  -- the expiry the state had before the clear_all
 end
-history_expire(hist, meta)
+history_expire(hist, state)
 
+local signalled = 0
 if next_token ~= '' and token ~= '' then
   redis.call('SET', lease, next_token, 'PX', wake_ttl)  -- handed over: never free in between
 elseif token ~= '' and not free then
-  release()
+  signalled = release_lease(lease, wait, wake, wake_ttl)
 end
-return {1, version}
+return {1, m.v, signalled}

@@ -1,7 +1,7 @@
 -- history.lua: an object's history, one Stream entry per applied commit, written by
 -- commit.lua in the same script as the commit, so there is never a commit without its entry
 -- or an entry without its commit. commit.lua includes this text where it says so (scripts.py
--- puts it there, after expiry.lua, whose now_ms it uses). The history key is described in
+-- puts it there, after expiry.lua and meta.lua, whose now_ms and reserved it uses). The history key is described in
 -- keyspace.py; restate_redis/history.py reads the entries.
 --
 -- spec (commit.lua's ARGV[9]): "" when history is off: nothing here runs and no key is
@@ -46,8 +46,10 @@ local function history_begin(spec, key, state, clear_all, first_delete, last_del
   if clear_all then
     -- every prior key: sizes first, so that a large state is not copied when over the limit
     for _, f in ipairs(redis.call('HKEYS', state)) do
-      change(f, false)
-      size = size + redis.call('HSTRLEN', state, f)
+      if not reserved(f) then  -- the bookkeeping is not state (meta.lua)
+        change(f, false)
+        size = size + redis.call('HSTRLEN', state, f)
+      end
     end
   end
   local known = #h.names  -- a clear_all's prior keys, whose old values are read below
@@ -103,10 +105,10 @@ local function history_add(h, version, commit_id, named)
   end
 end
 
--- The log expires with the object's bookkeeping: whatever expiry meta has now, it gets.
-local function history_expire(h, meta)
+-- The log expires with the object's hash (its bookkeeping): whatever expiry that has now.
+local function history_expire(h, state)
   if not h then return end
-  local pttl = redis.call('PTTL', meta)
+  local pttl = redis.call('PTTL', state)
   if pttl > 0 then
     redis.call('PEXPIRE', h.key, pttl)
   elseif pttl == -1 then

@@ -2,9 +2,10 @@
 -- Takes the exclusive lease (when a token is given) and reads the state the mode asks for.
 -- Every key it touches is type-checked before its first write, and its work is bounded:
 -- a state over the eager limits (fields or bytes) is not loaded, and is never counted.
--- The keyspace (every key and meta field) is described in keyspace.py.
+-- The keyspace (every key and reserved field) is described in keyspace.py.
 --
--- KEYS[1] state  KEYS[2] meta  KEYS[3] lease  KEYS[4] prev  KEYS[5] old  KEYS[6] ttls
+-- KEYS[1] state  KEYS[2] lease  KEYS[3] wait  KEYS[4] old  KEYS[5] ttls
+-- KEYS[6] meta, KEYS[7] prev: keyspace version 1's, moved into state when found (meta.lua)
 -- ARGV[1] token         "" for a shared (read-only) session: no lease
 -- ARGV[2] lease ttl ms
 -- ARGV[3] mode          "eager" | "lazy" | "preload"
@@ -20,7 +21,7 @@
 -- Reply: {0, lease pttl}                 the lease is held by another session
 --        {-1, type, key}                 key holds a type this library never writes there
 --        {-2}                            the workflow's run already completed
---        {-4, field, value}              a meta field that does not parse
+--        {-4, field, value}              bookkeeping that does not parse
 --        {1, version, wf, mode, replay, last commit id, expires in, ...data}
 --          expires in: ms until the earliest expiry of a state key (-1: none has one); what
 --                    the reply holds is right until then
@@ -39,8 +40,9 @@
 -- State keys whose expiry passed leave the stored size here (expiry.lua), before the eager
 -- size limit is checked.
 --#include expiry.lua
+--#include meta.lua
 
-local state, meta, lease, prev, old, ttls = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local state, lease, wait, old, ttls = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, mode, commit_id = ARGV[1], ARGV[3], ARGV[6]
 local byte_limit, field_limit = tonumber(ARGV[4]), tonumber(ARGV[7])
 
@@ -54,19 +56,15 @@ end
 if foreign(state, 'hash') then return wrong(state) end
 local timed = redis.call('TYPE', ttls)['ok']  -- "zset" while some keys have an expiry
 if timed ~= 'zset' and timed ~= 'none' then return wrong(ttls) end
+if token ~= '' and foreign(wait, 'string') then return wrong(wait) end
 
--- Reads before any write: a key of the wrong type fails them (pcall), and nothing is written.
-local m = redis.pcall('HMGET', meta, 'v', 'b', 'c', 'wf', 'pf')
-if m.err then return wrong(meta) end
-local version, bytes, last_commit, wf, pf = m[1] or '0', m[2], m[3], m[4] or '', m[5]
-local commit_reply = last_commit or ''
-if not string.match(version, '^%d+$') then return {-4, 'v', version} end
-if bytes and not string.match(bytes, '^%d+$') then return {-4, 'b', bytes} end
-local replay = commit_id ~= '' and last_commit == commit_id
-if replay then
-  if foreign(prev, 'hash') then return wrong(prev) end
-  if foreign(old, 'hash') then return wrong(old) end
-end
+-- Reads before any write (a version 1 object is moved in place first, all or nothing).
+local m, bad = read_meta(state, KEYS[6], KEYS[7])
+if not m then return bad end
+local version, bytes, last_commit, wf = tostring(m.v), m.b, m.c, workflow_status(m)
+local commit_reply = last_commit and hex(last_commit) or ''
+local replay = commit_id ~= '' and last_commit == commit_tag(commit_id)
+if replay and has_flag(m, 'r') and foreign(old, 'hash') then return wrong(old) end
 
 if ARGV[5] == '1' and wf == 'completed' and not replay then
   return {-2}
@@ -77,12 +75,14 @@ if token ~= '' then
     local holder = redis.pcall('GET', lease)
     if type(holder) == 'table' and holder.err then return wrong(lease) end
     if holder ~= token then
-      return {0, redis.call('PTTL', lease)}
+      return {0, mark_waiting(wait, lease, ARGV[2])}
     end
     redis.call('PEXPIRE', lease, ARGV[2])
   end
   if ARGV[5] == '1' and wf == '' then
-    redis.call('HSET', meta, 'wf', 'running')
+    set_flag(m, 'R', true)
+    write_meta(state, m)
+    m.stored = true
     wf = 'running'
   end
 end
@@ -91,35 +91,46 @@ end
 local ahead, expired = -1, false
 if timed == 'zset' then
   expired = redis.call('ZCOUNT', ttls, '-inf', string.format('%.0f', now_ms())) > 0
-  local size = expire_due(state, ttls, tonumber(bytes))
-  if size ~= tonumber(bytes) then
-    if size then redis.call('HSET', meta, 'b', size) else redis.call('HDEL', meta, 'b') end
-    bytes = size and tostring(size) or nil
+  local size = expire_due(state, ttls, bytes)
+  if size ~= bytes then
+    m.b = size
+    write_meta(state, m)
+    bytes = size
   end
   ahead = next_expiry(ttls)
 end
 
+-- Appends the state keys of hash pairs all (field, value, ...) to reply.
+local function append_state(reply, all)
+  for i = 1, #all, 2 do
+    if not reserved(all[i]) then
+      reply[#reply + 1] = all[i]
+      reply[#reply + 1] = all[i + 1]
+    end
+  end
+  return reply
+end
+
 -- A replay of a commit that already applied sees the state as it was before that commit.
 if replay then
-  if pf == 'r' then  -- a clear_all: the whole state before it was renamed to old
-    if redis.call('HLEN', old) > field_limit then
+  if has_flag(m, 'r') then  -- a clear_all: the whole state before it was renamed to old
+    if redis.call('HLEN', old) > field_limit + 2 then
       return {1, version, wf, 'lazy', 3, commit_reply, ahead}
     end
-    local reply = {1, version, wf, 'eager', 1, commit_reply, ahead}
-    local all = redis.call('HGETALL', old)
-    for i = 1, #all do reply[#reply + 1] = all[i] end
-    return reply
+    return append_state({1, version, wf, 'eager', 1, commit_reply, ahead},
+      redis.call('HGETALL', old))
   end
-  local p = redis.call('HGETALL', prev)
-  if pf ~= '1' and redis.call('HLEN', state) > field_limit then
+  local p = {}
+  if has_flag(m, 'p') then p = cmsgpack.unpack(redis.call('HGET', state, PRIOR)) end
+  if user_fields(state, m) > field_limit then
     local reply = {1, version, wf, 'lazy', 2, commit_reply, ahead}
     for i = 1, #p do reply[#reply + 1] = p[i] end
     return reply
   end
   local view = {}
-  if pf ~= '1' then  -- "1": prev holds the whole prior state (written by earlier versions)
-    local cur = redis.call('HGETALL', state)
-    for i = 1, #cur, 2 do view[cur[i]] = cur[i + 1] end
+  local cur = redis.call('HGETALL', state)
+  for i = 1, #cur, 2 do
+    if not reserved(cur[i]) then view[cur[i]] = cur[i + 1] end
   end
   for i = 1, #p, 2 do
     local v = p[i + 1]
@@ -134,32 +145,33 @@ if replay then
 end
 
 -- The caller's snapshot is still the state: nothing to send.
-if last_commit and not expired and ARGV[8] == version and ARGV[9] == last_commit
-    and redis.call('HLEN', state) == tonumber(ARGV[10]) then
+if last_commit and not expired and ARGV[8] == version and ARGV[9] == commit_reply
+    and user_fields(state, m) == tonumber(ARGV[10]) then
   return {1, version, wf, 'cached', 0, commit_reply, ahead}
 end
 
 local reply = {1, version, wf, mode, 0, commit_reply, ahead}
 if mode == 'eager' then
-  -- HLEN (O(1), and right even after another tool wrote the hash) and the stored size decide
-  local n = redis.call('HLEN', state)
-  if n > field_limit or (bytes and tonumber(bytes) > byte_limit) then
+  -- the field count (HLEN: O(1), and right even after another tool wrote the hash) and the
+  -- stored size decide
+  local n = user_fields(state, m)
+  if n > field_limit or (bytes and bytes > byte_limit) then
     reply[4] = 'lazy'
     return reply
   end
   local all = redis.call('HGETALL', state)
+  append_state(reply, all)
   if not bytes and n > 0 then
     -- state written by something else: count it once (bounded by the field limit) and keep
     -- the count, so no later open counts again
     local size = 0
-    for i = 1, #all do size = size + #all[i] end
-    redis.call('HSET', meta, 'b', size)
+    for i = 8, #reply do size = size + #reply[i] end
+    m.b = size
+    write_meta(state, m)
     if size > byte_limit then
-      reply[4] = 'lazy'
-      return reply
+      return {1, version, wf, 'lazy', 0, commit_reply, ahead}
     end
   end
-  for i = 1, #all do reply[#reply + 1] = all[i] end
 elseif #ARGV > 10 then
   local vals = redis.call('HMGET', state, unpack(ARGV, 11))
   for i = 1, #ARGV - 10 do reply[#reply + 1] = vals[i] end
