@@ -8,20 +8,22 @@ the one description of the keyspace, and the Lua scripts' headers point here::
                                            with a byte no UTF-8 text contains (so no state
                                            key can take them), left out of every read:
                                              "\xff"  the bookkeeping, a MessagePack array
-                                                     [v, b, t, c, flags] (about 24 bytes):
+                                                     [v, b, t, c, flags, prior?] (about 20
+                                                     bytes, and the prior values when small):
                                                v  version: commits so far
                                                b  stored bytes of the state (names + values),
                                                   -1 while unknown (state written by
                                                   something else, counted by the next eager
                                                   open within the limits)
                                                t  time of the last applied commit (the
-                                                  version's last change): ms since the Unix
-                                                  epoch by the server's clock (TIME); 0
+                                                  version's last change): seconds since the
+                                                  Unix epoch by the server's clock (TIME); 0
                                                   before the first commit
-                                               c  the last commit: the first 8 bytes of the
+                                               c  the last commit: the first 6 bytes of the
                                                   SHA-1 of its id ("" for none); replies
                                                   name it in hex (:func:`commit_tag`)
-                                               flags  "" or letters: p prior values in
+                                               flags  "" or letters: q prior values in the
+                                                  array (up to 32 bytes), p prior values in
                                                   "\xfe", r the whole state before the last
                                                   (recorded) clear_all in old, R workflow
                                                   running, C workflow completed, e the object
@@ -29,8 +31,9 @@ the one description of the keyspace, and the Lua scripts' headers point here::
                                                   expire) and the hash expires after the
                                                   grace period
                                              "\xfe"  prior values of the keys the last
-                                                     recorded commit changed, for a replay:
-                                                     a MessagePack array name, "+" value (or
+                                                     recorded commit changed, for a replay,
+                                                     when they do not fit the bookkeeping: a
+                                                     MessagePack array name, "+" value (or
                                                      "-" when absent), name, ...
     restate:{Counter:alice}:old     hash   the whole state before the last recorded
                                            clear_all (renamed, not copied), for its replay
@@ -52,8 +55,8 @@ the one description of the keyspace, and the Lua scripts' headers point here::
                                            script as the commit; trimmed by count and age,
                                            its key expiry follows the state's (history.py)
 
-An idle object is one hash: its bookkeeping costs about 45 bytes over a plain hash of the same
-state (docs/operations/capacity.md). Keyspace version 1 kept the bookkeeping in hashes of their
+An idle object is one hash: its bookkeeping costs about 30 to 50 bytes over a plain hash of the
+same state (docs/operations/capacity.md). Keyspace version 1 kept the bookkeeping in hashes of their
 own (``:meta``, and ``:prev`` for prior values); a script that meets such an object moves them
 into the state hash in place (upgrade.lua), atomically, the first time it opens, commits or
 purges it.
@@ -138,7 +141,7 @@ class Meta:
         if raw is None:
             return cls()
         try:
-            v, b, t, c, flags = msgpack.unpackb(raw, raw=True)
+            v, b, t, c, flags, *_ = msgpack.unpackb(raw, raw=True)
             ints = all(type(x) is int for x in (v, b, t)) and v >= 0
             if not (ints and isinstance(c, bytes) and isinstance(flags, bytes)):
                 raise ValueError
@@ -149,16 +152,16 @@ class Meta:
         return cls(
             v,
             b if b >= 0 else None,
-            t or None,
+            t * 1000 if t else None,
             c.hex() or None,
             flags.decode("ascii", "replace"),
         )
 
 
 def commit_tag(commit_id: str) -> str:
-    """What the bookkeeping keeps of a commit id (and the open's reply names): the first 16
+    """What the bookkeeping keeps of a commit id (and the open's reply names): the first 12
     hex digits of its SHA-1, so the field stays short whatever the id's length."""
-    return hashlib.sha1(commit_id.encode()).hexdigest()[:16]
+    return hashlib.sha1(commit_id.encode()).hexdigest()[:12]
 
 
 # How long an object left with no state keeps its bookkeeping after its last commit: as long

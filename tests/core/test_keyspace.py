@@ -11,7 +11,14 @@ import redis
 import redis.asyncio as aioredis
 
 from restate_redis import InvalidNameError, Keyspace, RedisStateStore, WrongTypeError
-from restate_redis.keyspace import META_FIELD, commit_tag, decode_name, encode_name, glob_escape
+from restate_redis.keyspace import (
+    META_FIELD,
+    PRIOR_FIELD,
+    commit_tag,
+    decode_name,
+    encode_name,
+    glob_escape,
+)
 from tests.support.keys import read_meta, read_state, state_names
 from tests.support.servers import Server, running_server
 
@@ -94,8 +101,9 @@ async def server_ms(client: aioredis.Redis) -> int:
 async def test_meta_keeps_the_time_of_the_last_change(
     store: RedisStateStore, client: aioredis.Redis
 ) -> None:
-    """The bookkeeping's t: the server's time of the last applied commit; a replay, a session
-    that writes nothing and a read leave it; a purge removes it with the rest."""
+    """The bookkeeping's t: the server's time of the last applied commit (whole seconds); a
+    replay, a session that writes nothing and a read leave it; a purge removes it with the
+    rest."""
     state = store.keyspace.object_keys("Svc", "t").state
     before = await server_ms(client)
     async with store.object("Svc", "t", commit_id="inv-1") as ctx:
@@ -103,11 +111,11 @@ async def test_meta_keeps_the_time_of_the_last_change(
     after = await server_ms(client)
     first = (await read_meta(client, state)).changed_ms
     assert first is not None
-    assert before <= first <= after
-    for _ in range(1000):  # so that the next commit lands in a later ms
-        if await server_ms(client) > first:
+    assert before // 1000 * 1000 <= first <= after
+    for _ in range(300):  # so that the next commit lands in a later second
+        if await server_ms(client) >= first + 1000:
             break
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)
     async with store.object("Svc", "t", commit_id="inv-1") as ctx:  # a replay: not applied
         ctx.set("a", 1)
     async with store.object("Svc", "t") as ctx:  # nothing written
@@ -143,7 +151,7 @@ async def test_a_version_1_object_is_moved_into_its_state_hash_by_its_next_sessi
         assert await ctx.get_all() == {"n": 1}
     assert await client.exists(keys.v1_meta, keys.v1_prev) == 0
     meta = await read_meta(client, keys.state)
-    assert (meta.version, meta.size, meta.changed_ms) == (7, 9, 1700000000000)
+    assert (meta.version, meta.size, meta.changed_ms) == (7, 9, 1700000000000)  # in seconds
     assert meta.commit == commit_tag("inv-7")
     assert 0 < await client.pttl(keys.state) <= 600_000
     async with store.object("Cart", "v1") as ctx:
@@ -163,3 +171,37 @@ async def test_a_version_1_bookkeeping_of_the_wrong_type_is_refused_before_any_w
             ctx.set("n", 2)
     assert await read_state(client, keys.state) == {b"n": msgpack.packb(1)}
     assert await client.hget(keys.state, META_FIELD) is None
+
+
+async def test_small_prior_values_live_in_the_bookkeeping_and_large_ones_beside_it(
+    store: RedisStateStore, client: aioredis.Redis
+) -> None:
+    """A replay needs the prior values of the last recorded commit: up to 32 packed bytes
+    they are part of the bookkeeping field (no field of their own, as an idle object should
+    cost little more than its state), larger ones have the field "\\xfe"."""
+    keys = store.keyspace.object_keys("Cart", "prior")
+    async with store.object("Cart", "prior") as ctx:
+        ctx.set("n", 1)
+    async with store.object("Cart", "prior", commit_id="small") as ctx:
+        ctx.set("n", 2)
+    assert "q" in (await read_meta(client, keys.state)).flags
+    assert await client.hget(keys.state, PRIOR_FIELD) is None
+    async with store.object("Cart", "prior", commit_id="small") as ctx:  # its replay
+        assert ctx.replayed and await ctx.get("n") == 1
+
+    async with store.object("Cart", "prior", commit_id="large") as ctx:
+        ctx.set("n", "x" * 100)
+    async with store.object("Cart", "prior", commit_id="large2") as ctx:
+        ctx.set("n", 3)
+    meta = await read_meta(client, keys.state)
+    assert "p" in meta.flags and "q" not in meta.flags
+    assert msgpack.unpackb(await client.hget(keys.state, PRIOR_FIELD), raw=True) == [
+        b"n",
+        b"+" + msgpack.packb("x" * 100),
+    ]
+    async with store.object("Cart", "prior", commit_id="large2") as ctx:  # its replay
+        assert ctx.replayed and await ctx.get("n") == "x" * 100
+    async with store.object("Cart", "prior") as ctx:  # no commit id: nothing recorded
+        ctx.set("n", 4)
+    assert await client.hget(keys.state, PRIOR_FIELD) is None
+    assert not set((await read_meta(client, keys.state)).flags) & {"p", "q"}

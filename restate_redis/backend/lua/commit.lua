@@ -165,7 +165,6 @@ if record then
   end
 end
 set_flag(m, 'r', record and clear_all)
-set_flag(m, 'p', prior ~= nil)
 
 if clear_all then
   if not record then redis.call('UNLINK', state) end
@@ -199,19 +198,15 @@ for i = first_set, #ARGV, 2 do
   end
 end
 
--- The bookkeeping. t: when the state last changed, in ms of the server's clock (scripts
+-- The bookkeeping. t: when the state last changed, in seconds of the server's clock (scripts
 -- replicate their effects, so a replica stores this same value).
-local had_state = m.stored and not clear_all  -- the hash holds the bookkeeping already
 m.v = m.v + 1
-m.t = now_ms()
+m.t = math.floor(now_ms() / 1000)
 m.b = size
 if tag then m.c = tag end
 if string.find(flags, 'w', 1, true) then set_flag(m, 'C', true); set_flag(m, 'R', false) end
-if prior then
-  redis.call('HSET', state, PRIOR, cmsgpack.pack(prior))
-elseif had_state then
-  redis.call('HDEL', state, PRIOR)
-end
+if clear_all then set_flag(m, 'p', false) end  -- the hash it was in is gone (or renamed)
+keep_prior(state, m, prior)
 write_meta(state, m)
 m.stored = true
 history_add(hist, m.v, commit_id, record)

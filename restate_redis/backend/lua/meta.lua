@@ -10,9 +10,12 @@ local function reserved(field)
   return b == 255 or b == 254
 end
 
--- The stored form is a MessagePack array [v, b, t, c, flags] (b -1 while unknown, t 0 and
--- c "" for none; c the 8 bytes of the last commit's tag): about 24 bytes, so an idle object
--- costs little more than its state.
+-- The stored form is a MessagePack array [v, b, t, c, flags, prior?] (b -1 while unknown,
+-- t in seconds, 0 and c "" for none; c the 6 bytes of the last commit's tag; prior: the
+-- prior values of the last recorded commit when they are small, flag q): about 20 bytes, so
+-- an idle object costs little more than its state. Larger prior values have a field of
+-- their own, "\254" (flag p).
+local INLINE_PRIOR = 32  -- packed bytes of prior values kept inside the bookkeeping
 
 local function integer(x)
   return type(x) == 'number' and x >= -1 and x == math.floor(x)
@@ -28,8 +31,10 @@ local function parse_meta(raw)
       or not integer(a[3]) or type(a[4]) ~= 'string' or type(a[5]) ~= 'string' then
     return nil, {-4, '\\xff', raw}  -- the field, named as printed
   end
+  local inline = a[6]
+  if inline ~= nil and type(inline) ~= 'table' then return nil, {-4, '\\xff', raw} end
   return {v = a[1], b = a[2] >= 0 and a[2] or nil, t = a[3] > 0 and a[3] or nil,
-          c = a[4] ~= '' and a[4] or nil, f = a[5]}
+          c = a[4] ~= '' and a[4] or nil, f = a[5], inline = inline}
 end
 
 local function has_flag(m, letter)
@@ -43,7 +48,38 @@ local function set_flag(m, letter, on)
 end
 
 local function format_meta(m)
+  if m.inline and string.find(m.f, 'q', 1, true) then
+    return cmsgpack.pack({m.v, m.b or -1, m.t or 0, m.c or '', m.f, m.inline})
+  end
   return cmsgpack.pack({m.v, m.b or -1, m.t or 0, m.c or '', m.f})
+end
+
+-- The prior values of the last recorded commit (name, "+" value or "-", ...): {} for none.
+local function read_prior(state, m)
+  if has_flag(m, 'q') then return m.inline or {} end
+  if has_flag(m, 'p') then return cmsgpack.unpack(redis.call('HGET', state, PRIOR)) end
+  return {}
+end
+
+-- Keep prior (a list, or nil for none) as the last recorded commit's prior values: inside the
+-- bookkeeping when small, else in "\254". The caller writes the bookkeeping after.
+local function keep_prior(state, m, prior)
+  local had_field = has_flag(m, 'p')
+  m.inline = nil
+  set_flag(m, 'p', false)
+  set_flag(m, 'q', false)
+  if prior then
+    local packed = cmsgpack.pack(prior)
+    if #packed <= INLINE_PRIOR then
+      m.inline = prior
+      set_flag(m, 'q', true)
+    else
+      redis.call('HSET', state, PRIOR, packed)
+      set_flag(m, 'p', true)
+      return
+    end
+  end
+  if had_field then redis.call('HDEL', state, PRIOR) end
 end
 
 local function write_meta(state, m)
@@ -59,10 +95,10 @@ local function user_fields(state, m)
   return n
 end
 
--- The last-commit form of a commit id: what c (and the commits zset) holds, the first 8
+-- The last-commit form of a commit id: what c (and the commits zset) holds, the first 6
 -- bytes of its SHA-1; hex() is how replies and arguments name it (keyspace.commit_tag).
 local function commit_tag(id)
-  return (string.gsub(string.sub(redis.sha1hex(id), 1, 16), '..', function(h)
+  return (string.gsub(string.sub(redis.sha1hex(id), 1, 12), '..', function(h)
     return string.char(tonumber(h, 16))
   end))
 end
@@ -84,7 +120,8 @@ local function upgrade_v1(state, v1_meta, v1_prev)
   for i, name in ipairs({'v', 'b', 't'}) do
     if old[i] and not string.match(old[i], '^%d+$') then return {-4, name, old[i]} end
   end
-  local m = {v = tonumber(old[1]) or 0, b = tonumber(old[2]), t = tonumber(old[3]),
+  local m = {v = tonumber(old[1]) or 0, b = tonumber(old[2]),
+             t = old[3] and math.floor(tonumber(old[3]) / 1000) or nil,
              c = old[4] and commit_tag(old[4]) or nil, f = ''}
   if old[5] == 'r' then m.f = m.f .. 'r' end
   if old[6] == 'running' then m.f = m.f .. 'R' elseif old[6] == 'completed' then
@@ -94,10 +131,7 @@ local function upgrade_v1(state, v1_meta, v1_prev)
   local pttl = redis.call('PTTL', v1_meta)
   if old[5] == '0' then
     local prior = redis.call('HGETALL', v1_prev)
-    if #prior > 0 then
-      redis.call('HSET', state, PRIOR, cmsgpack.pack(prior))
-      m.f = m.f .. 'p'
-    end
+    if #prior > 0 then keep_prior(state, m, prior) end
   end
   write_meta(state, m)
   if pttl > 0 and redis.call('PTTL', state) < 0 then redis.call('PEXPIRE', state, pttl) end

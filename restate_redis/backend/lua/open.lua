@@ -120,8 +120,7 @@ if replay then
     return append_state({1, version, wf, 'eager', 1, commit_reply, ahead},
       redis.call('HGETALL', old))
   end
-  local p = {}
-  if has_flag(m, 'p') then p = cmsgpack.unpack(redis.call('HGET', state, PRIOR)) end
+  local p = read_prior(state, m)
   if user_fields(state, m) > field_limit then
     local reply = {1, version, wf, 'lazy', 2, commit_reply, ahead}
     for i = 1, #p do reply[#reply + 1] = p[i] end
