@@ -954,6 +954,16 @@ class Admin:
         entries = await self.store.history(service, key, since_version, limit)
         return [self.entry_view(entry) for entry in entries]
 
+    async def bookkeeping(self, service: str, key: str) -> Meta:
+        """The object's bookkeeping (version, last commit, ...): ``Meta()`` when it has none."""
+        keys = self.keyspace.object_keys(check_service(service), check_key(service, key))
+        async with redis_errors(f"reading {keys.state!r}"):
+            raw: bytes | None = await self.client.hget(keys.state, META_FIELD)  # type: ignore[assignment]
+        try:
+            return Meta.parse(raw)
+        except ValueError as exc:
+            raise CorruptStateError(f"{keys.state!r}: {exc}") from exc
+
     def entry_view(self, entry: HistoryEntry) -> dict[str, Any]:
         """One history entry as JSON data: ``version``, ``at`` (ISO 8601, UTC), ``origin``,
         ``commit_id``, ``cleared_all``, ``values_kept`` and ``changes`` {state key: {"old":
@@ -965,8 +975,12 @@ class Admin:
             shown: dict[str, Any] = {}
             for side, raw in (("old", change.old_bytes), ("new", change.new_bytes)):
                 if raw is not ABSENT and raw is not NOT_KEPT:
-                    shown[side] = self._view(entry.service, entry.key, name, raw)
+                    shown[side] = self.stored_view(entry.service, entry.key, name, raw)
             changes[name] = shown
+        return {**self.entry_head(entry), "changes": changes}
+
+    def entry_head(self, entry: HistoryEntry) -> dict[str, Any]:
+        """What :meth:`entry_view` holds besides the changes."""
         return {
             "version": entry.version,
             "at": entry.at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -974,8 +988,12 @@ class Admin:
             "commit_id": entry.commit_id,
             "cleared_all": entry.cleared_all,
             "values_kept": entry.values_kept,
-            "changes": changes,
         }
+
+    def stored_view(self, service: str, key: str, name: str, stored: bytes) -> Any:
+        """A value as Redis stores it, shown as :meth:`read` shows values (JSON data; an
+        encrypted value this store cannot decrypt as ``{"$encrypted": key id}``)."""
+        return self._view(service, key, name, stored)
 
     # helpers
 
