@@ -20,9 +20,9 @@ from restate_redis import History, RedisStateStore
 from restate_redis.history import HistoryEntry
 from tests.support.keys import read_state
 from tests.support.servers import Server
-from tests.tools.test_ui import UI, run_async, ui
+from tests.tools.test_ui import UI, browser, object_url, page, run_async, ui
 
-__all__ = ["ui"]  # the fixture, shared with test_ui.py
+__all__ = ["browser", "page", "ui"]  # the fixtures, shared with test_ui.py
 
 pytestmark = pytest.mark.parametrize("server", ["valkey"], indirect=True)
 
@@ -179,3 +179,71 @@ def test_history_and_restore_over_http(ui: UI, rc: redis.Redis, server: Server) 
         "restorable_from": None,
         "entries": [],
     }
+
+
+# -- the browser ---------------------------------------------------------------------------------
+
+
+def test_the_object_page_follows_commits_live_and_restores_a_version(
+    ui: UI, page: Any, server: Server
+) -> None:
+    commit(server, "live", items=["apple"], total=1)
+    commit(server, "live", items=["apple", "pear"], total=2)
+    page.goto(object_url(ui, "Cart", "live"))
+    page.wait_for_selector('#history li.entry[data-version="2"]')
+    page.evaluate("window.notReloaded = true")
+
+    commit(server, "live", items=["apple", "pear", "fig"], total=3)  # a worker commits
+    page.wait_for_selector('#view[data-version="3"]')  # without a reload: Server-Sent Events
+    assert page.evaluate("window.notReloaded") is True
+    assert "version 3" in page.locator("#info").text_content()
+    assert page.locator('#state tr[data-key="total"] pre').text_content() == "3"
+    versions = page.locator("#history li.entry").evaluate_all(
+        "items => items.map(i => i.dataset.version)"
+    )
+    assert versions == ["3", "2", "1"]  # newest first
+    newest = page.locator('#history li.entry[data-version="3"]')
+    assert "current" in newest.locator(".entry-head").text_content()
+    assert newest.locator("button.restore").count() == 0
+    diff = newest.locator('tr.change[data-key="items"] pre.diff')
+    assert diff.locator(".ins").all_text_contents() == ['+   "pear",', '+   "fig"']
+    assert diff.locator(".del").all_text_contents() == ['-   "pear"']
+    first = page.locator('#history li.entry[data-version="1"]')
+    assert "added" in first.locator('tr.change[data-key="total"] td.name').text_content()
+
+    first.locator("button.restore").click()
+    assert "state of version 1" in page.locator("#restore-panel").text_content()
+    assert stored(server, "live")["total"] == 3  # nothing written before the confirmation
+    page.locator("#restore-confirm").click()
+    page.wait_for_selector('#view[data-version="4"]')
+    assert "Restored version 1 (version 4)" in page.locator("#message").text_content()
+    assert stored(server, "live") == {"items": ["apple"], "total": 1}
+    last = entries(server, "live")[-1]
+    assert (last.version, last.origin) == (4, "restore")
+    assert {name: (c.old, c.new) for name, c in last.changes.items()} == {
+        "items": (["apple", "pear", "fig"], ["apple"]),
+        "total": (3, 1),
+    }
+    restore_row = page.locator('#history li.entry[data-version="4"] .entry-head')
+    assert "restore" in restore_row.text_content()
+
+
+def test_cancelling_a_restore_changes_nothing(ui: UI, page: Any, server: Server) -> None:
+    commit(server, "keep", n=1)
+    commit(server, "keep", n=2)
+    page.goto(object_url(ui, "Cart", "keep"))
+    page.locator('#history li.entry[data-version="1"] button.restore').click()
+    page.locator("#restore-cancel").click()
+    assert page.locator("#restore-panel").count() == 0
+    assert "nothing was written" in page.locator("#message").text_content()
+    assert stored(server, "keep") == {"n": 2}
+    assert [e.version for e in entries(server, "keep")] == [1, 2]
+    assert page.locator("#view").get_attribute("data-version") == "2"
+
+
+def test_an_object_without_history_says_so(ui: UI, page: Any, server: Server) -> None:
+    commit(server, "plain", history=History(services=["Other"]), n=1)
+    page.goto(object_url(ui, "Cart", "plain"))
+    page.wait_for_selector("#no-history")
+    assert "No history is kept for this object" in page.locator("#no-history").text_content()
+    assert page.locator("#message").is_hidden()  # no error
