@@ -63,7 +63,7 @@ own (``set(..., ttl=...)``), else null; ``expiring`` is true when any key of the
 one. Listings leave out keys restate-redis did not write: ``"skipped"`` counts
 them and ``"skipped_keys"`` names a few (both absent when none was skipped).
 
-History (:doc:`history <../guide/history>`): ``/api/history`` answers the last ``limit``
+History (docs/guide/history.md): ``/api/history`` answers the last ``limit``
 (default 100, at most 1000) entries of the object's history, newest first; ``"kept"`` is false
 when the object has none (its workers' store keeps no history), ``"version"`` is the object's
 current version and ``"restorable_from"`` the oldest version a restore can reach through the
