@@ -15,6 +15,7 @@ from .errors import (
     DataError,
     EmbeddedServerError,
     EncryptedValueError,
+    HistoryNotKeptError,
     ImportConflictError,
     InvalidNameError,
     InvalidOptionError,
@@ -39,6 +40,7 @@ from .errors import (
     WrongTypeError,
 )
 from .ext.otel import Telemetry as _Telemetry  # noqa: F401 (registers the OpenTelemetry observer)
+from .history import ABSENT, NOT_KEPT, Change, History, HistoryEntry
 from .keyspace import Keyspace
 from .records import (
     Imported,
@@ -65,6 +67,12 @@ __all__ = [
     "ImportOutcome",
     "OnConflict",
     "RecordFormatError",
+    # history: undo, point-in-time restore, watch
+    "History",
+    "HistoryEntry",
+    "Change",
+    "ABSENT",
+    "NOT_KEPT",
     # values
     "Serde",
     "MsgPackSerde",
@@ -93,6 +101,7 @@ __all__ = [
     "WrongTypeError",
     "CorruptStateError",
     "UnknownObjectError",
+    "HistoryNotKeptError",
     # concurrency: another session got in the way
     "ConcurrencyError",
     "LeaseTimeoutError",

@@ -19,7 +19,9 @@ Messages name the service, the object key and, where one is involved, the state 
     │   │   └── EncryptedValueError    a value encrypted under a key the store does not have
     │   ├── WrongTypeError             a Redis key of another type than this library writes
     │   ├── CorruptStateError          bookkeeping that does not parse
-    │   └── UnknownObjectError         no such object or state key
+    │   ├── UnknownObjectError         no such object or state key
+    │   └── HistoryNotKeptError        a restore (or undo) further back than the object's
+    │                                  history reaches, or an object without history
     ├── ConcurrencyError               another session got in the way: retry, or re-read
     │   ├── LeaseTimeoutError          the lease was not acquired within acquire_timeout
     │   ├── LeaseLostError             the lease expired before the commit: nothing written
@@ -132,6 +134,19 @@ class CorruptStateError(DataError, ValueError):
 
 class UnknownObjectError(DataError, LookupError):
     """The named object, workflow or state key does not exist."""
+
+
+class HistoryNotKeptError(DataError, LookupError):
+    """A restore (or undo) further back than the object's history reaches, or on an object
+    that has no history. ``earliest_version`` is the oldest version a restore can reach
+    (None: none), ``earliest_at`` when it was committed (None: unknown)."""
+
+    def __init__(
+        self, message: str, earliest_version: int | None = None, earliest_at: object = None
+    ) -> None:
+        super().__init__(message)
+        self.earliest_version = earliest_version
+        self.earliest_at = earliest_at
 
 
 # -- concurrency --------------------------------------------------------------------------------

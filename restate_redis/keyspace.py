@@ -49,6 +49,11 @@ the one description of the keyspace, and the Lua scripts' headers point here::
                                            it expires (Unix ms); the scripts take the bytes of
                                            the keys whose time passed out of b; its key expiry
                                            follows the state's
+    restate:{Counter:alice}:history stream only with the store's history on: one entry per
+                                           commit (version, origin, commit id, each changed
+                                           state key's prior and new value), in the same
+                                           script as the commit; trimmed by count and age,
+                                           its key expiry follows the state's (history.py)
 
 An idle object is one hash: its bookkeeping costs about 30 to 50 bytes over a plain hash of the
 same state (docs/operations/capacity.md). Keyspace version 1 kept the bookkeeping in hashes of their
@@ -57,7 +62,8 @@ into the state hash in place (upgrade.lua), atomically, the first time it opens,
 purges it.
 
 An object whose state becomes empty keeps its bookkeeping for ``EMPTY_GRACE`` after its last
-commit (so a replay of that commit is still recognised), then its hash, old and ttls expire;
+commit (so a replay of that commit is still recognised), then its hash, old, ttls and
+history expire;
 one whose every state key has an expiry keeps it until ``EMPTY_GRACE`` after the last of them.
 
 Service names and object keys are percent-encoded (RFC 3986 unreserved characters stay as
@@ -89,6 +95,7 @@ WAIT = "wait"
 WAKE = "wake"
 COMMITS = "commits"
 TTLS = "ttls"
+HISTORY = "history"
 V1_META = "meta"  # keyspace version 1: moved into the state hash by the first script to meet it
 V1_PREV = "prev"
 
@@ -235,6 +242,7 @@ class ObjectKeys:
     ttls: str
     v1_meta: str
     v1_prev: str
+    history: str
 
     @property
     def all(self) -> tuple[str, ...]:
@@ -248,6 +256,7 @@ class ObjectKeys:
             self.ttls,
             self.v1_meta,
             self.v1_prev,
+            self.history,
         )
 
 
@@ -275,6 +284,7 @@ class Keyspace:
             base + TTLS,
             base + V1_META,
             base + V1_PREV,
+            base + HISTORY,
         )
 
     def object_pattern(self, service: str, prefix: str = "", suffix: str = STATE) -> str:

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from datetime import timedelta
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import observe
@@ -16,7 +25,8 @@ from .backend.engine import RedisBackend
 from .backend.inventory import SkippedKeys
 from .backend.replies import Refusal, Status
 from .backend.retry import RetryPolicy, redis_errors
-from .codecs import CodecChain, Compression, Encryption
+from .backend.timeline import Timeline
+from .codecs import MAGIC, CodecChain, Compression, Encryption, StoredBytes
 from .durations import Duration, seconds
 from .errors import (
     CorruptStateError,
@@ -24,10 +34,34 @@ from .errors import (
     InvalidOptionError,
     LeaseLostError,
     ServerFeatureError,
+    StateDecodeError,
+    UnknownObjectError,
+    VersionConflictError,
     WrongTypeError,
     where,
 )
-from .keyspace import DEFAULT_NAMESPACE, Keyspace, check_key, check_service
+from .history import (
+    Decode,
+    History,
+    HistoryEntry,
+    Origin,
+    check_origin,
+    follow_spec,
+    history_option,
+    not_kept,
+    parse_entry,
+    reach,
+    rebuild,
+    version_at,
+)
+from .keyspace import (
+    DEFAULT_NAMESPACE,
+    META_FIELD,
+    Keyspace,
+    Meta,
+    check_key,
+    check_service,
+)
 from .records import (
     ON_CONFLICT,
     Imported,
@@ -53,12 +87,23 @@ MiB = 1024 * 1024
 DEFAULT_FIELD_LIMIT = 20_000
 DEFAULT_SNAPSHOT_CACHE = 64 * MiB
 DEFAULT_RETENTION = timedelta(days=1)
+_STORED = StoredBytes()  # values as Redis holds them: a restore writes back the same bytes
 
 
 def _positive_int(value: int, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise InvalidOptionError(f"{what} must be a positive int, got {value!r}")
     return value
+
+
+def _non_negative(value: int, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidOptionError(f"{what} must be an int >= 0, got {value!r}")
+    return value
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
 
 
 def _is_cluster(client: RedisClient) -> bool:
@@ -113,6 +158,10 @@ class RedisStateStore:
       (default), ``"hash"`` (a SHA-256 prefix) or ``"omit"``.
     - ``tracer_provider`` / ``meter_provider``: OpenTelemetry providers for this store's spans
       and metrics (default: the global ones; nothing is recorded when no SDK is configured).
+    - ``history``: a :class:`~restate_redis.History` (or True for its defaults) keeps each
+      object's recent commits, with the prior and new value of every key they changed, in the
+      same script as the commit: :meth:`history`, :meth:`restore`, :meth:`undo`,
+      :meth:`watch`. Off by default (None): no key, byte or round trip is added.
     """
 
     def __init__(
@@ -136,6 +185,7 @@ class RedisStateStore:
         trace_object_key: observe.ObjectKeyMode = "plain",
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
+        history: History | bool | None = None,
     ) -> None:
         if _decodes_responses(client):
             raise InvalidOptionError(
@@ -212,6 +262,9 @@ class RedisStateStore:
             wait_slice=self.wait_slice,
         )
         """The sessions' round trips (scripts, reads, waits) with their retries and tracing."""
+        self.history_options: History | None = history_option(history)
+        """What the store's history keeps (None: off)."""
+        self.timeline = Timeline(client, self.retry, self.wait_slice)
         self._owns_client = False
 
     @classmethod
@@ -236,6 +289,7 @@ class RedisStateStore:
         trace_object_key: observe.ObjectKeyMode = "plain",
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
+        history: History | bool | None = None,
         **redis_options: Any,
     ) -> RedisStateStore:
         """A store on a new client for ``url``.
@@ -265,6 +319,7 @@ class RedisStateStore:
             trace_object_key=trace_object_key,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
+            history=history,
         )
         store._owns_client = True
         return store
@@ -280,6 +335,7 @@ class RedisStateStore:
         commit_id: str | None = None,
         lease_token: str | None = None,
         lease_on_enter: bool = False,
+        origin: Origin = "session",
     ) -> Session:
         """A session on Virtual Object ``service``/``key``, used as ``async with``.
 
@@ -298,6 +354,9 @@ class RedisStateStore:
         open: it holds the object from its first access, not from entering the block, and a
         session that only writes never opens (its commit takes the lease, in one round trip).
         ``lease_on_enter=True`` takes the lease on entering the block instead.
+
+        ``origin``: what the commit's history entry names as its origin (with ``history``
+        on): "session" (the default), "cli", "ui", "import" or "restore".
         """
         return Session(
             self,
@@ -311,6 +370,7 @@ class RedisStateStore:
             record_prior=commit_id is not None,
             lease_token=lease_token,
             lease_on_enter=lease_on_enter,
+            history=self._history_spec(service, check_origin(origin)),
         )
 
     def workflow(
@@ -323,6 +383,7 @@ class RedisStateStore:
         retention: Duration | None = None,
         commit_id: str | None = None,
         lease_token: str | None = None,
+        origin: Origin = "session",
     ) -> Session:
         """A session on workflow ``service``/``workflow_id``, used as ``async with``.
 
@@ -345,6 +406,7 @@ class RedisStateStore:
             commit_id=commit_id,
             record_prior=commit_id is not None,
             lease_token=lease_token,
+            history=self._history_spec(service, check_origin(origin)),
         )
 
     def restate_state(self, **options: Any) -> Callable[[_H], _H]:
@@ -363,6 +425,290 @@ class RedisStateStore:
         module, _, name = RESTATE_INTEGRATION.partition(":")
         factory: Callable[..., Callable[[_H], _H]] = getattr(importlib.import_module(module), name)
         return factory(self, **options)
+
+    # -- history --------------------------------------------------------------------------------
+
+    def _history_spec(self, service: str, origin: str) -> str:
+        """commit.lua's history argument for a commit of ``origin`` on ``service``."""
+        options = self.history_options
+        return "" if options is None else options.spec(service, origin)
+
+    def _decoder(self, service: str, key: str) -> Decode:
+        """How an entry's values are decoded: the store's codecs, then its serde."""
+        serde, codec = self.serde, self.codec
+
+        def decode(name: str, raw: bytes) -> Any:
+            if raw[:1] == MAGIC or codec.strict:
+                raw = codec.decode(raw, service, key, name)
+            try:
+                return serde.deserialize(raw)
+            except Exception as exc:
+                raise StateDecodeError(
+                    f"cannot decode {where(service, key, name)} in its history with "
+                    f"{type(serde).__name__}: {exc}"
+                ) from exc
+
+        return decode
+
+    def _entries(self, service: str, key: str) -> AsyncIterator[HistoryEntry]:
+        """The object's history entries, newest first."""
+        stream = self.keyspace.object_keys(service, key).history
+        decode = self._decoder(service, key)
+        what = where(service, key)
+
+        async def entries() -> AsyncIterator[HistoryEntry]:
+            async for entry_id, fields in self.timeline.newest_first(stream, what):
+                yield parse_entry(service, key, entry_id, fields, decode)
+
+        return entries()
+
+    async def history(
+        self,
+        service: str,
+        key: str,
+        since_version: int | None = None,
+        limit: int | None = None,
+    ) -> list[HistoryEntry]:
+        """The history of object (or workflow) ``service``/``key``, oldest first: one
+        :class:`~restate_redis.history.HistoryEntry` per commit the log keeps.
+
+        ``since_version``: only the commits after that version (with ``limit``: the first
+        ``limit`` of them, to page forward). Without it, ``limit`` gives the last ``limit``
+        commits. Empty for an object without history (the store's ``history`` option off, or
+        nothing committed since it was turned on). Readable with history off too.
+        """
+        check_key(check_service(service), key)
+        if since_version is not None:
+            _non_negative(since_version, "since_version")
+        if limit is not None:
+            _positive_int(limit, "limit")
+        found: list[HistoryEntry] = []
+        async for entry in self._entries(service, key):
+            if since_version is not None and entry.version <= since_version:
+                break
+            found.append(entry)
+            if since_version is None and limit is not None and len(found) >= limit:
+                break
+        found.reverse()
+        if since_version is not None and limit is not None:
+            del found[limit:]
+        return found
+
+    async def restore(
+        self,
+        service: str,
+        key: str,
+        *,
+        version: int | None = None,
+        at: datetime | None = None,
+        expected_version: int | None = None,
+    ) -> int:
+        """Put object (or workflow) ``service``/``key`` back to the state it had at
+        ``version`` (or at the time ``at``, a timezone-aware datetime), as a new commit: under
+        the object's lease like any session, so a running handler never sees half a restore,
+        and with an entry of its own (origin "restore"), so it can be undone. Returns the
+        version the restore made (the current one when nothing differs).
+
+        The state is rebuilt from the current one by putting back the prior values the
+        history entries newer than the target hold. Further back than the log reaches is a
+        :class:`~restate_redis.errors.HistoryNotKeptError` that says how far back it goes.
+        Keys with an expiry of their own come back without it. ``expected_version``: refuse
+        (:class:`~restate_redis.errors.VersionConflictError`, nothing written) unless the
+        object is still at that version (the one its user looked at).
+        """
+        if (version is None) == (at is None):
+            raise InvalidOptionError("restore needs exactly one of version= and at=")
+        if version is not None:
+            _non_negative(version, "version")
+        if at is not None and (not isinstance(at, datetime) or at.tzinfo is None):
+            raise InvalidOptionError(f"at must be a timezone-aware datetime, got {at!r}")
+        return await self._restore(service, key, version, at, expected_version, back=False)
+
+    async def undo(self, service: str, key: str, *, expected_version: int | None = None) -> int:
+        """Restore object ``service``/``key`` to the version before its last commit (see
+        :meth:`restore`); undoing a restore (or an undo) goes back to the state before it.
+        Returns the version the undo made. ``expected_version``: as for :meth:`restore`."""
+        return await self._restore(service, key, None, None, expected_version, back=True)
+
+    async def _restore(
+        self,
+        service: str,
+        key: str,
+        version: int | None,
+        at: datetime | None,
+        expected_version: int | None,
+        *,
+        back: bool,
+    ) -> int:
+        check_key(check_service(service), key)
+        keys = self.keyspace.object_keys(service, key)
+        what = where(service, key)
+        # A completed workflow's (or a ttl object's) keys expire: the restore keeps the time
+        # they have left, as the CLI's edits do.
+        async with redis_errors(f"reading {what}"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.pttl(keys.state)
+            pipe.hget(keys.state, META_FIELD)
+            pttl, raw_meta = await pipe.execute()
+        grace = raw_meta is not None and Meta.parse(raw_meta).fading
+        expire = pttl / 1000 if pttl > 0 and not grace else None
+        options = self.history_options
+        spec = self._history_spec(service, "restore") or follow_spec(
+            "restore", options.max_entry_bytes if options else 64 * 1024
+        )
+        session = Session(
+            self,
+            "object",
+            service,
+            key,
+            shared=False,
+            state_preload=True,
+            expire=expire,
+            commit_id=None,
+            lease_on_enter=True,
+            history=spec,
+        )
+        async with session:
+            current: dict[str, bytes] = await session.get_all(serde=_STORED)
+            now = session.version
+            if expected_version is not None and now != expected_version:
+                raise VersionConflictError(
+                    f"{what} changed since it was read: it is at version {now}, the restore "
+                    f"expected version {expected_version}; nothing was written"
+                )
+            async with redis_errors(f"reading {what}"):
+                raw: bytes | None = await self.client.hget(keys.state, META_FIELD)  # type: ignore[assignment]
+            last = Meta.parse(raw).commit
+            if back:
+                if now == 0:
+                    raise UnknownObjectError(f"{what} has no commit to undo")
+                version = now - 1
+            if version is not None and version > now:
+                raise InvalidOptionError(
+                    f"cannot restore {what} to version {version}: it is at version {now}"
+                )
+            seen: list[HistoryEntry] = []
+            async for entry in self._entries(service, key):
+                seen.append(entry)
+                if version is not None and entry.version <= version + 1:
+                    break
+                if at is not None and entry.at <= at:
+                    break
+            run, earliest = reach(seen, now, last)
+            wanted = f"version {version}" if at is None else f"the time {at.isoformat()}"
+            if at is not None:
+                version = version_at(seen, at)
+                if version is None:
+                    raise not_kept(service, key, wanted, earliest, run, now)
+            assert version is not None
+            if version < earliest:
+                raise not_kept(service, key, wanted, earliest, run, now)
+            restored = rebuild(current, run, version)
+            for name in current:
+                if name not in restored:
+                    session.clear(name)
+            for name, buf in restored.items():
+                if current.get(name) != buf:
+                    session.set(name, buf, serde=_STORED)
+        return session.version
+
+    async def watch(
+        self, service: str, key: str, since_version: int | None = None
+    ) -> AsyncIterator[HistoryEntry]:
+        """The history entries of object ``service``/``key`` as they are committed, for as
+        long as the iteration goes on (``async for entry in store.watch(...)``).
+
+        ``since_version``: first the entries after that version the log still keeps, then the
+        new ones; without it, only commits from now on. Each read continues after the last
+        entry it returned (by its stream id), so a reconnect (a lost connection, a failover)
+        neither loses nor repeats an entry. Needs the store's ``history`` option on for the
+        object (commits without it make no entry to watch).
+        """
+        since = None if since_version is None else {(service, key): since_version}
+        async for entry in self.watch_many([(service, key)], since):
+            yield entry
+
+    async def watch_many(
+        self,
+        objects: Iterable[tuple[str, str]],
+        since_versions: Mapping[tuple[str, str], int] | None = None,
+    ) -> AsyncIterator[HistoryEntry]:
+        """:meth:`watch` on several objects at once: ``objects`` is (service, key) pairs,
+        ``since_versions`` maps some of them to the version to resume after. Entries of one
+        object come in order; each names its ``service`` and ``key``. One blocking read per
+        Redis Cluster slot (one in all on a single server)."""
+        targets: dict[str, tuple[str, str]] = {}
+        for service, key in objects:
+            check_key(check_service(service), key)
+            targets[self.keyspace.object_keys(service, key).history] = (service, key)
+        if not targets:
+            raise InvalidOptionError("watch_many needs at least one (service, key)")
+        since = dict(since_versions or {})
+        for pair, version in since.items():
+            _non_negative(version, f"since_versions[{pair!r}]")
+        positions: dict[str, str] = {}
+        for stream, (service, key) in targets.items():
+            what = where(service, key)
+            after = since.get((service, key))
+            if after is None:
+                positions[stream] = await self.timeline.newest_id(stream, what)
+                continue
+            # the newest id first: an entry committed while the backlog is read is in it, or
+            # after that id (the id read after the backlog could skip it)
+            newest = await self.timeline.newest_id(stream, what)
+            backlog = await self.history(service, key, since_version=after)
+            for entry in backlog:
+                yield entry
+            positions[stream] = backlog[-1].entry_id if backlog else newest
+        groups: dict[int, dict[str, str]] = {}
+        for stream, position in positions.items():
+            slot = self.client.keyslot(stream) if self.is_cluster else 0  # type: ignore[union-attr]
+            groups.setdefault(slot, {})[stream] = position
+        if len(groups) == 1:
+            (group,) = groups.values()
+            async for entry in self._follow(group, targets):
+                yield entry
+            return
+        queue: asyncio.Queue[HistoryEntry | BaseException] = asyncio.Queue(maxsize=1000)
+
+        async def pump(group: dict[str, str]) -> None:
+            try:
+                async for entry in self._follow(group, targets):
+                    await queue.put(entry)
+            except BaseException as exc:
+                await queue.put(exc)
+                raise
+
+        tasks = [asyncio.create_task(pump(group)) for group in groups.values()]
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _follow(
+        self, positions: dict[str, str], targets: Mapping[str, tuple[str, str]]
+    ) -> AsyncIterator[HistoryEntry]:
+        """New entries of the streams of one slot, from ``positions`` on, forever."""
+        decoders = {stream: self._decoder(*targets[stream]) for stream in positions}
+        first = next(iter(positions))
+        what = where(*targets[first]) + (
+            f" and {len(positions) - 1} more" if len(positions) > 1 else ""
+        )
+        while True:
+            for stream, rows in await self.timeline.after(positions, what):
+                service, key = targets[stream]
+                for entry_id, fields in rows:
+                    entry = parse_entry(service, key, entry_id, fields, decoders[stream])
+                    positions[stream] = entry.entry_id
+                    yield entry
 
     async def purge(self, service: str, key: str) -> bool:
         """Remove object (or workflow) ``service``/``key`` entirely: its state and its

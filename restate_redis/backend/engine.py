@@ -80,6 +80,9 @@ class SessionRef:
     """Keep the prior values of what the commit changes, for a replay of it."""
     expire: float | None
     """Seconds after the commit until the object's keys expire (ttl, retention)."""
+    history: str = ""
+    """commit.lua's history argument: "" off, else the limits and the origin of the entry
+    (:meth:`restate_redis.history.History.spec`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,9 +255,10 @@ class RedisBackend:
             self.eager_state_field_limit,
             EMPTY_GRACE_SECONDS * 1000,
             handoff,
+            ref.history,
             *request.writes,
         ]
-        redis_keys = commit_keys(ref.keys)
+        redis_keys = commit_keys(ref.keys, bool(ref.history))
         attempts = 0
 
         def attempt() -> Awaitable[Any]:
@@ -278,7 +282,7 @@ class RedisBackend:
 
     async def purge(self, ref: SessionRef) -> Committed | Refusal:
         """purge.lua: the object's every key removed, under the lease."""
-        redis_keys = commit_keys(ref.keys)
+        redis_keys = commit_keys(ref.keys, history=True)  # purged with the rest
         args: list[Any] = [ref.token, self.lease_ttl_ms]
         script, wire = self.scripts.purge, self.wire
         reply = await self._roundtrip(
@@ -461,9 +465,10 @@ class RedisBackend:
         await self.wire.aclose()
 
 
-def commit_keys(keys: ObjectKeys) -> list[str]:
-    """KEYS of the commit and purge scripts, in their order."""
-    return [
+def commit_keys(keys: ObjectKeys, history: bool = False) -> list[str]:
+    """KEYS of the commit and purge scripts, in their order; ``history``: the history stream
+    last (only a commit with history on names it: off, the commit touches no extra key)."""
+    names = [
         keys.state,
         keys.lease,
         keys.wait,
@@ -474,6 +479,9 @@ def commit_keys(keys: ObjectKeys) -> list[str]:
         keys.v1_meta,
         keys.v1_prev,
     ]
+    if history:
+        names.append(keys.history)
+    return names
 
 
 def release_keys(keys: ObjectKeys) -> list[str]:

@@ -69,6 +69,7 @@ class Session:
         record_prior: bool = False,
         lease_token: str | None = None,
         lease_on_enter: bool = False,
+        history: str = "",
     ) -> None:
         self.store = store
         self.kind: Kind = kind
@@ -114,6 +115,7 @@ class Session:
             commit_tag=commit_id or nonce[:16],
             record_prior=record_prior,
             expire=expire,
+            history=history,
         )
         target.backend = store.backend
         if self.mode == "preload":

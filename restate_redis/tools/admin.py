@@ -84,6 +84,7 @@ from ..errors import (
     VersionConflictError,
     where,
 )
+from ..history import ABSENT, NOT_KEPT, HistoryEntry, Origin
 from ..keyspace import META_FIELD, Meta, ObjectKeys, check_key, check_service
 from ..serde import BytesSerde, Serde
 from ..session import Session
@@ -491,8 +492,10 @@ def sort_objects(rows: Sequence[ObjectInfo], by: str, descending: bool = False) 
 class Admin:
     """Lists, reads and edits the state kept by one :class:`RedisStateStore`."""
 
-    def __init__(self, store: RedisStateStore) -> None:
+    def __init__(self, store: RedisStateStore, origin: Origin = "cli") -> None:
         self.store = store
+        self.origin: Origin = origin
+        """What the history entries of this tool's edits name as their origin."""
         self.client = store.client
         self.keyspace = store.keyspace
 
@@ -919,7 +922,10 @@ class Admin:
         limit = asyncio.Semaphore(concurrency)
 
         async def one(key: str) -> bool:
-            async with limit, self.store.object(service, key, state_preload=False) as session:
+            async with (
+                limit,
+                self.store.object(service, key, state_preload=False, origin=self.origin) as session,
+            ):
                 if not await session.state_keys():
                     return False
                 session.clear_all()
@@ -938,6 +944,56 @@ class Admin:
                 f"{len(failures)} failed, the first with: {first}"
             ) from first
         return cleared
+
+    # history
+
+    async def history(
+        self, service: str, key: str, since_version: int | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The object's history entries, oldest first, as JSON data (:meth:`entry_view`)."""
+        entries = await self.store.history(service, key, since_version, limit)
+        return [self.entry_view(entry) for entry in entries]
+
+    async def bookkeeping(self, service: str, key: str) -> Meta:
+        """The object's bookkeeping (version, last commit, ...): ``Meta()`` when it has none."""
+        keys = self.keyspace.object_keys(check_service(service), check_key(service, key))
+        async with redis_errors(f"reading {keys.state!r}"):
+            raw: bytes | None = await self.client.hget(keys.state, META_FIELD)  # type: ignore[assignment]
+        try:
+            return Meta.parse(raw)
+        except ValueError as exc:
+            raise CorruptStateError(f"{keys.state!r}: {exc}") from exc
+
+    def entry_view(self, entry: HistoryEntry) -> dict[str, Any]:
+        """One history entry as JSON data: ``version``, ``at`` (ISO 8601, UTC), ``origin``,
+        ``commit_id``, ``cleared_all``, ``values_kept`` and ``changes`` {state key: {"old":
+        value, "new": value}}, where a side is left out when the key did not exist (or, with
+        ``values_kept`` false, when the values were not kept). Values as :meth:`read` shows
+        them."""
+        changes: dict[str, dict[str, Any]] = {}
+        for name, change in entry.changes.items():
+            shown: dict[str, Any] = {}
+            for side, raw in (("old", change.old_bytes), ("new", change.new_bytes)):
+                if raw is not ABSENT and raw is not NOT_KEPT:
+                    shown[side] = self.stored_view(entry.service, entry.key, name, raw)
+            changes[name] = shown
+        return {**self.entry_head(entry), "changes": changes}
+
+    def entry_head(self, entry: HistoryEntry) -> dict[str, Any]:
+        """What :meth:`entry_view` holds besides the changes."""
+        return {
+            "version": entry.version,
+            "at": entry.at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "origin": entry.origin,
+            "commit_id": entry.commit_id,
+            "cleared_all": entry.cleared_all,
+            "values_kept": entry.values_kept,
+        }
+
+    def stored_view(self, service: str, key: str, name: str, stored: bytes) -> Any:
+        """A value as Redis stores it, shown as :meth:`read` shows values (JSON data; an
+        encrypted value this store cannot decrypt as ``{"$encrypted": key id}``)."""
+        return self._view(service, key, name, stored)
 
     # helpers
 
@@ -966,7 +1022,7 @@ class Admin:
             ttl = ttl_ms / 1000 if ttl_ms > 0 else None
             # lease_on_enter: the checks below read the bookkeeping under the lease
             async with self.store.object(
-                service, key, ttl=ttl, state_preload=eager, lease_on_enter=True
+                service, key, ttl=ttl, state_preload=eager, lease_on_enter=True, origin=self.origin
             ) as session:
                 exists, now_ms = await self._meta(keys)
                 if not exists and must_exist:

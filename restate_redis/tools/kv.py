@@ -9,7 +9,8 @@ show as ``{"$encrypted": "KEY-ID"}`` and cannot be changed.
 
 Exit codes: 0 success; 1 any failure, with one line on stderr; 2 a usage error; 3 a version
 conflict (the object changed since it was read; nothing was written); 4 the UI could not
-listen on its address (the port is in use, say).
+listen on its address (the port is in use, say); 5 no history (the object has none, or a
+restore reaches further back than it keeps; nothing was written).
 
 Every name, key and value printed goes through :func:`printable`, so stored data cannot
 send control sequences (or reorder the text with bidi overrides) to the terminal.
@@ -30,7 +31,7 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -38,7 +39,13 @@ import click
 from ..backend.connection import redact, scrub
 from ..backend.retry import as_state_error
 from ..codecs import ENV_KEYS, ENV_KEYS_FILE, encryption_from_env
-from ..errors import StateError, StoreUnavailableError, VersionConflictError
+from ..errors import (
+    HistoryNotKeptError,
+    StateError,
+    StoreUnavailableError,
+    VersionConflictError,
+)
+from ..history import History
 from ..serde import BytesSerde, JsonSerde, MsgPackSerde, Serde
 from ..store import DEFAULT_FIELD_LIMIT, MiB, RedisStateStore
 from .admin import UNSAFE_IN_JSON, Admin, ObjectState, SkippedKeys, load_json, same_value
@@ -55,10 +62,12 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CONFLICT = 3
 EXIT_CANNOT_LISTEN = 4
+EXIT_NO_HISTORY = 5
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 failure (one line on stderr); 2 usage error; 3 version conflict "
-    "(nothing written); 4 the UI could not listen on its address."
+    "(nothing written); 4 the UI could not listen on its address; 5 no history (nothing "
+    "written)."
 )
 
 SERDES: dict[str, Callable[[], Serde[Any]]] = {
@@ -134,6 +143,9 @@ class Connection:
             acquire_timeout=self.acquire_timeout,
             eager_state_size_limit=self.eager_state_size_limit,
             eager_state_field_limit=self.eager_state_field_limit,
+            # edits add an entry to an object's history when its workers keep one (they
+            # trim it by their limits, which this tool does not know)
+            history=History(only_existing=True),
             # a person is waiting: report an unreachable Redis after seconds, not the
             # long retry budget that rides out a failover in a worker
             retry_attempts=3,
@@ -265,6 +277,8 @@ def run(conn: Connection, action: Callable[[Admin], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except VersionConflictError as exc:
         fail(str(exc), conn, EXIT_CONFLICT)
+    except HistoryNotKeptError as exc:
+        fail(str(exc), conn, EXIT_NO_HISTORY)
     except StoreUnavailableError as exc:
         fail(f"{where}: {exc}", conn)
     except StateError as exc:
@@ -489,14 +503,22 @@ def kv() -> None:
       2  a usage error
       3  a version conflict: the object changed since it was read; nothing was written
       4  the UI could not listen on its address (restate-redis ui)
+      5  no history: the object has none, or a restore reaches further back than
+         it keeps; nothing was written
     """
 
 
 @kv.command("get")
 @addressed()
 @click.option("--plain", is_flag=True, help="Print one JSON object {state key: value} only.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Then print each change as it lands, until Ctrl-C (needs the object's history; "
+    "with --plain one JSON line per change).",
+)
 @connection_options
-def kv_get(service: str, key: str, plain: bool, conn: Connection) -> None:
+def kv_get(service: str, key: str, plain: bool, watch: bool, conn: Connection) -> None:
     """Show the state of object (or workflow) KEY of SERVICE."""
 
     async def read(admin: Admin) -> ObjectState:
@@ -509,7 +531,14 @@ def kv_get(service: str, key: str, plain: bool, conn: Connection) -> None:
     report_sealed(state, conn)
     if plain:
         click.echo(dumps(state.values))
-        return
+    else:
+        print_state(state)
+    if watch:
+        watch_changes(service, key, state.version, plain, conn)
+
+
+def print_state(state: ObjectState) -> None:
+    """``kv get``'s table of an object's state."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -568,6 +597,220 @@ def _reopen(problem: str) -> bool:
     except click.Abort:  # Ctrl-C or end of input: a no, and the text is still kept
         click.echo(err=True)
         return False
+
+
+# -- history ------------------------------------------------------------------------------------
+
+
+def parse_time(text: str) -> datetime:
+    """``--at``/``--since`` times: ISO 8601 (``2026-05-01T12:00:00Z``; without a zone, local
+    time) or a duration ago (``10m``, ``2h``, ``1d``), as an aware UTC datetime."""
+    spec = text.strip()
+    try:
+        when = datetime.fromisoformat(spec.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        try:
+            return datetime.now(UTC) - parse_duration(spec)
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not a time: write ISO 8601 (2026-05-01T12:00:00Z, or without a "
+                f"zone for local time) or a duration ago (30s, 10m, 2h, 1d)"
+            ) from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # local time
+    return when.astimezone(UTC)
+
+
+def time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def no_history(service: str, key: str, conn: Connection) -> NoReturn:
+    fail(
+        f"no history is kept for {service!r}/{key!r} in namespace {conn.namespace!r}: the "
+        f"workers' store keeps it with history=History(...) (see docs/guide/history.md)",
+        conn,
+        EXIT_NO_HISTORY,
+    )
+
+
+def _side(change: dict[str, Any], side: str, kept: bool) -> str:
+    if side in change:
+        return dumps(change[side])
+    return "(absent)" if kept else "(not kept)"
+
+
+def change_lines(row: dict[str, Any]) -> list[str]:
+    """``name: old -> new`` per changed key of a history row (Admin.entry_view)."""
+    kept = row["values_kept"]
+    lines = ["(clear_all)"] if row["cleared_all"] else []
+    for name, change in row["changes"].items():
+        old, new = _side(change, "old", kept), _side(change, "new", kept)
+        lines.append(f"{printable(name)}: {old} -> {new}")
+    return lines
+
+
+def entry_line(row: dict[str, Any]) -> str:
+    """One line for one history entry (``kv get --watch``)."""
+    head = f"version {row['version']}  {row['at']}  {row['origin']}"
+    if row["commit_id"]:
+        head += f"  {row['commit_id']}"
+    return printable(head) + "  " + "; ".join(change_lines(row))
+
+
+@kv.command("history")
+@addressed()
+@click.option(
+    "--since",
+    default=None,
+    metavar="VERSION|TIME",
+    help="Only the commits after this version, or after this time (ISO 8601, or a duration "
+    "ago: 10m, 2h).",
+)
+@count_option(
+    "--limit",
+    0,
+    "At most this many: the last ones (with --since, the first after it); 0 all.",
+    least=0,
+)
+@click.option("--plain", is_flag=True, help="One JSON object per commit, one per line.")
+@connection_options
+def kv_history(
+    service: str, key: str, since: str | None, limit: int, plain: bool, conn: Connection
+) -> None:
+    """Show the history of SERVICE KEY: each commit the log keeps, oldest first, with what it
+    changed (needs the workers' store to keep history)."""
+    since_version: int | None = None
+    since_time: datetime | None = None
+    if since is not None:
+        if since.strip().isdigit():
+            since_version = int(since)
+        else:
+            try:
+                since_time = parse_time(since)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="'--since'") from None
+
+    async def read(admin: Admin) -> tuple[list[dict[str, Any]], bool]:
+        rows = await admin.history(
+            service, key, since_version, None if since_time is not None or not limit else limit
+        )
+        if since_time is not None:
+            cut = since_time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            rows = [row for row in rows if row["at"] > cut]
+            if limit:
+                rows = rows[:limit]
+        kept = bool(rows) or bool(await admin.store.history(service, key, limit=1))
+        return rows, kept
+
+    rows, kept = run(conn, read)
+    if not kept:
+        no_history(service, key, conn)
+    if plain:
+        for row in rows:
+            click.echo(dumps(row))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(soft_wrap=False)
+    table = Table(title=Text(printable(f"history of {service}/{key}")), title_justify="left")
+    table.add_column("version", justify="right")
+    table.add_column("at (UTC)")
+    table.add_column("origin")
+    table.add_column("commit id", overflow="fold")
+    table.add_column("changes", overflow="fold")
+    for row in rows:
+        table.add_row(
+            str(row["version"]),
+            row["at"],
+            Text(printable(row["origin"])),
+            Text(printable(row["commit_id"] or "")),
+            Text("\n".join(change_lines(row))),
+        )
+    console.print(table)
+
+
+@kv.command("restore")
+@addressed()
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=0),
+    default=None,
+    help="The version to go back to.",
+)
+@click.option(
+    "--at",
+    "at",
+    callback=time_option,
+    default=None,
+    metavar="TIME",
+    help="Go back to the state at this time: ISO 8601 (2026-05-01T12:00:00Z) or a duration "
+    "ago (10m, 2h).",
+)
+@click.option(
+    "--expect-version", type=int, default=None, help="Refuse unless the object is at this version."
+)
+@connection_options
+def kv_restore(
+    service: str,
+    key: str,
+    version: int | None,
+    at: datetime | None,
+    expect_version: int | None,
+    conn: Connection,
+) -> None:
+    """Put SERVICE KEY back to the state of --version or --at, as a new commit (under the
+    object's lease, like any change; undo it with 'kv undo'). Needs the object's history."""
+    if (version is None) == (at is None):
+        raise click.UsageError("give exactly one of --version and --at")
+    new = run(
+        conn,
+        lambda admin: admin.store.restore(
+            service, key, version=version, at=at, expected_version=expect_version
+        ),
+    )
+    target = f"version {version}" if at is None else at.isoformat(timespec="milliseconds")
+    done(f"restored {service}/{key} to {target}: version {new}")
+
+
+@kv.command("undo")
+@addressed()
+@click.option(
+    "--expect-version", type=int, default=None, help="Refuse unless the object is at this version."
+)
+@connection_options
+def kv_undo(service: str, key: str, expect_version: int | None, conn: Connection) -> None:
+    """Undo the last commit of SERVICE KEY: restore the version before it, as a new commit
+    (an undo of a restore or of an undo goes back to the state before it)."""
+    new = run(conn, lambda admin: admin.store.undo(service, key, expected_version=expect_version))
+    done(f"undid the last commit of {service}/{key}: version {new}")
+
+
+def watch_changes(service: str, key: str, since: int, plain: bool, conn: Connection) -> None:
+    """Print each commit after version ``since`` as it lands, until Ctrl-C."""
+
+    async def follow(admin: Admin) -> None:
+        stream = admin.keyspace.object_keys(service, key).history
+        if not await admin.client.exists(stream):
+            note(
+                f"no history is kept for {service}/{key} yet: a change shows here once the "
+                f"workers' store keeps history (history=History(...)); waiting",
+                conn,
+            )
+        async for entry in admin.store.watch(service, key, since_version=since):
+            row = admin.entry_view(entry)
+            click.echo(dumps(row) if plain else entry_line(row))
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run(conn, follow)
 
 
 @kv.command("edit")

@@ -217,3 +217,43 @@ async def test_ten_thousand_objects_spread_evenly_over_the_masters(
     assert sum(counts.values()) == n, counts
     for port, count in counts.items():
         assert abs(count - n / 3) <= 0.05 * n / 3, (port, counts)
+
+
+async def test_history_watch_and_restore_on_a_cluster(cluster: Cluster) -> None:
+    """watch_many over objects on every master (one blocking read per slot), a resumed
+    watch, and a restore, on a cluster."""
+    async with empty_store(cluster.url, history=True, acquire_timeout=10) as store:
+        keys = [f"h{i}" for i in range(6)]
+        client = store.client
+        assert isinstance(client, RedisCluster)
+        ports = {
+            client.get_node_from_key(store.keyspace.object_keys("Cart", k).state).port for k in keys
+        }
+        assert len(ports) > 1  # the objects live on more than one master
+        got: list[tuple[str, int]] = []
+
+        async def watch() -> None:
+            async for entry in store.watch_many([("Cart", k) for k in keys]):
+                got.append((entry.key, entry.version))
+                if len(got) == 2 * len(keys):
+                    return
+
+        task = asyncio.create_task(watch())
+        await asyncio.sleep(0.2)
+        for n in range(2):
+            for k in keys:
+                async with store.object("Cart", k) as s:
+                    s.set("n", n)
+        await asyncio.wait_for(task, 20)
+        assert sorted(got) == sorted((k, v) for k in keys for v in (1, 2))
+        for k in keys:  # each object's entries in order
+            assert [v for key, v in got if key == k] == [1, 2]
+        assert await store.restore("Cart", "h0", version=1) == 3
+        async with store.object("Cart", "h0", shared=True) as s:
+            assert await s.get("n") == 0
+        resumed = []
+        async for entry in store.watch("Cart", "h0", since_version=1):
+            resumed.append((entry.version, entry.origin))
+            if entry.version == 3:
+                break
+        assert resumed == [(2, "session"), (3, "restore")]

@@ -104,7 +104,7 @@ async def test_retried_commit_recognised_after_other_commits(direct: RedisStateS
     a fencing rejection, never a second application."""
     keys, redis_keys, first = await committed_n_1(direct, "hot")
     # token, commit id, flags, expire ms, lease ttl ms, field limit, grace ms, next token,
-    # deletes, ttls, sets
+    # history (off), deletes, ttls, sets
     args = [
         first._target.token,
         first._target.commit_tag,
@@ -113,6 +113,7 @@ async def test_retried_commit_recognised_after_other_commits(direct: RedisStateS
         2000,
         20_000,
         60_000,
+        "",
         "",
         0,
         0,
@@ -159,6 +160,7 @@ async def test_a_commit_sent_again_below_the_store_is_recognised(direct: RedisSt
         20_000,
         60_000,
         "",
+        "",
         0,
         0,
         "n",
@@ -167,7 +169,7 @@ async def test_a_commit_sent_again_below_the_store_is_recognised(direct: RedisSt
     replied = await direct.backend.scripts.commit(redis_keys, args)
     assert [int(x) for x in replied] == [2, 2, 0]  # recognised, version 2, no waiter woken
     assert await direct.client.get(keys.lease) == second._target.token.encode()  # untouched
-    unknown = [first._target.token, "never-committed", "", 0, 2000, 20_000, 60_000, ""]
+    unknown = [first._target.token, "never-committed", "", 0, 2000, 20_000, 60_000, "", ""]
     unknown += [0, 0, "n", b"\x05"]
     assert [int(x) for x in await direct.backend.scripts.commit(redis_keys, unknown)] == [-3]
     await second.__aexit__(None, None, None)

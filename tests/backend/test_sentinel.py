@@ -154,3 +154,45 @@ def test_failover_mid_run_loses_no_acknowledged_commit(
         f"{resumed - killed:.2f}s after; outcomes {dict(tally.errors)}, "
         f"acked {sum(tally.acked.values())}"
     )
+
+
+async def test_watch_goes_on_across_a_failover(single_replica_group: SentinelGroup) -> None:
+    """A watch blocked on the master when it dies resumes on the promoted replica from the
+    last entry it returned: every commit's entry once, in order (min_replicas=1: the replica
+    has every acknowledged commit)."""
+    group = single_replica_group
+    async with (
+        RedisStateStore.from_url(group.url, retry_timeout=60) as watcher,
+        RedisStateStore.from_url(
+            group.url, history=True, min_replicas=1, replica_timeout=5
+        ) as before,
+    ):
+        seen: list[int] = []
+
+        async def watch() -> None:
+            async for entry in watcher.watch("Cart", "f"):
+                seen.append(entry.version)
+                if entry.version == 10:
+                    return
+
+        task = asyncio.create_task(watch())
+        await asyncio.sleep(0.2)
+        for n in range(5):
+            async with before.object("Cart", "f") as s:
+                s.set("n", n)
+        for _ in range(200):  # the watch has the first five (bounded wait)
+            if len(seen) >= 5:
+                break
+            await asyncio.sleep(0.05)
+        old = group.master
+        old.kill()
+        await asyncio.to_thread(
+            wait_until, "a replica promoted", lambda: group.current_master_port() != old.port
+        )
+        # the promoted replica has no replica of its own left: commits without min_replicas
+        async with RedisStateStore.from_url(group.url, history=True, retry_timeout=30) as after:
+            for n in range(5, 10):
+                async with after.object("Cart", "f") as s:
+                    s.set("n", n)
+        await asyncio.wait_for(task, 60)
+        assert seen == list(range(1, 11))

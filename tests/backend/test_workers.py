@@ -77,8 +77,24 @@ def test_commit_cut_off_mid_send_applies_nothing(server: Server) -> None:
         r.hset(keys.state, mapping={"a": b"old", "b": b"old"})
         sha = r.script_load(source("commit"))
         # token, commit id, flags, expire ms, lease ttl ms, field limit, grace ms, next token,
-        # deletes, ttls, sets
-        args = ["", "", "c", 0, 1000, 20_000, 60_000, "", 0, 0, "a", b"new" * 10_000, "b", b"new"]
+        # history (off), deletes, ttls, sets
+        args = [
+            "",
+            "",
+            "c",
+            0,
+            1000,
+            20_000,
+            60_000,
+            "",
+            "",
+            0,
+            0,
+            "a",
+            b"new" * 10_000,
+            "b",
+            b"new",
+        ]
         redis_keys = commit_keys(keys)
         packed = b"".join(
             Connection().pack_command("EVALSHA", sha, len(redis_keys), *redis_keys, *args)

@@ -202,3 +202,22 @@ async def test_a_shared_lazy_read_of_one_key_is_one_hget(counted: RedisStateStor
         assert ctx.workflow_status is None and ctx.version == 0
         assert await ctx.get("k") is None
     assert CountingConnection.sent_log == ["HGET", "EVALSHA", "HGET"]
+
+
+@pytest.mark.parametrize("history", [False, True])
+async def test_history_adds_no_round_trip(server: Server, history: bool) -> None:
+    """With history on the entry is written by the commit script itself; off, the commit
+    names no history key and none is written."""
+    async with open_counted_store(server.url, history=history) as store:
+        async with store.object("Svc", "h") as ctx:  # loads the scripts
+            ctx.set("k", 0)
+        CountingConnection.sent_log.clear()
+        async with store.object("Svc", "h") as ctx:
+            ctx.set("k", await ctx.get("k") + 1)
+        async with store.object("Svc", "h", state_preload=False) as ctx:  # a blind write
+            ctx.set("k", 5)
+        assert CountingConnection.sent_log == ["EVALSHA", "EVALSHA", "EVALSHA"]
+        stream = store.keyspace.object_keys("Svc", "h").history
+        assert await store.client.exists(stream) == int(history)
+        if history:
+            assert await store.client.xlen(stream) == 3

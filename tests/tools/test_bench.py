@@ -25,6 +25,7 @@ CASES = {
     # case id -> round trips per session, counted
     "w1.adapter.eager.c1": 2,  # open (lease + HGETALL, or the snapshot confirmed) and commit
     "w1.adapter.lazy.c1": 2,  # open carrying the first read, commit
+    "w1.adapter.history.c1": 2,  # the same with history on: the entry rides on the commit
     "w1.adapter.blind.c1": 1,  # a session that only writes: its commit takes the lease
     "w2.raw.blind.c1": 1,  # HSET
     "w2.raw.eager.c1": 2,  # HGETALL, HSET

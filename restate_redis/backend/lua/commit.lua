@@ -8,6 +8,7 @@
 --
 -- KEYS[1] state  KEYS[2] lease  KEYS[3] wait  KEYS[4] wake  KEYS[5] commits  KEYS[6] old
 -- KEYS[7] ttls  KEYS[8] meta, KEYS[9] prev: keyspace version 1's, moved into state when found
+-- KEYS[10] history (only with history on)
 -- ARGV[1] token        the session's lease token; "" for an unfenced commit
 -- ARGV[2] commit id    "" or a unique id; a second commit with the same id is not applied
 --                      while it is the last commit (c) or, for a retry or when the lease
@@ -27,12 +28,14 @@
 -- ARGV[8] next token   "" or the token of a session of the same store waiting for this
 --                      object: the lease is handed to it (its token written into the lease,
 --                      no release signal) instead of released
--- ARGV[9] n            number of state keys to delete, which follow
--- ARGV[10 .. 9+n]      state keys to delete
--- ARGV[10+n] t         number of the state keys set below that get an expiry of their own
--- ARGV[11+n .. 10+n+2t] state key, ttl ms pairs: that key expires this long after the commit
+-- ARGV[9] history      "" off, else "max_versions max_age_ms max_entry_bytes origin": an
+--                      entry of this commit in the history (history.lua)
+-- ARGV[10] n           number of state keys to delete, which follow
+-- ARGV[11 .. 10+n]     state keys to delete
+-- ARGV[11+n] t         number of the state keys set below that get an expiry of their own
+-- ARGV[12+n .. 11+n+2t] state key, ttl ms pairs: that key expires this long after the commit
 --                      (hash-field expiry); every other key set loses the expiry it had
--- ARGV[11+n+2t ..]     state key, value pairs to set
+-- ARGV[12+n+2t ..]     state key, value pairs to set
 --
 -- Reply: {1, version, signalled} applied (signalled: 1 when the release woke a waiting
 --        session, see meta.lua); {2, version, signalled} this commit id was already applied (the lease
@@ -44,6 +47,7 @@
 --        asked of a server without hash-field expiry (nothing written)
 --#include expiry.lua
 --#include meta.lua
+--#include history.lua
 
 local state, lease, wait, wake, commits = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local old, ttls = KEYS[6], KEYS[7]
@@ -52,7 +56,7 @@ local clear_all, record = string.find(flags, 'c', 1, true), string.find(flags, '
 local expire_ms, wake_ttl = tonumber(ARGV[4]), ARGV[5]
 local field_limit, grace_ms = tonumber(ARGV[6]), tonumber(ARGV[7])
 local next_token = ARGV[8]
-local last_delete = 9 + tonumber(ARGV[9])
+local last_delete = 10 + tonumber(ARGV[10])
 local first_ttl = last_delete + 2
 local first_set = first_ttl + 2 * tonumber(ARGV[last_delete + 1])
 local RECENT = 1000
@@ -117,6 +121,9 @@ if not held then
   end
   return {-3}
 end
+local hist, refused = history_begin(ARGV[9], KEYS[10], state, clear_all, 11, last_delete,
+  first_set)
+if refused then return refused end
 
 -- The first write: the commit's id among the recent ones. A foreign value under that key
 -- fails it (pcall) before anything else is written.
@@ -147,7 +154,7 @@ if record then
     if redis.call('EXISTS', state) == 1 then redis.call('RENAME', state, old) end
   else
     prior = {}
-    for i = 10, #ARGV do
+    for i = 11, #ARGV do
       if i <= last_delete or (i >= first_set and (i - first_set) % 2 == 0) then
         local f = ARGV[i]
         local value = redis.call('HGET', state, f)
@@ -165,7 +172,7 @@ if clear_all then
   timed = false
   size = 0
 end
-for i = 10, last_delete do
+for i = 11, last_delete do
   local f = ARGV[i]
   local len = redis.call('HSTRLEN', state, f)
   if redis.call('HDEL', state, f) == 1 then
@@ -202,6 +209,7 @@ if clear_all then set_flag(m, 'p', false) end  -- the hash it was in is gone (or
 keep_prior(state, m, prior)
 write_meta(state, m)
 m.stored = true
+history_add(hist, m.v, commit_id, record)
 if tag then
   if m.v % 64 == 0 then redis.call('ZREMRANGEBYSCORE', commits, '-inf', m.v - RECENT) end
   redis.call('PEXPIRE', commits, 60000)
@@ -249,6 +257,7 @@ elseif grace and not empty then
 elseif state_pttl > 0 then
   redis.call('PEXPIRE', state, state_pttl)  -- the expiry the state had before the clear_all
 end
+history_expire(hist, state)
 
 local signalled = 0
 if next_token ~= '' and token ~= '' then

@@ -3,7 +3,7 @@
 -- The keyspace (every key and reserved field) is described in keyspace.py.
 --
 -- KEYS[1] state  KEYS[2] lease  KEYS[3] wait  KEYS[4] wake  KEYS[5] commits  KEYS[6] old
--- KEYS[7] ttls  KEYS[8] meta, KEYS[9] prev: keyspace version 1's
+-- KEYS[7] ttls  KEYS[8] meta, KEYS[9] prev: keyspace version 1's  KEYS[10] history
 -- ARGV[1] token        the session's lease token
 -- ARGV[2] wake ttl ms  how long an unclaimed release signal is kept
 --
@@ -22,5 +22,6 @@ if redis.call('GET', lease) ~= ARGV[1] then
 end
 -- UNLINK: a large state is freed in the background, not inside this script
 local n = redis.call('UNLINK', KEYS[1], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
+redis.call('UNLINK', KEYS[10])  -- the history goes too: the next commit is version 1 again
 release_lease(lease, wait, wake, ARGV[2])
 return {1, n}

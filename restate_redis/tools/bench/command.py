@@ -252,7 +252,12 @@ def ratios(results: dict[str, Result]) -> dict[str, float]:
 
     out: dict[str, float] = {}
     for case_id in results:
-        if case_id.startswith("w1.adapter."):
+        if case_id == "w1.adapter.history.c1":  # against the same sessions with history off
+            out["history on/off eager c1"] = r(case_id, "w1.adapter.eager.c1")
+            out["history on/off server CPU eager c1"] = results[case_id].median(
+                "server_cpu_us"
+            ) / max(1e-9, results["w1.adapter.eager.c1"].median("server_cpu_us"))
+        elif case_id.startswith("w1.adapter."):
             out[f"adapter/raw {case_id[11:]}"] = r(case_id, "w2.raw." + case_id[11:])
             # The same comparison by CPU (client + server) per session, inverted so that it
             # reads like a throughput ratio: steadier than wall time on a shared machine.

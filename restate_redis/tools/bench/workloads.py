@@ -30,6 +30,7 @@ from typing import Any
 import msgpack
 
 from ...codecs import Compression, Encryption
+from ...history import History
 from ...store import RedisStateStore
 from .dapr import DaprStyleState
 
@@ -116,6 +117,10 @@ class Workloads:
         self.objects = [f"obj-{j}" for j in range(concurrency)]
         self.codec_stores: dict[str, RedisStateStore] = {}
         self.codecs_unavailable: str | None = None
+        # The same store with history on: what one entry per commit costs (w1 history).
+        self.with_history = RedisStateStore(
+            store.client, namespace=NAMESPACE, acquire_timeout=60, history=History()
+        )
 
     def n(self, sessions: int) -> int:
         """A session count scaled for --quick, at least one per lane."""
@@ -206,11 +211,11 @@ class Workloads:
 
     async def settle(self) -> None:
         """Wait for the releases the sessions sent without waiting (counted with them)."""
-        for store in (self.store, self.uncached, *self.codec_stores.values()):
+        for store in (self.store, self.uncached, self.with_history, *self.codec_stores.values()):
             await store.backend.settle()
 
     async def aclose(self) -> None:
-        for store in (self.store, self.uncached, *self.codec_stores.values()):
+        for store in (self.store, self.uncached, self.with_history, *self.codec_stores.values()):
             await store.aclose()
 
     async def cleanup(self) -> None:
@@ -227,8 +232,8 @@ class Workloads:
 
     # -- workload 1 and 2: one read and one write, adapter versus raw redis-py --------------
 
-    def adapter_rw(self, lazy: bool) -> Op:
-        store, objects = self.store, self.objects
+    def adapter_rw(self, lazy: bool, history: bool = False) -> Op:
+        store, objects = self.with_history if history else self.store, self.objects
 
         async def op(j: int) -> None:
             async with store.object("W1", objects[j], state_preload=not lazy) as ctx:
@@ -393,6 +398,8 @@ class Workloads:
                         route=objects_of("W1"),
                     )
                 )
+        out.append(Case("w1.adapter.history.c1", w1, "adapter", "eager, history on", 1, n_seq,
+                        self.adapter_rw(False, history=True)))  # fmt: skip
         for conc, n in ((1, n_seq), (c, n_conc)):
             out.append(Case(f"w1.adapter.blind.c{conc}", "1/2 write only", "adapter", "blind",
                             conc, n, self.adapter_blind(), route=objects_of("W1")))  # fmt: skip

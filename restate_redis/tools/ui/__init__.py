@@ -34,6 +34,7 @@ DEFAULT_PORT = 9071
 DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # as restate_redis.tools.ui.app, which needs starlette
 DEFAULT_MAX_TABLE_OBJECTS = 10_000  # as well
 ENV_TOKEN = "RESTATE_REDIS_UI_TOKEN"
+STOP_GRACE_SECONDS = 3
 
 __all__ = ["create_app", "ui_command"]
 
@@ -157,7 +158,11 @@ def ui_command(
         f"(namespace {conn.namespace})" + (" - open it with #token=YOUR_TOKEN" if token else ""),
         err=True,
     )
-    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    # an open page's event stream (/api/watch) lasts as long as the page: on stop, give
+    # responses a moment to finish, then cancel what is left rather than wait for browsers
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="on", timeout_graceful_shutdown=STOP_GRACE_SECONDS
+    )
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))

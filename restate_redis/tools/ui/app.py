@@ -40,6 +40,11 @@ pages and sorts of the same table for 30 s; ``fresh=1`` sweeps again.
     DELETE /api/value   {"service", "key", "name", "version"}            clear one state key
     PUT    /api/state   {"service", "key", "state", "version"}           replace the state
     DELETE /api/state   {"service", "key", "version", "confirm": "delete"}  clear all
+    GET    /api/history?service=S&key=K&limit=N     {"namespace", "service", "key", "version",
+                                                     "kept", "restorable_from",
+                                                     "entries": [ENTRY, ...] newest first}
+    POST   /api/restore {"service", "key", "to_version", "version", "confirm": "restore"}
+    GET    /api/watch?service=S&key=K&since=V       text/event-stream of ENTRY ("entry" events)
 
 Changes answer ``{"version": new version}``. ``"version"`` is required in every change: the
 version the caller read, or ``null`` to skip the check; a mismatch answers 409 with code
@@ -57,11 +62,31 @@ the last page). ``ttl_ms`` is the time a state key has left when it has an expir
 own (``set(..., ttl=...)``), else null; ``expiring`` is true when any key of the object has
 one. Listings leave out keys restate-redis did not write: ``"skipped"`` counts
 them and ``"skipped_keys"`` names a few (both absent when none was skipped).
+
+History (docs/guide/history.md): ``/api/history`` answers the last ``limit``
+(default 100, at most 1000) entries of the object's history, newest first; ``"kept"`` is false
+when the object has none (its workers' store keeps no history), ``"version"`` is the object's
+current version and ``"restorable_from"`` the oldest version a restore can reach through the
+entries shown (null when none). ENTRY is ``{"version", "at" (ISO 8601, UTC), "origin",
+"commit_id", "cleared_all", "values_kept", "restorable", "changes": [{"name", "old", "new"}]}``
+where ``old`` and ``new`` are each ``{"value": V}``, ``{"preview", "truncated": true}`` (over
+64 KiB of JSON text), ``{"absent": true}`` (the key did not exist) or ``{"not_kept": true}``
+(an entry over the history's ``max_entry_bytes``). ``/api/restore`` writes the state as it was
+at ``to_version`` as a new commit (origin ``restore``, so it can be undone), after the
+``"version"`` check like every change; further back than the history reaches answers 409
+with code ``history_not_kept`` and a message saying how far back it goes. ``/api/watch``
+streams Server-Sent Events: ``event: entry``, ``id:`` the entry's version, ``data:`` ENTRY,
+for each commit after version ``since`` (or after the ``Last-Event-ID`` a reconnecting
+EventSource sends; without either, from now on), a comment line every 15 s while idle, and
+``event: failure`` with ``{"error", "code"}`` before it ends on an error. A stream lasts as
+long as its client keeps it open; at most ``MAX_WATCHES`` run at once (then 503, code
+``busy``).
 Security (token, cross-site and DNS-rebinding checks) is in :mod:`restate_redis.tools.ui.security`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -74,7 +99,7 @@ from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -82,7 +107,9 @@ from ...backend.connection import scrub
 from ...backend.retry import as_state_error
 from ...errors import (
     EncryptedValueError,
+    HistoryNotKeptError,
     InvalidNameError,
+    InvalidOptionError,
     InvalidPatchError,
     LeaseTimeoutError,
     StateEncodeError,
@@ -92,6 +119,8 @@ from ...errors import (
     ValueTooLargeError,
     VersionConflictError,
 )
+from ...history import ABSENT, NOT_KEPT, HistoryEntry, reach
+from ...keyspace import check_key, check_service
 from ...store import RedisStateStore
 from ..admin import SORTS, Admin, ObjectInfo, Preview, SkippedKeys, load_json, sort_objects
 from .security import Guard
@@ -100,6 +129,11 @@ STATIC = Path(__file__).parent / "static"
 PREVIEW_LIMIT = 64 * 1024  # characters of JSON text sent whole
 PREVIEW_CHARS = 2000  # characters of a longer value's preview
 CONFIRM_CLEAR_ALL = "delete"
+CONFIRM_RESTORE = "restore"
+DEFAULT_HISTORY_LIMIT = 100  # entries of one /api/history answer
+MAX_HISTORY_LIMIT = 1000
+MAX_WATCHES = 64  # event streams open at once: each holds a Redis connection in XREAD BLOCK
+HEARTBEAT_SECONDS = 15.0  # an idle event stream sends a comment this often
 DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_TABLE_OBJECTS = 10_000
 MAX_TABLE_PAGE = 500  # rows of one /api/table answer
@@ -143,6 +177,8 @@ def _failure(exc: Exception) -> tuple[int, str, str]:
     translated = as_state_error(exc, "Redis")
     if isinstance(translated, VersionConflictError):
         return 409, "version_conflict", str(translated)
+    if isinstance(translated, HistoryNotKeptError):
+        return 409, "history_not_kept", str(translated)
     if isinstance(translated, UnknownObjectError):
         return 404, "not_found", str(translated)
     if isinstance(translated, EncryptedValueError):
@@ -150,7 +186,12 @@ def _failure(exc: Exception) -> tuple[int, str, str]:
     if isinstance(translated, LeaseTimeoutError):
         return 503, "busy", str(translated)
     if isinstance(
-        translated, InvalidPatchError | InvalidNameError | StateEncodeError | ValueTooLargeError
+        translated,
+        InvalidPatchError
+        | InvalidNameError
+        | InvalidOptionError
+        | StateEncodeError
+        | ValueTooLargeError,
     ):
         return 400, "bad_request", str(translated)
     if isinstance(translated, StoreUnavailableError):
@@ -494,6 +535,142 @@ async def clear_state(admin: Admin, body: dict[str, Any]) -> int:
     return await admin.clear_all(body["service"], body["key"], expected_version=body["version"])
 
 
+# -- history ------------------------------------------------------------------------------------
+
+
+def _side(admin: Admin, entry: HistoryEntry, name: str, raw: Any) -> dict[str, Any]:
+    """One side (old or new) of a change, as the history's ENTRY holds it."""
+    if raw is ABSENT:
+        return {"absent": True}
+    if raw is NOT_KEPT:
+        return {"not_kept": True}
+    shown = admin.stored_view(entry.service, entry.key, name, raw)
+    text = json.dumps(shown, ensure_ascii=False)
+    if len(text) <= PREVIEW_LIMIT:
+        return {"value": shown}
+    return {"preview": text[:PREVIEW_CHARS], "truncated": True}
+
+
+def _history_entry(admin: Admin, entry: HistoryEntry, restorable: bool) -> dict[str, Any]:
+    return {
+        **admin.entry_head(entry),
+        "restorable": restorable,
+        "changes": [
+            {
+                "name": name,
+                "old": _side(admin, entry, name, change.old_bytes),
+                "new": _side(admin, entry, name, change.new_bytes),
+            }
+            for name, change in entry.changes.items()
+        ],
+    }
+
+
+@api
+async def history(request: Request) -> Response:
+    admin = _admin(request)
+    service, key = _query(request, "service"), _query(request, "key")
+    limit = min(
+        _int(_query(request, "limit", str(DEFAULT_HISTORY_LIMIT)), "limit", 1), MAX_HISTORY_LIMIT
+    )
+    # the bookkeeping first: a commit in between then makes the newest entry newer than the
+    # version read, which reach() takes as a break (nothing restorable until the next read)
+    meta = await admin.bookkeeping(service, key)
+    entries = await admin.store.history(service, key, limit=limit)
+    entries.reverse()
+    run, earliest = reach(entries, meta.version, meta.commit)
+    restorable_from = earliest if run else None
+    return JSONResponse(
+        {
+            "namespace": admin.keyspace.namespace,
+            "service": service,
+            "key": key,
+            "version": meta.version,
+            "kept": bool(entries),
+            "restorable_from": restorable_from,
+            "entries": [
+                _history_entry(
+                    admin,
+                    e,
+                    restorable_from is not None and restorable_from <= e.version < meta.version,
+                )
+                for e in entries
+            ],
+        }
+    )
+
+
+@change("to_version", "confirm")
+async def restore(admin: Admin, body: dict[str, Any]) -> int:
+    if body["confirm"] != CONFIRM_RESTORE:
+        raise BadRequest(f'a restore needs "confirm": "{CONFIRM_RESTORE}"')
+    target = body["to_version"]
+    if not isinstance(target, int) or isinstance(target, bool) or target < 0:
+        raise BadRequest("field 'to_version' must be a version: an integer, 0 or more")
+    return await admin.store.restore(
+        body["service"], body["key"], version=target, expected_version=body["version"]
+    )
+
+
+def _event(name: str, data: dict[str, Any], event_id: int | None = None) -> str:
+    # json.dumps writes no line break (those in strings are escaped): one data line
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+@api
+async def watch(request: Request) -> Response:
+    admin = _admin(request)
+    service, key = _query(request, "service"), _query(request, "key")
+    check_key(check_service(service), key)
+    # an EventSource that reconnects sends the id of the last event it got: resume after it
+    resume = request.headers.get("last-event-id") or request.query_params.get("since")
+    since = None if resume in (None, "") else _int(resume, "since", 0)
+    streams: set[object] = request.app.state.watches
+    if len(streams) >= MAX_WATCHES:
+        return _error(503, "busy", f"too many open event streams (at most {MAX_WATCHES})")
+    url: str = request.app.state.url or ""
+
+    async def events() -> AsyncIterator[str]:
+        token = object()
+        streams.add(token)
+        entries = admin.store.watch(service, key, since_version=since)
+        pending: asyncio.Future[HistoryEntry] | None = None
+        try:
+            yield "retry: 2000\n\n"
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(entries))
+                done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT_SECONDS)
+                if not done:
+                    yield ": idle\n\n"  # a write also finds a client that went away
+                    continue
+                entry, pending = pending.result(), None
+                yield _event("entry", _history_entry(admin, entry, False), entry.version)
+        except Exception as exc:
+            _, code, message = _failure(exc)
+            yield _event(
+                "failure", {"error": scrub(message, url) if url else message, "code": code}
+            )
+        finally:
+            # the client went away (the response is cancelled) or the watch failed: stop the
+            # read in flight and close the watch, so no task or blocked connection outlives it
+            streams.discard(token)
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            close = getattr(entries, "aclose", None)  # an async generator, typed as an iterator
+            if close is not None:
+                await close()
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"x-accel-buffering": "no"},  # a proxy in front must not hold events back
+    )
+
+
 async def index(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
@@ -527,7 +704,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = open_store()
-        app.state.admin = Admin(store)
+        app.state.admin = Admin(store, origin="ui")
         try:
             yield
         finally:
@@ -544,6 +721,9 @@ def create_app(
         Route("/api/value", value, methods=["GET"]),
         Route("/api/value", set_value, methods=["PUT"]),
         Route("/api/value", clear_value, methods=["DELETE"]),
+        Route("/api/history", history, methods=["GET"]),
+        Route("/api/restore", restore, methods=["POST"]),
+        Route("/api/watch", watch, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
@@ -551,4 +731,5 @@ def create_app(
     app.state.max_table_objects = max_table_objects
     app.state.table_cache = OrderedDict()
     app.state.url = url
+    app.state.watches = set()
     return Guard(app, token=token, loopback_only=loopback_only)

@@ -120,7 +120,21 @@ class ApiError extends Error {
   }
 }
 
+// Changes this page has sent and not yet seen answered: the live stream leaves their commits
+// to the change's own answer (which reloads the page), rather than report them as news.
+let changing = 0;
+
 async function api(method, path, body) {
+  if (body === undefined) return request(method, path, body);
+  changing++;
+  try {
+    return await request(method, path, body);
+  } finally {
+    changing--;
+  }
+}
+
+async function request(method, path, body) {
   const headers = { Accept: "application/json" };
   if (token) headers.Authorization = `Bearer ${token}`;
   const options = { method, headers, credentials: "same-origin" };
@@ -475,15 +489,163 @@ async function stateView(service, key) {
     }
   });
   paging();
+  const historyBox = el("section", { id: "history", "aria-label": "history" }, el("h3", {}, "History"));
   show(el("h2", { id: "title" }, `${service} / ${key}`), infoLine, toolbar, panel,
-    rows.length ? table : el("p", { className: "muted", id: "empty" }, "No state."), shown, moreKeys, note);
+    rows.length ? table : el("p", { className: "muted", id: "empty" }, "No state."), shown, moreKeys, note,
+    historyBox);
   view().dataset.version = String(version);
+  await historyPanel(service, key, version, historyBox, panel, done);
+  watchObject(service, key, version, panel);
+}
+
+// -- history ------------------------------------------------------------------------------------
+
+const HISTORY_LIMIT = 100;
+
+// One side of a change as text: the value as JSON, or what stands for it.
+function sideText(side) {
+  if (side.absent) return null;
+  if (side.not_kept) return undefined;
+  if (side.truncated) return `${side.preview}…`;
+  return pretty(side.value);
+}
+
+// A line diff of two texts (longest common subsequence of their lines): [[" "|"-"|"+", line]].
+const DIFF_MAX_LINES = 400;
+function diffLines(before, after) {
+  const a = before === null ? [] : before.split("\n");
+  const b = after === null ? [] : after.split("\n");
+  if (a.length > DIFF_MAX_LINES || b.length > DIFF_MAX_LINES) {
+    return [...a.map((l) => ["-", l]), ...b.map((l) => ["+", l])];
+  }
+  const common = Array.from({ length: a.length + 1 }, () => new Uint32Array(b.length + 1));
+  for (let i = a.length - 1; i >= 0; i--) {
+    for (let j = b.length - 1; j >= 0; j--) {
+      common[i][j] = a[i] === b[j] ? common[i + 1][j + 1] + 1 : Math.max(common[i + 1][j], common[i][j + 1]);
+    }
+  }
+  const out = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    if (i < a.length && j < b.length && a[i] === b[j]) {
+      out.push([" ", a[i++]]);
+      j++;
+    } else if (j < b.length && (i === a.length || common[i][j + 1] >= common[i + 1][j])) {
+      out.push(["+", b[j++]]);
+    } else {
+      out.push(["-", a[i++]]);
+    }
+  }
+  return out;
+}
+
+function changeRow(change) {
+  const before = sideText(change.old);
+  const after = sideText(change.new);
+  let diff;
+  if (before === undefined || after === undefined) {
+    diff = el("span", { className: "muted not-kept" }, "values not kept (the entry was over the history's max_entry_bytes)");
+  } else {
+    const lines = diffLines(before, after).map(([mark, line]) =>
+      el("span", { className: mark === "+" ? "ins" : mark === "-" ? "del" : "same" }, `${mark} ${line}`));
+    diff = el("pre", { className: "diff" }, lines);
+  }
+  // a key the commit added (no old value) or removed (no new value)
+  const what = before === null ? "added" : after === null ? "removed" : null;
+  return el("tr", { className: "change", "data-key": change.name },
+    el("td", { className: "name" }, change.name, what ? el("div", { className: `muted ${what}` }, what) : null),
+    el("td", { className: "diff" }, diff));
+}
+
+async function historyPanel(service, key, version, box, panel, done) {
+  let data;
+  try {
+    data = await api("GET", `/api/history?${q({ service, key, limit: HISTORY_LIMIT })}`);
+  } catch (error) {
+    box.append(el("p", { className: "error", id: "history-error" }, `Could not load the history: ${error.message}`));
+    return;
+  }
+  if (!data.kept) {
+    box.append(el("p", { className: "muted", id: "no-history" },
+      "No history is kept for this object: its workers' store keeps one with history=History(...). " +
+      "Without it this page does not refresh by itself when the object changes."));
+    return;
+  }
+  function confirmRestore(entry) {
+    const yes = el("button", { className: "danger", id: "restore-confirm" }, `Restore version ${entry.version}`);
+    const no = el("button", { id: "restore-cancel", onclick: () => { panel.replaceChildren(); message("Restore cancelled: nothing was written.", "ok"); } }, "Cancel");
+    yes.addEventListener("click", () => {
+      yes.disabled = true;
+      api("POST", "/api/restore", { service, key, to_version: entry.version, version, confirm: "restore" })
+        .then(done(`Restored version ${entry.version}`)).catch((error) => { panel.replaceChildren(); failed(error); });
+    });
+    panel.replaceChildren(el("div", { className: "panel", id: "restore-panel" },
+      el("p", {}, `Put ${service}/${key} back to the state of version ${entry.version}? ` +
+        `It is written as a new commit (after version ${version}), which can itself be undone.`),
+      yes, no));
+    panel.scrollIntoView({ block: "nearest" });
+  }
+  const items = data.entries.map((entry) => {
+    const head = el("div", { className: "entry-head" },
+      el("strong", { className: "entry-version" }, `version ${entry.version}`),
+      el("span", { className: "muted" }, ` · ${entry.at.replace("T", " ")} · `),
+      el("span", { className: `badge origin ${entry.origin}` }, entry.origin),
+      entry.commit_id !== null ? el("span", { className: "muted commit-id" }, ` commit ${entry.commit_id}`) : null,
+      entry.cleared_all ? el("span", { className: "badge cleared" }, "cleared all") : null,
+      entry.version === data.version ? el("span", { className: "badge current" }, "current") : null,
+      entry.restorable ? el("button", { className: "restore", onclick: () => confirmRestore(entry) }, "Restore") : null);
+    const changes = entry.changes.length
+      ? el("table", { className: "changes" }, el("tbody", {}, entry.changes.map(changeRow)))
+      : el("p", { className: "muted" }, "No state key changed.");
+    return el("li", { className: "entry", "data-version": String(entry.version) }, head, changes);
+  });
+  const reach = data.restorable_from === null ? "" : ` A restore reaches back to version ${data.restorable_from}.`;
+  box.append(
+    el("p", { className: "muted", id: "history-info" },
+      (data.entries.length >= HISTORY_LIMIT ? `The last ${HISTORY_LIMIT} versions, newest first.` : "Every version kept, newest first.") + reach),
+    el("ul", { className: "list history", id: "history-entries" }, items));
+}
+
+// The open object page follows the object's commits (Server-Sent Events from /api/watch)
+// and shows each new version as it lands; not while the user is editing (that would throw the
+// edit away): then it says so and offers a reload.
+let live = null;
+
+function stopWatching() {
+  if (live) live.close();
+  live = null;
+}
+
+function watchObject(service, key, version, panel) {
+  stopWatching();
+  const params = { service, key, since: version };
+  if (token) params.token = token; // an EventSource sends no headers: the token goes in the query
+  const source = new EventSource(`/api/watch?${q(params)}`);
+  live = source;
+  source.addEventListener("entry", (event) => {
+    const entry = parseJson(event.data);
+    if (source !== live || changing > 0 || entry.version <= Number(view().dataset.version)) return;
+    const editing = panel.children.length > 0 || view().querySelector("textarea.editor, button.delete[data-armed='1']");
+    if (editing) {
+      message(`The object changed (version ${entry.version}, by ${entry.origin}) while you were editing; saving now would conflict. `,
+        "error", el("button", { id: "reload-after-change", onclick: () => route() }, "Reload"));
+      return;
+    }
+    message(`Version ${entry.version} (${entry.origin}) arrived: shown below.`, "ok");
+    route(true);
+  });
+  source.addEventListener("failure", (event) => {
+    stopWatching();
+    message(`Live updates stopped: ${parseJson(event.data).error}`, "error");
+  });
 }
 
 // -- routing ---------------------------------------------------------------------------------------
 
 async function route(keepMessage) {
   takeToken();
+  stopWatching(); // an object page opens its own again
   if (!keepMessage) message("");
   // names are encoded (encodeURIComponent), so the first "?" starts the table's parameters
   const [path, search] = location.hash.replace(/^#\/?/, "").split(/\?(.*)/s);
