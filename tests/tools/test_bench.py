@@ -136,8 +136,11 @@ def test_quick_bench_reports_exact_round_trips(server: Server, tmp_path: Path) -
     assert memory["keys_per_object"]["commits"] == 1.0, memory  # a commit id was recorded
     assert memory["transient_kinds"] and "state" not in memory["transient_kinds"], memory
     assert not set(memory["transient_kinds"]) & set(memory["idle_keys_per_object"]), memory
-    # (a few hundred objects: the server's own tables resizing blur the difference of the two)
-    assert 0 < memory["plain_hash_bytes"] < min(memory["idle_bytes"], memory["after_commit_bytes"])
+    assert memory["idle_keys_per_object"] == {"state": 1.0}, memory  # one hash when idle
+    # (a few hundred objects are too few for the per-object bytes to order reliably: the
+    # allocator's pages blur them; MEMORY USAGE of one key does not)
+    usage = memory["bytes_per_key"]
+    assert memory["plain_hash_bytes"] > 0 and 0 < usage["state"] < 3 * memory["plain_hash_bytes"]
     assert abs(memory["idle_ratio"] - memory["idle_bytes"] / memory["plain_hash_bytes"]) < 0.01
     assert {"memory per object, idle / plain hash",
             "memory per object, right after a commit / plain hash"} <= set(targets)  # fmt: skip
