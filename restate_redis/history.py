@@ -189,6 +189,14 @@ class HistoryEntry:
     entry_id: str
     """The stream entry id (``<ms>-<seq>``)."""
     commit_tag: str = field(default="", repr=False)
+    prior_version: int = -1
+    """The version the object had before this entry: ``version - 1``, but for an import,
+    which keeps its record's version."""
+
+    def __post_init__(self) -> None:
+        if self.prior_version < 0:
+            object.__setattr__(self, "prior_version", self.version - 1)
+
     """The commit id the script saw (the caller's, or the one the store made up)."""
 
 
@@ -251,6 +259,7 @@ def parse_entry(
             "k" not in flags,
             eid,
             tag,
+            int(fields.get(b"p", -1)),
         )
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
         raise StateDecodeError(
@@ -281,7 +290,7 @@ def reach(
         if not entry.values_kept:
             break
         run.append(entry)
-        expected -= 1
+        expected = entry.prior_version
         if expected == 0:
             break
     return run, expected
@@ -291,10 +300,11 @@ def rebuild(
     current: Mapping[str, bytes], run: Iterable[HistoryEntry], target: int
 ) -> dict[str, bytes]:
     """The state at version ``target``: ``current`` with the prior values of every entry of
-    ``run`` (newest first) newer than ``target`` put back."""
+    ``run`` (newest first) made since ``target`` put back (an import keeps the version of its
+    record: its entry follows the version it replaced, ``prior_version``)."""
     state = dict(current)
     for entry in run:
-        if entry.version <= target:
+        if entry.prior_version < target:
             break
         for name, change in entry.changes.items():
             if change.old_bytes is ABSENT:

@@ -590,10 +590,13 @@ class RedisStateStore:
             seen: list[HistoryEntry] = []
             async for entry in self._entries(service, key):
                 seen.append(entry)
-                if version is not None and entry.version <= version + 1:
-                    break
+                if version is not None and entry.prior_version <= version:
+                    break  # the entry that left the version asked for
                 if at is not None and entry.at <= at:
                     break
+            if back and seen and seen[0].version == now:
+                version = seen[0].prior_version  # undo the last entry (an import keeps the
+                # version of its record: the version before it is the one it replaced)
             run, earliest = reach(seen, now, last)
             wanted = f"version {version}" if at is None else f"the time {at.isoformat()}"
             if at is not None:
@@ -801,6 +804,12 @@ class RedisStateStore:
         service, key = check_service(record.service), check_key(record.service, record.key)
         keys = self.keyspace.object_keys(service, key)
         commit_id = "import:" + secrets.token_hex(16)
+        # an entry of origin "import" in the object's history: by the store's own limits, or
+        # only into a log the object has already (as the CLI's edits)
+        options = self.history_options
+        history = self._history_spec(service, "import") or follow_spec(
+            "import", options.max_entry_bytes if options else 64 * 1024
+        )
 
         async def load(token: str) -> exchange.Loaded | Refusal:
             async with redis_errors(f"importing {where(service, key)}"):
@@ -812,6 +821,7 @@ class RedisStateStore:
                     on_conflict=on_conflict,
                     dry_run=dry_run,
                     token=token,
+                    history=history,
                 )
 
         loaded = await load("")

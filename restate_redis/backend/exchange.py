@@ -130,6 +130,7 @@ async def load(
     on_conflict: OnConflict,
     dry_run: bool,
     token: str = "",
+    history: str = "",
 ) -> Loaded | Refusal:
     """load.lua: ``record`` written whole as the object at ``keys``, under its lease (taken
     for the script's length when ``token`` is "", else held by the caller with it). Safe to
@@ -144,6 +145,7 @@ async def load(
         record.ttl_ms if record.ttl_ms else -1,
         "" if record.changed_ms is None else record.changed_ms,
         EMPTY_GRACE_SECONDS * 1000,
+        history,
         len(record.state),
     ]
     for name, value in record.state.items():
@@ -151,7 +153,7 @@ async def load(
     args.append(len(record.key_ttl_ms))
     for name, ms in record.key_ttl_ms.items():
         args += (name, ms)
-    redis_keys = commit_keys(keys)
+    redis_keys = commit_keys(keys, bool(history))
     script, wire = backend.scripts.load, backend.wire
     reply = await backend.retry.run(
         "import", keys.state, lambda: wire.script(script, redis_keys, args)

@@ -21,6 +21,7 @@ from restate_redis import (
     HistoryNotKeptError,
     InvalidOptionError,
     LeaseLostError,
+    ObjectRecord,
     RedisStateStore,
 )
 from restate_redis.errors import UnknownObjectError
@@ -375,3 +376,52 @@ async def test_watch_latency(server: Server) -> None:
         p50, p99 = lags[len(lags) // 2], lags[int(len(lags) * 0.99) - 1]
         print(f"\nwatch latency commit->event: p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms")
         assert len(lags) == 200
+
+
+async def test_an_import_is_an_entry_and_can_be_undone(
+    hstore: RedisStateStore, client: aioredis.Redis
+) -> None:
+    """An import that overwrites an object adds one entry of origin "import", with every prior
+    key (as a clear_all does), in the same script; undo puts the state before it back."""
+    await put(hstore, "imp", items=["a"], total=1)  # v1
+    await put(hstore, "imp", total=2)  # v2
+    before = await state_in_redis(hstore, "Cart", "imp")
+    record = ObjectRecord("Cart", "imp", {"items": packed(["z"]), "note": packed("n")}, 2)
+    imported = await hstore.import_object(record, on_conflict="overwrite")
+    assert imported.outcome == "overwritten"
+    entries = await hstore.history("Cart", "imp")
+    assert [(e.version, e.origin) for e in entries] == [
+        (1, "session"),
+        (2, "session"),
+        (2, "import"),
+    ]
+    last = entries[-1]
+    assert last.cleared_all
+    assert {n: (c.old, c.new) for n, c in last.changes.items()} == {
+        "items": (["a"], ["z"]),
+        "total": (2, ABSENT),
+        "note": (ABSENT, "n"),
+    }
+    assert last.prior_version == 2  # the import kept its record's version
+    assert await state_in_redis(hstore, "Cart", "imp") == {
+        k.encode(): v for k, v in record.state.items()
+    }
+    assert await hstore.undo("Cart", "imp") == 3  # the state before the import, as version 3
+    assert await state_in_redis(hstore, "Cart", "imp") == before
+    assert await hstore.restore("Cart", "imp", version=1) == 4  # back past the import
+    assert await state_in_redis(hstore, "Cart", "imp") == {
+        b"items": packed(["a"]),
+        b"total": packed(1),
+    }
+    # a store without history: the import adds an entry only to a log that exists
+    plain = RedisStateStore(client)
+    try:
+        await plain.import_object(ObjectRecord("Cart", "new", {"n": packed(1)}, 1))
+        assert not await client.exists(hstore.keyspace.object_keys("Cart", "new").history)
+        await plain.import_object(
+            ObjectRecord("Cart", "imp", {"n": packed(1)}, 9), on_conflict="overwrite"
+        )
+        assert (await hstore.history("Cart", "imp"))[-1].origin == "import"
+    finally:
+        await plain.aclose()
+    assert before != record.state

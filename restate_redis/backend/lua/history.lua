@@ -10,7 +10,9 @@
 -- not know the object's history limits: the object's own writers trim it by theirs).
 --
 -- An entry (XADD, id * : the server's clock, in ms):
---   v <version>  o <origin>  c <commit id>  x <flags>  d <changes>
+--   v <version>  o <origin>  c <commit id>  x <flags>  d <changes>  [p <prior version>]
+-- p: the version the object had before, when it is not version - 1 (an import keeps the
+--    version of its record)
 -- flags: "n" the caller named the commit id (else the store made it up), "a" a clear_all,
 --        "k" the values are not kept (the entry was over max_entry_bytes: names only)
 -- changes: per changed state key, concatenated:
@@ -21,7 +23,8 @@
 
 -- The changed keys and their prior values, read before the commit writes anything; nil when
 -- history is off for this commit. Second result: commit.lua's refusal (nothing written yet).
-local function history_begin(spec, key, state, clear_all, first_delete, last_delete, first_set)
+local function history_begin(spec, key, state, clear_all, first_delete, last_delete, first_set,
+    last_set)
   if spec == '' then return nil end
   local max_versions, max_age, max_bytes, origin =
     string.match(spec, '^(%d+) (%d+) (%d+) (%S+)$')
@@ -54,7 +57,7 @@ local function history_begin(spec, key, state, clear_all, first_delete, last_del
   end
   local known = #h.names  -- a clear_all's prior keys, whose old values are read below
   for i = first_delete, last_delete do change(ARGV[i], false) end
-  for i = first_set, #ARGV, 2 do
+  for i = first_set, last_set or #ARGV, 2 do
     change(ARGV[i], ARGV[i + 1])
     size = size + #ARGV[i + 1]
   end
@@ -80,7 +83,7 @@ end
 
 -- Append the entry of the applied commit (version, its commit id; named: the caller gave it)
 -- and trim the log by count and age.
-local function history_add(h, version, commit_id, named)
+local function history_add(h, version, commit_id, named, prior_version)
   if not h then return end
   local flags = (named and 'n' or '') .. (h.clear_all and 'a' or '') .. (h.kept and '' or 'k')
   local parts = {}
@@ -95,6 +98,10 @@ local function history_add(h, version, commit_id, named)
   end
   local fields = {'v', version, 'o', h.origin, 'c', commit_id, 'x', flags, 'd',
     table.concat(parts)}
+  if prior_version and prior_version ~= version - 1 then
+    fields[#fields + 1] = 'p'
+    fields[#fields + 1] = prior_version
+  end
   if h.max_versions > 0 then
     redis.call('XADD', h.key, 'MAXLEN', '~', h.max_versions, '*', unpack(fields))
     if h.max_age > 0 then

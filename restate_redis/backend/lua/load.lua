@@ -13,6 +13,7 @@
 --
 -- KEYS[1] state  KEYS[2] lease  KEYS[3] wait  KEYS[4] wake  KEYS[5] commits  KEYS[6] old
 -- KEYS[7] ttls  KEYS[8] meta, KEYS[9] prev: keyspace version 1's (moved in first: meta.lua)
+-- KEYS[10] history (only with ARGV[10])
 -- ARGV[1] token        "" takes the lease for the length of this script when no one holds
 --                      it (BUSY otherwise); else the caller's session holds it with this token
 -- ARGV[2] on conflict  "skip" | "overwrite" | "fail": for an object the target holds otherwise
@@ -24,8 +25,10 @@
 -- ARGV[8] changed ms   "" or when the state last changed (t, kept to the second); "" takes
 --                      the server's time
 -- ARGV[9] grace ms     an object with no state keeps its bookkeeping this long
--- ARGV[10] n           state keys, which follow as n name, value pairs
--- ARGV[11+2n] t        state keys with an expiry of their own, which follow as t name, ms pairs
+-- ARGV[10] history     "" or commit.lua's ARGV[9]: an entry of origin "import" in the
+--                      object's history (history.lua; KEYS[10] the history stream)
+-- ARGV[11] n           state keys, which follow as n name, value pairs
+-- ARGV[12+2n] t        state keys with an expiry of their own, which follow as t name, ms pairs
 --
 -- Reply: {1, outcome, version}  outcome "created" | "overwritten" | "unchanged" | "skipped" |
 --                               "conflict" (on conflict "fail": nothing written); version: the
@@ -38,21 +41,22 @@
 --#include expiry.lua
 
 --#include meta.lua
+--#include history.lua
 
 local state, lease, wait, wake = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local commits, old, ttls = KEYS[5], KEYS[6], KEYS[7]
 local token, on_conflict, dry = ARGV[1], ARGV[2], ARGV[3] == '1'
 local commit_id, version, wf = ARGV[4], ARGV[5], ARGV[6]
 local ttl_ms, changed, grace_ms = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
-local n = tonumber(ARGV[10])
-local first_ttl = 12 + 2 * n
+local n = tonumber(ARGV[11])
+local first_ttl = 13 + 2 * n
 
 for _, e in ipairs({{state, 'hash'}, {lease, 'string'}, {wait, 'string'}, {wake, 'list'},
     {commits, 'zset'}, {old, 'hash'}, {ttls, 'zset'}}) do
   local t = redis.call('TYPE', e[1])['ok']
   if t ~= e[2] and t ~= 'none' then return {-1, t, e[1]} end
 end
-if tonumber(ARGV[11 + 2 * n]) > 0 then
+if tonumber(ARGV[12 + 2 * n]) > 0 then
   local refused = field_expiry_refused(state)
   if refused then return {-5, server_name(), refused} end
 end
@@ -67,7 +71,7 @@ local outcome = 'created'
 if exists then
   local same = held_n == n and m.v == tonumber(version) and held_wf == wf
   if same then
-    for i = 11, 10 + 2 * n, 2 do
+    for i = 12, 11 + 2 * n, 2 do
       if redis.call('HGET', state, ARGV[i]) ~= ARGV[i + 1] then
         same = false
         break
@@ -96,11 +100,15 @@ elseif holder ~= token then
   return {-3}
 end
 
+-- The history entry: a clear_all and the record's keys set (every prior key and value)
+local hist, refused = history_begin(ARGV[10], KEYS[10], state, true, 12, 11, 12, 11 + 2 * n)
+if refused then return refused end
+
 -- The writes: the object replaced whole
 redis.call('UNLINK', state, old, ttls)
 local size = 0
 local batch = {}
-for i = 11, 10 + 2 * n, 2 do
+for i = 12, 11 + 2 * n, 2 do
   size = size + #ARGV[i] + #ARGV[i + 1]
   batch[#batch + 1] = ARGV[i]
   batch[#batch + 1] = ARGV[i + 1]
@@ -142,4 +150,6 @@ elseif timed_all and wf == '' then
 else
   write_meta(state, meta)
 end
+history_add(hist, meta.v, commit_id, false, m.v)
+history_expire(hist, state)
 return {1, outcome, tonumber(version)}
