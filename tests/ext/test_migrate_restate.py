@@ -21,6 +21,7 @@ import redis
 from restate_redis import Keyspace
 from restate_redis.keyspace import META_FIELD
 from restate_redis.tools.stack import Deployment
+from tests.support.bookkeeping import packed_meta
 from tests.support.clirun import run_cli
 from tests.support.keys import meta_of, state_fields
 from tests.support.restate_server import ROOT, RestateStack, start_stack
@@ -136,7 +137,7 @@ def test_a_value_that_is_not_json_needs_keep_bytes(
     state = keyspace.object_keys("Profile", "raw").state
     # msgpack bytes, which JSON cannot carry: export --to-restate refuses, --keep-bytes moves
     rc.hset(state, "blob", msgpack.packb(b"\xff\x00"))
-    rc.hset(state, META_FIELD, msgpack.packb([1, -1, 0, b"", b""]))  # as a commit leaves it
+    rc.hset(state, META_FIELD, packed_meta(1))  # as a commit leaves it
     out = run_cli(
         "export", "--to-restate", stack.server.admin, "Profile", "--url", redis_server.url,
         "--namespace", NAMESPACE,

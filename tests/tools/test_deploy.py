@@ -490,7 +490,9 @@ def test_worker_command_serves_the_example(redis_server: Server, otlp: OtlpRecei
                 time.sleep(0.1)
         assert status == 200
         status, body = get(
-            port, "/discover", {"accept": "application/vnd.restate.endpointmanifest.v2+json"}
+            port,
+            "/discover",
+            {"accept": "application/vnd.restate.endpointmanifest.v3+json"},  # v3: lazy state
         )
         assert status == 200, body[:500]
         manifest = json.loads(body)

@@ -399,7 +399,7 @@ class Workloads:
                     )
                 )
         out.append(Case("w1.adapter.history.c1", w1, "adapter", "eager, history on", 1, n_seq,
-                        self.adapter_rw(False, history=True)))  # fmt: skip
+                        self.adapter_rw(False, history=True), route=objects_of("W1")))  # fmt: skip
         for conc, n in ((1, n_seq), (c, n_conc)):
             out.append(Case(f"w1.adapter.blind.c{conc}", "1/2 write only", "adapter", "blind",
                             conc, n, self.adapter_blind(), route=objects_of("W1")))  # fmt: skip
