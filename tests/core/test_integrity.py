@@ -94,6 +94,10 @@ async def slowlog(server: Server, client: aioredis.Redis) -> AsyncIterator[aiore
     await client.unlink(*[k async for k in client.scan_iter(count=1000)] or ["none"])
 
 
+# Redis only: Valkey (9) frees a deleted key in the background by default
+# (lazyfree-lazy-user-del yes), Debian's Redis 7.0 does not, so a DEL of the huge state
+# shows in the slow log only there; the scans and renames are the same commands on both.
+@pytest.mark.parametrize("server", ["redis"], indirect=True)
 async def test_no_command_over_50ms_on_a_million_key_object(
     slowlog: aioredis.Redis, store: RedisStateStore
 ) -> None:

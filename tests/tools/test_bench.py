@@ -10,6 +10,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
 import redis
 import redis.asyncio as aioredis
 import redis.cluster
@@ -195,6 +196,8 @@ async def test_meter_counts_the_bytes_the_server_counted() -> None:
     assert METER.round_trips > 0 and METER.replies > 0
 
 
+# One flavour: what is proven is the meter on a foreign event loop, not the server.
+@pytest.mark.parametrize("server", ["valkey"], indirect=True)
 def test_meter_off_its_event_loop_reports_the_columns_as_not_counted(server: Server) -> None:
     """On another event loop than the meter's, the bench's sockets are not counted: the report
     says why and shows n/a, never a wrong count."""
