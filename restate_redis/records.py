@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -104,10 +105,20 @@ class ObjectRecord:
     changed_ms: int | None = None
     """When the state last changed (ms since the Unix epoch, the server's clock); None when
     unknown. An import keeps it."""
+    history: tuple[HistoryRow, ...] = ()
+    """The object's history entries as stored (stream id, field -> bytes), oldest first:
+    exported with ``history=True``; an import that carries them replaces the object's history
+    with them, ids and all (and adds no entry of its own)."""
 
     @property
     def kind(self) -> str:
         return "object" if self.workflow_status is None else "workflow"
+
+
+HistoryRow = tuple[str, Mapping[str, bytes]]
+"""One history entry as stored: its stream id ("<ms>-<seq>") and its fields."""
+
+_STREAM_ID = re.compile(r"(\d+)-(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +199,24 @@ def check_record(record: ObjectRecord, line: int = 0) -> ObjectRecord:
         _count(record.ttl_ms, f"{what}: ttl_ms", line, positive=True)
     if record.changed_ms is not None:
         _count(record.changed_ms, f"{what}: changed_ms", line)
+    last: tuple[int, int] = (0, 0)
+    for entry_id, fields in record.history:
+        m = _STREAM_ID.fullmatch(entry_id) if isinstance(entry_id, str) else None
+        if m is None or (int(m[1]), int(m[2])) <= last:
+            raise RecordFormatError(
+                f"{what}: history ids must be stream ids '<ms>-<seq>' in increasing order, "
+                f"got {entry_id!r}",
+                line,
+            )
+        last = (int(m[1]), int(m[2]))
+        if (
+            not isinstance(fields, Mapping)
+            or not fields
+            or not all(isinstance(f, str) and isinstance(v, bytes) for f, v in fields.items())
+        ):
+            raise RecordFormatError(
+                f"{what}: history entry {entry_id} must map field names to bytes", line
+            )
     if not isinstance(record.key_ttl_ms, Mapping):
         raise RecordFormatError(f"{what}: key_ttl_ms must be a mapping", line)
     for name, ms in record.key_ttl_ms.items():
@@ -231,7 +260,21 @@ def record_to_json(record: ObjectRecord) -> dict[str, Any]:
             name: base64.b64encode(value).decode("ascii") for name, value in record.state.items()
         },
         "key_ttl_ms": dict(record.key_ttl_ms),
+        **(
+            {
+                "history": [
+                    {"id": entry_id, "fields": {f: _b64(v) for f, v in fields.items()}}
+                    for entry_id, fields in record.history
+                ]
+            }
+            if record.history
+            else {}
+        ),
     }
+
+
+def _b64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
 
 
 def record_line(record: ObjectRecord) -> str:
@@ -240,7 +283,17 @@ def record_line(record: ObjectRecord) -> str:
 
 
 _FIELDS = frozenset(
-    {"service", "key", "version", "workflow", "ttl_ms", "changed_ms", "state", "key_ttl_ms"}
+    {
+        "service",
+        "key",
+        "version",
+        "workflow",
+        "ttl_ms",
+        "changed_ms",
+        "state",
+        "key_ttl_ms",
+        "history",
+    }
 )
 
 
@@ -288,6 +341,25 @@ def record_from_json(doc: Mapping[str, Any], line: int = 0) -> ObjectRecord:
     key_ttls = doc.get("key_ttl_ms") or {}
     if not isinstance(key_ttls, dict):
         raise RecordFormatError("'key_ttl_ms' must be a JSON object", line)
+    history: list[HistoryRow] = []
+    rows = doc.get("history") or []
+    if not isinstance(rows, list):
+        raise RecordFormatError("'history' must be a JSON array", line)
+    for row in rows:
+        if not isinstance(row, dict) or set(row) != {"id", "fields"}:
+            raise RecordFormatError('a history entry must be {"id": ..., "fields": {...}}', line)
+        if not isinstance(row["fields"], dict):
+            raise RecordFormatError("a history entry's 'fields' must be a JSON object", line)
+        try:
+            fields = {
+                name: base64.b64decode(text.encode("ascii"), validate=True)
+                for name, text in row["fields"].items()
+            }
+        except (binascii.Error, UnicodeEncodeError, AttributeError) as exc:
+            raise RecordFormatError(
+                f"history entry {row['id']!r}: a field is not base64: {exc}", line
+            ) from None
+        history.append((row["id"], fields))
     record = ObjectRecord(
         service=doc["service"],
         key=doc["key"],
@@ -297,6 +369,7 @@ def record_from_json(doc: Mapping[str, Any], line: int = 0) -> ObjectRecord:
         ttl_ms=doc.get("ttl_ms"),
         key_ttl_ms=key_ttls,
         changed_ms=doc.get("changed_ms"),
+        history=tuple(history),
     )
     return check_record(record, line)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import secrets
 from collections.abc import (
@@ -725,7 +726,11 @@ class RedisStateStore:
     # -- whole objects: export and import ---------------------------------------------------------
 
     def export_objects(
-        self, services: Iterable[str] | None = None, *, concurrency: int = 64
+        self,
+        services: Iterable[str] | None = None,
+        *,
+        concurrency: int = 64,
+        history: bool = False,
     ) -> ObjectExport:
         """Every object and workflow of the namespace (of ``services``, when given) as
         :class:`~restate_redis.ObjectRecord`: ``async for record in store.export_objects():``.
@@ -736,25 +741,37 @@ class RedisStateStore:
         found by SCAN on every master of a cluster, about 500 at a time, and read
         ``concurrency`` at a time; an object may come a second time when SCAN returns it
         twice (an import of both is still right). Keys restate-redis did not write are
-        skipped and counted in the export's ``skipped``.
+        skipped and counted in the export's ``skipped``. ``history``: each record carries the
+        object's history entries as stored (those up to its version: an entry committed
+        after the state was read is left out), so an import keeps them.
         """
         names = None if services is None else [check_service(name) for name in services]
-        return ObjectExport(self, names, _positive_int(concurrency, "concurrency"))
+        return ObjectExport(self, names, _positive_int(concurrency, "concurrency"), history)
 
-    async def export_object(self, service: str, key: str) -> ObjectRecord | None:
+    async def export_object(
+        self, service: str, key: str, *, history: bool = False
+    ) -> ObjectRecord | None:
         """One object or workflow as a record (see :meth:`export_objects`), or None when it
         has no state and is no workflow."""
-        return await self._export_one(check_service(service), check_key(service, key))
+        return await self._export_one(check_service(service), check_key(service, key), history)
 
-    async def _export_one(self, service: str, key: str) -> ObjectRecord | None:
+    async def _export_one(
+        self, service: str, key: str, history: bool = False
+    ) -> ObjectRecord | None:
         keys = self.keyspace.object_keys(service, key)
         async with redis_errors(f"exporting {where(service, key)}"):
             dumped = await exchange.dump(self.backend, keys)
         if isinstance(dumped, exchange.TooLarge):
-            return await self._export_paged(service, key)
-        if isinstance(dumped, Refusal):
+            record = await self._export_paged(service, key)
+        elif isinstance(dumped, Refusal):
             raise _refused(dumped, service, key)
-        return None if dumped is None else dumped.record(service, key)
+        else:
+            record = None if dumped is None else dumped.record(service, key)
+        if record is None or not history:
+            return record
+        async with redis_errors(f"exporting the history of {where(service, key)}"):
+            rows = await exchange.history_rows(self.client, keys, record.version)
+        return dataclasses.replace(record, history=rows)
 
     async def _export_paged(self, service: str, key: str) -> ObjectRecord | None:
         """A large object, page by page under its lease (so that the pages see one state)."""
@@ -896,8 +913,15 @@ class ObjectExport:
     ``async for`` for the records; ``skipped`` counts the keys it left out (restate-redis did
     not write them) and ``exported`` the records so far."""
 
-    def __init__(self, store: RedisStateStore, services: list[str] | None, concurrency: int):
+    def __init__(
+        self,
+        store: RedisStateStore,
+        services: list[str] | None,
+        concurrency: int,
+        history: bool = False,
+    ):
         self.store = store
+        self.history = history
         self.services = services
         self.concurrency = concurrency
         self.skipped = SkippedKeys()
@@ -922,7 +946,7 @@ class ObjectExport:
                 item: tuple[int, tuple[str, str]], results: list[ObjectRecord | None] = results
             ) -> None:
                 index, (service, key) = item
-                results[index] = await store._export_one(service, key)
+                results[index] = await store._export_one(service, key, self.history)
 
             await _bounded(_aiter(enumerate(batch)), one, self.concurrency)
             for record in results:

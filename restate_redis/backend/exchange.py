@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..keyspace import EMPTY_GRACE_SECONDS, STATE, Keyspace, ObjectKeys
-from ..records import ObjectRecord, OnConflict
+from ..records import HistoryRow, ObjectRecord, OnConflict
 from . import replies
 from .engine import RedisBackend, commit_keys
 from .inventory import BATCH, SCAN_COUNT, SkippedKeys, parse, scan_page
@@ -121,6 +121,19 @@ class Loaded:
     version: int
 
 
+async def history_rows(client: Any, keys: ObjectKeys, version: int) -> tuple[HistoryRow, ...]:
+    """The object's history entries as stored, oldest first, up to ``version`` (an entry
+    committed after the state was read is not of that state)."""
+    rows = await client.xrange(keys.history)
+    out: list[HistoryRow] = []
+    for entry_id, fields in rows:
+        decoded = {replies.text(f): bytes(v) for f, v in fields.items()}
+        if int(decoded.get("v", b"0") or 0) > version:
+            break
+        out.append((replies.text(entry_id), decoded))
+    return tuple(out)
+
+
 async def load(
     backend: RedisBackend,
     keys: ObjectKeys,
@@ -153,7 +166,12 @@ async def load(
     args.append(len(record.key_ttl_ms))
     for name, ms in record.key_ttl_ms.items():
         args += (name, ms)
-    redis_keys = commit_keys(keys, bool(history))
+    args.append(len(record.history))
+    for entry_id, fields in record.history:
+        args += (entry_id, len(fields))
+        for name, value in fields.items():
+            args += (name, value)
+    redis_keys = commit_keys(keys, bool(history) or bool(record.history))
     script, wire = backend.scripts.load, backend.wire
     reply = await backend.retry.run(
         "import", keys.state, lambda: wire.script(script, redis_keys, args)

@@ -84,13 +84,15 @@ async def export_to(
     concurrency: int,
     progress: Any,
     skipped: SkippedKeys,
+    history: bool = False,
 ) -> Meter:
-    """Write the header and every record of ``services`` to ``out``."""
+    """Write the header and every record of ``services`` to ``out`` (``history``: with
+    each object's history entries)."""
     store = admin.store
     meter = Meter()
     out.write(header_line(store.keyspace.namespace, int(time.time() * 1000), services) + "\n")
     task = progress.add_task("exporting", total=None, rate="")
-    export = store.export_objects(services, concurrency=concurrency)
+    export = store.export_objects(services, concurrency=concurrency, history=history)
     async for record in export:
         out.write(record_line(record) + "\n")
         meter.tick()
@@ -124,6 +126,13 @@ async def export_to(
     is_flag=True,
     help="With --to-restate: move the stored bytes as they are, not re-encoded as the SDK's JSON.",
 )
+@click.option(
+    "--history",
+    "with_history",
+    is_flag=True,
+    help="Also each object's history (its entries as stored, ids and all): an import "
+    "then keeps it.",
+)
 @count_option("--concurrency", 64, "Objects read at a time.", most=1024)
 @connection_options
 def export_command(
@@ -131,6 +140,7 @@ def export_command(
     output: str | None,
     to_restate: str | None,
     keep_bytes: bool,
+    with_history: bool,
     concurrency: int,
     conn: Connection,
 ) -> None:
@@ -144,6 +154,8 @@ def export_command(
     """
     wanted = list(dict.fromkeys(services)) or None
     skipped = SkippedKeys()
+    if with_history and to_restate is not None:
+        raise click.UsageError("--history goes with -o FILE (Restate keeps no history)")
     if to_restate is not None:
         if output is not None:
             raise click.UsageError("-o FILE and --to-restate exclude each other")
@@ -158,7 +170,7 @@ def export_command(
 
     async def go(admin: Admin) -> Meter:
         with _output(output) as out, progress_bar(None) as progress:
-            return await export_to(admin, out, wanted, concurrency, progress, skipped)
+            return await export_to(admin, out, wanted, concurrency, progress, skipped, with_history)
 
     meter = run(conn, go)
     report_skipped(skipped, conn)

@@ -413,3 +413,32 @@ async def test_export_covers_every_master_of_a_cluster(cluster: Cluster) -> None
         report = await copy.import_objects(export)
         assert report.created == 300 and export.exported == 300
         assert_same_objects(before, await snapshot(copy.client, "copy"))
+
+
+def test_cli_export_with_history_and_import_keep_the_entries(
+    other_server: Server, tmp_path: Path
+) -> None:
+    import redis
+
+    rc = redis.Redis.from_url(other_server.url)
+    rc.flushall()
+
+    async def commits() -> None:
+        async with RedisStateStore.from_url(other_server.url, history=True) as store:
+            for n in range(3):
+                async with store.object("Cart", "h") as s:
+                    s.set("n", n)
+
+    asyncio.run(commits())
+    file = tmp_path / "h.jsonl"
+    out = run_cli("export", "--history", "-o", str(file), "--url", other_server.url)
+    assert out.returncode == 0, out.stderr
+    (record,) = [r for _, r in read_lines(file.read_text().splitlines())]
+    assert [fields["v"] for _, fields in record.history] == [b"1", b"2", b"3"]
+    out = run_cli("import", str(file), "--url", other_server.url, "--namespace", "copy")
+    assert out.returncode == 0, out.stderr
+    assert rc.xrange("copy:{Cart:h}:history") == rc.xrange("restate:{Cart:h}:history")
+    out = run_cli("export", "--history", "--to-restate", "http://127.0.0.1:1", "--url",
+                  other_server.url)  # fmt: skip
+    assert out.returncode == 2 and "--history goes with -o FILE" in out.stderr, out.stderr
+    rc.close()

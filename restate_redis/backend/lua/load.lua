@@ -29,6 +29,9 @@
 --                      object's history (history.lua; KEYS[10] the history stream)
 -- ARGV[11] n           state keys, which follow as n name, value pairs
 -- ARGV[12+2n] t        state keys with an expiry of their own, which follow as t name, ms pairs
+-- then h               history entries the record carries, which follow as h times: stream
+--                      id, field count f, f field, value pairs; h > 0 replaces the object's
+--                      history with them (and ARGV[10] is not used)
 --
 -- Reply: {1, outcome, version}  outcome "created" | "overwritten" | "unchanged" | "skipped" |
 --                               "conflict" (on conflict "fail": nothing written); version: the
@@ -50,6 +53,8 @@ local commit_id, version, wf = ARGV[4], ARGV[5], ARGV[6]
 local ttl_ms, changed, grace_ms = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
 local n = tonumber(ARGV[11])
 local first_ttl = 13 + 2 * n
+local last_ttl = first_ttl - 1 + 2 * tonumber(ARGV[12 + 2 * n])
+local rows = tonumber(ARGV[last_ttl + 1])  -- history entries the record carries
 
 for _, e in ipairs({{state, 'hash'}, {lease, 'string'}, {wait, 'string'}, {wake, 'list'},
     {commits, 'zset'}, {old, 'hash'}, {ttls, 'zset'}}) do
@@ -101,8 +106,14 @@ elseif holder ~= token then
 end
 
 -- The history entry: a clear_all and the record's keys set (every prior key and value)
-local hist, refused = history_begin(ARGV[10], KEYS[10], state, true, 12, 11, 12, 11 + 2 * n)
-if refused then return refused end
+local hist, refused
+if rows > 0 then
+  local t = redis.call('TYPE', KEYS[10])['ok']
+  if t ~= 'stream' and t ~= 'none' then return {-1, t, KEYS[10]} end
+else
+  hist, refused = history_begin(ARGV[10], KEYS[10], state, true, 12, 11, 12, 11 + 2 * n)
+  if refused then return refused end
+end
 
 -- The writes: the object replaced whole
 redis.call('UNLINK', state, old, ttls)
@@ -119,7 +130,7 @@ for i = 12, 11 + 2 * n, 2 do
 end
 if #batch > 0 then redis.call('HSET', state, unpack(batch)) end
 local last_expiry
-for i = first_ttl, #ARGV, 2 do
+for i = first_ttl, last_ttl, 2 do
   local f = ARGV[i]
   local at = now_ms() + tonumber(ARGV[i + 1])
   redis.call('HPEXPIREAT', state, string.format('%.0f', at), 'FIELDS', 1, f)
@@ -130,9 +141,25 @@ end
 local meta = {v = tonumber(version), b = size, c = commit_tag(commit_id),
               t = math.floor((changed ~= '' and tonumber(changed) or now_ms()) / 1000), f = ''}
 if wf == 'running' then meta.f = 'R' elseif wf == 'completed' then meta.f = 'C' end
+-- With the record's history, the last commit is its newest entry's when that entry made this
+-- version (the same state, so a snapshot cached of it is still right), and a restore can
+-- follow the entries back from it.
+if rows > 0 then
+  local at, last = last_ttl + 2, nil
+  for _ = 1, rows do
+    local nf = tonumber(ARGV[at + 1])
+    last = {first = at + 2, count = nf}
+    at = at + 2 + 2 * nf
+  end
+  local v, c
+  for i = last.first, last.first + 2 * last.count - 1, 2 do
+    if ARGV[i] == 'v' then v = ARGV[i + 1] elseif ARGV[i] == 'c' then c = ARGV[i + 1] end
+  end
+  if v and c and tonumber(v) == meta.v then meta.c = commit_tag(c) end
+end
 
 -- The expiries, as a commit sets them (commit.lua)
-local timed_all = last_expiry and (#ARGV - first_ttl + 1) / 2 == n
+local timed_all = last_expiry and (last_ttl - first_ttl + 1) / 2 == n
 if ttl_ms > 0 then
   write_meta(state, meta)
   redis.call('PEXPIRE', state, ttl_ms)
@@ -150,6 +177,18 @@ elseif timed_all and wf == '' then
 else
   write_meta(state, meta)
 end
-history_add(hist, meta.v, commit_id, false, m.v)
+if rows > 0 then
+  -- the record's history replaces the object's, ids and all (no entry of the import's own)
+  redis.call('DEL', KEYS[10])
+  local at = last_ttl + 2
+  for _ = 1, rows do
+    local id, nf = ARGV[at], tonumber(ARGV[at + 1])
+    redis.call('XADD', KEYS[10], id, unpack(ARGV, at + 2, at + 1 + 2 * nf))
+    at = at + 2 + 2 * nf
+  end
+  hist = {key = KEYS[10]}
+else
+  history_add(hist, meta.v, commit_id, false, m.v)
+end
 history_expire(hist, state)
 return {1, outcome, tonumber(version)}
