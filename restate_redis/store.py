@@ -1006,7 +1006,7 @@ def _refused(refused: Refusal, service: str, key: str) -> Exception:
         )
     if refused.status is Status.CORRUPT:
         return CorruptStateError(
-            f"{what}: its bookkeeping field {refused.found!r} holds {refused.where!r}, which "
+            f"{what}: its bookkeeping field {refused.found!r} holds {refused.where}, which "
             f"does not parse; nothing was written"
         )
     if refused.status is Status.NO_FIELD_EXPIRY:
