@@ -10,7 +10,6 @@ import secrets
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
-    Awaitable,
     Callable,
     Iterable,
     Mapping,
@@ -75,6 +74,7 @@ from .serde import MsgPackSerde, Serde
 from .session import Session, StatePreload
 from .session.cache import SnapshotCache
 from .session.handoff import LocalLeases
+from .tasks import bounded
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -892,7 +892,7 @@ class RedisStateStore:
         async def one(record: ObjectRecord) -> None:
             done(await self.import_object(record, on_conflict=on_conflict, dry_run=dry_run))
 
-        await _bounded(_aiter(records), one, limit)
+        await bounded(_aiter(records), one, limit)
         return report
 
     async def aclose(self) -> None:
@@ -948,7 +948,7 @@ class ObjectExport:
                 index, (service, key) = item
                 results[index] = await store._export_one(service, key, self.history)
 
-            await _bounded(_aiter(enumerate(batch)), one, self.concurrency)
+            await bounded(_aiter(enumerate(batch)), one, self.concurrency)
             for record in results:
                 if record is not None:
                     self.exported += 1
@@ -965,35 +965,6 @@ async def _aiter(items: Iterable[_T] | AsyncIterable[_T]) -> AsyncIterator[_T]:
     else:
         for item in items:
             yield item
-
-
-async def _bounded(
-    items: AsyncIterator[_T], work: Callable[[_T], Awaitable[None]], limit: int
-) -> None:
-    """``work`` on every item, at most ``limit`` at a time; the first failure stops the
-    starting of new ones, the running ones finish, then it is raised."""
-    running: set[asyncio.Task[None]] = set()
-    failure: BaseException | None = None
-    try:
-        async for item in items:
-            while len(running) >= limit:
-                finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                failure = next((t.exception() for t in finished if t.exception()), None)
-                if failure is not None:
-                    break
-            if failure is not None:
-                break
-            running.add(asyncio.ensure_future(work(item)))
-        if running:
-            finished, _ = await asyncio.wait(running)
-            running = set()
-            if failure is None:
-                failure = next((t.exception() for t in finished if t.exception()), None)
-    finally:
-        for task in running:
-            task.cancel()
-    if failure is not None:
-        raise failure
 
 
 def _refused(refused: Refusal, service: str, key: str) -> Exception:

@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import Mapping
 
 from ..records import ObjectRecord
-from ..store import _bounded
+from ..tasks import bounded
 from .admin import Admin, SkippedKeys
 from .kv import Connection, note, plural, report_skipped, run
 from .restate_admin import RestateAdmin, RestateAdminError, restate_records, to_restate_value
@@ -120,7 +120,7 @@ def export_to_restate(
                     progress.update(task, completed=meter.count, rate=meter.rate())
 
             try:
-                await _bounded(export.__aiter__(), counted, min(concurrency, RESTATE_CONCURRENCY))
+                await bounded(export.__aiter__(), counted, min(concurrency, RESTATE_CONCURRENCY))
             finally:
                 progress.update(task, completed=meter.count, rate=meter.rate())
         skipped.merge(export.skipped)

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import redis
 
-from restate_redis import RedisStateStore
 from tests.support.servers import Server
+from tests.support.stores import worker_commit
 from tests.tools.test_cli import SCRIPT, Cli, cli, ok, one_line_error, state
 
 __all__ = ["cli"]  # the fixture, shared with test_cli.py
@@ -26,19 +26,7 @@ pytestmark = pytest.mark.parametrize("server", ["valkey"], indirect=True)
 
 def commit(server: Server, key: str, history: bool = True, **values: Any) -> None:
     """One commit of a worker (a store with history on, by default)."""
-
-    async def write() -> None:
-        async with (
-            RedisStateStore.from_url(server.url, history=history) as store,
-            store.object("Cart", key) as s,
-        ):
-            for name, value in values.items():
-                if value is None:
-                    s.clear(name)
-                else:
-                    s.set(name, value)
-
-    asyncio.run(write())
+    asyncio.run(worker_commit(server.url, "Cart", key, history, **values))
 
 
 def test_history_table_and_plain(cli: Cli, server: Server, rc: redis.Redis) -> None:

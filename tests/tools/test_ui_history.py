@@ -20,6 +20,7 @@ from restate_redis import History, RedisStateStore
 from restate_redis.history import HistoryEntry
 from tests.support.keys import read_state
 from tests.support.servers import Server
+from tests.support.stores import worker_commit
 from tests.tools.test_ui import UI, browser, object_url, page, run_async, ui
 
 __all__ = ["browser", "page", "ui"]  # the fixtures, shared with test_ui.py
@@ -33,19 +34,7 @@ def commit(server: Server, key: str, history: History | None = None, **values: A
     """One commit of a worker whose store keeps history; a value None clears the key.
     Returns the version it made."""
 
-    async def write() -> int:
-        async with (
-            RedisStateStore.from_url(server.url, history=history or History()) as store,
-            store.object("Cart", key) as s,
-        ):
-            for name, value in values.items():
-                if value is None:
-                    s.clear(name)
-                else:
-                    s.set(name, value)
-        return s.version
-
-    return run_async(write)
+    return run_async(lambda: worker_commit(server.url, "Cart", key, history or True, **values))
 
 
 def stored(server: Server, key: str) -> dict[str, Any]:
